@@ -1,0 +1,93 @@
+"""Pluggable update codecs: the interface the Flower wrappers code against, and a registry.
+
+The strategy wrapper and the client mod never call :func:`nnc_fl.encode` directly: they hold an
+:class:`UpdateCodec` made by :func:`make_codec` from a name and parameters that travel from the server
+to the clients in the round's ConfigRecord. That way the NNC codec, the uncompressed baseline and the
+classic baselines of ``experiments/`` all pass through the same code path and their bytes are counted
+the same way.
+
+A codec must be deterministic (same input, same bytes) and its ``decode`` must raise
+:class:`nnc_fl.FormatError` -- and nothing else -- for any malformed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import FormatError
+
+ParamValue = int | float | str | bool
+
+
+@runtime_checkable
+class UpdateCodec(Protocol):
+    """What the Flower wrappers need from a codec."""
+
+    #: Registry name; sent to clients so they build the same codec.
+    name: str
+
+    def encode(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        fingerprint: bytes | None = None,
+        exact: bool = False,
+    ) -> bytes:
+        """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes)."""
+        ...
+
+    def decode(self, data: bytes) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input."""
+        ...
+
+    def params(self) -> dict[str, ParamValue]:
+        """The settings that rebuild this codec with :func:`make_codec` (``name`` excluded)."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., UpdateCodec]] = {}
+
+
+def register_codec(name: str, factory: Callable[..., UpdateCodec]) -> None:
+    """Make ``make_codec(name, **params)`` call ``factory(**params)``.
+
+    Re-registering a name with the same factory is a no-op; with another factory it is an error.
+    """
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise ValueError(f"codec name must be a non-empty string of at most 64 characters, got {name!r}")
+    old = _REGISTRY.get(name)
+    if old is not None and old is not factory:
+        raise ValueError(f"codec name {name!r} is already registered to {old!r}")
+    _REGISTRY[name] = factory
+
+
+def registered_codecs() -> list[str]:
+    """Names accepted by :func:`make_codec`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
+    """Build the codec registered as ``name`` with ``params``.
+
+    Raises ``ValueError`` (a clear reason) for an unknown name or parameters the codec rejects.
+    """
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ValueError(f"unknown codec {name!r}; registered: {', '.join(registered_codecs())}")
+    try:
+        return factory(**params)
+    except TypeError as exc:  # unexpected keyword
+        raise ValueError(f"bad parameters for codec {name!r}: {exc}") from exc
+
+
+__all__ = [
+    "FormatError",
+    "ParamValue",
+    "UpdateCodec",
+    "make_codec",
+    "register_codec",
+    "registered_codecs",
+]
