@@ -17,7 +17,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .api import decode, encode
 from .errors import FormatError
+from .steps import qp_to_step, resolve_step
 
 ParamValue = int | float | str | bool
 
@@ -83,7 +85,69 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
         raise ValueError(f"bad parameters for codec {name!r}: {exc}") from exc
 
 
+class NNCCodec:
+    """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
+
+    ``step`` (a number) or ``qp`` (NNC QP) sets the quantisation of float tensors; with neither, the
+    default per-tensor policy of :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes
+    every tensor losslessly (keyframes).
+    """
+
+    name = "nnc"
+
+    def __init__(self, step: float | None = None, qp: int | None = None):
+        if step is not None and qp is not None:
+            raise ValueError("give step or qp, not both")
+        if step is not None:
+            resolve_step("<codec>", np.zeros(0, np.float32), float(step), None)  # validates
+        if qp is not None:
+            qp_to_step(qp)  # validates
+        self.step = None if step is None else float(step)
+        self.qp = None if qp is None else int(qp)
+
+    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
+        lossless = tuple(tensors) if exact else ()
+        return encode(tensors, step=self.step, qp=self.qp, lossless=lossless, fingerprint=fingerprint)
+
+    def decode(self, data: bytes) -> dict[str, np.ndarray]:
+        return decode(data)
+
+    def params(self) -> dict[str, ParamValue]:
+        out: dict[str, ParamValue] = {}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.qp is not None:
+            out["qp"] = self.qp
+        return out
+
+    def __repr__(self) -> str:
+        return f"NNCCodec({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+
+class Float32Codec:
+    """Uncompressed baseline: every tensor's raw little-endian bytes in the nnc-fl container."""
+
+    name = "fp32"
+
+    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
+        return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint)
+
+    def decode(self, data: bytes) -> dict[str, np.ndarray]:
+        return decode(data)
+
+    def params(self) -> dict[str, ParamValue]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "Float32Codec()"
+
+
+register_codec(NNCCodec.name, NNCCodec)
+register_codec(Float32Codec.name, Float32Codec)
+
 __all__ = [
+    "Float32Codec",
+    "NNCCodec",
     "FormatError",
     "ParamValue",
     "UpdateCodec",

@@ -1,0 +1,179 @@
+"""Binarisation and context modelling of integer levels (DeepCABAC style), encoder and decoder.
+
+A tensor's levels are scanned in row-major order over a 2-D view ``(rows, cols)`` where ``rows`` is
+the first dimension (output channels / neurons) and ``cols`` the product of the others. Each level
+``q`` is binarised as
+
+- ``sig``: ``q != 0``, context from the magnitudes of the left and upper neighbours (9 contexts);
+- ``sign`` (if sig): 1 for negative, context from the signs of the left and upper neighbours (9);
+- greater-than flags ``|q| > k`` for ``k = 1 .. GT_FLAGS``, stopping at the first 0, context from
+  ``k`` and the neighbourhood magnitude class (``GT_FLAGS * 3`` contexts);
+- if ``|q| > GT_FLAGS``: ``|q| - GT_FLAGS - 1`` as an order-0 Exp-Golomb code in bypass bins.
+
+Weight deltas of a layer are close to sums of outer products (output error times input activation),
+so a level's magnitude and sign correlate with its row neighbour (same output) and its column
+neighbour (same input); the contexts exploit both.
+
+Encoder and decoder below mirror each other line by line; :mod:`nnc_fl.reference` is a slow
+pure-Python twin used by the tests to pin the kernels bit for bit.
+"""
+
+import numpy as np
+
+from ._jit import jit
+from ._probability import RATE_PAIRS, new_contexts, p_one, update
+from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init, enc_room
+
+GT_FLAGS = 12
+SIG_CTX = 0
+SIGN_CTX = 9
+GT_CTX = 18
+N_CONTEXTS = GT_CTX + 3 * GT_FLAGS
+#: Largest level magnitude the format carries (Exp-Golomb prefixes are at most 62 bins).
+MAX_LEVEL = 1 << 62
+MAX_EG_PREFIX = 62
+#: A decoder may read this many bytes past the payload (zeros) without the payload being short.
+READ_SLACK = 8
+
+# decoder status codes
+OK = 0
+BAD_LEVEL = 1
+SHORT_PAYLOAD = 2
+
+
+@jit
+def _sign_class(v):
+    if v == 0:
+        return 0
+    return 1 if v > 0 else 2
+
+
+@jit
+def _contexts_of(levels, i, col, cols):
+    """(sig context, sign context, gt class) from the already coded neighbours of position ``i``."""
+    left = levels[i - 1] if col > 0 else 0
+    up = levels[i - cols] if i >= cols else 0
+    a = min(abs(left), 2)
+    b = min(abs(up), 2)
+    sig = SIG_CTX + 3 * a + b
+    sign = SIGN_CTX + 3 * _sign_class(left) + _sign_class(up)
+    return sig, sign, min(a + b, 2)
+
+
+#: Levels coded between two checks of the output buffer's room.
+_SPAN = 4096
+#: Upper bound of the bytes one level can add (~14 context bins of <= 10 bits, <= 125 bypass bins).
+_MAX_BYTES_PER_LEVEL = 40
+
+
+@jit
+def _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow):
+    """Code ``levels[start:stop]`` into ``buf`` (which has room for them); return the coder state."""
+    col = start % cols
+    for i in range(start, stop):
+        q = levels[i]
+        c_sig, c_sign, g = _contexts_of(levels, i, col, cols)
+        col += 1
+        if col == cols:
+            col = 0
+        sig = 1 if q != 0 else 0
+        st = enc_bin(st, buf, sig, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        if sig == 0:
+            continue
+        neg = 1 if q < 0 else 0
+        st = enc_bin(st, buf, neg, p_one(ctx, c_sign))
+        update(ctx, c_sign, neg, fast, slow)
+        m = -q if neg else q
+        for k in range(1, GT_FLAGS + 1):
+            c = GT_CTX + 3 * (k - 1) + g
+            gt = 1 if m > k else 0
+            st = enc_bin(st, buf, gt, p_one(ctx, c))
+            update(ctx, c, gt, fast, slow)
+            if gt == 0:
+                break
+        if m > GT_FLAGS:
+            x = m - GT_FLAGS  # Exp-Golomb: remainder + 1 >= 1
+            nb = 0
+            while (x >> (nb + 1)) != 0:
+                nb += 1
+            st = enc_bypass(st, buf, (1 << (nb + 1)) - 2, nb + 1)  # nb ones, then a zero
+            st = enc_bypass(st, buf, x, nb)
+    return st
+
+
+@jit
+def _with_room(buf, st, n_levels):
+    """``buf``, or a larger copy, with room for ``n_levels`` more levels and the final flush."""
+    need = enc_room(st) + _MAX_BYTES_PER_LEVEL * n_levels
+    if need <= buf.size:
+        return buf
+    grown = np.empty(max(2 * buf.size, need), np.uint8)
+    used = max(st[4], 0)
+    grown[:used] = buf[:used]
+    return grown
+
+
+@jit
+def encode_levels(levels, cols, rate_index):
+    """Code int64 ``levels`` (|level| <= MAX_LEVEL, checked by the caller); return the payload."""
+    n = levels.size
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS)
+    st = enc_init()
+    buf = np.empty(n // 4 + 256, np.uint8)
+    for start in range(0, n, _SPAN):
+        stop = min(start + _SPAN, n)
+        buf = _with_room(buf, st, stop - start)
+        st = _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow)
+    buf = _with_room(buf, st, 0)
+    return buf[: enc_finish(st, buf)].copy()
+
+
+@jit
+def decode_levels(data, n, cols, rate_index):
+    """Mirror of :func:`encode_levels`: return (int64 levels, status)."""
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS)
+    st = dec_init(data)
+    levels = np.zeros(n, np.int64)
+    col = 0
+    for i in range(n):
+        c_sig, c_sign, g = _contexts_of(levels, i, col, cols)
+        col += 1
+        if col == cols:
+            col = 0
+        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        if sig == 0:
+            continue
+        neg, st = dec_bin(st, data, p_one(ctx, c_sign))
+        update(ctx, c_sign, neg, fast, slow)
+        m = 1
+        for k in range(1, GT_FLAGS + 1):
+            c = GT_CTX + 3 * (k - 1) + g
+            gt, st = dec_bin(st, data, p_one(ctx, c))
+            update(ctx, c, gt, fast, slow)
+            if gt == 0:
+                break
+            m = k + 1
+        if m > GT_FLAGS:
+            nb = 0
+            while True:
+                one, st = dec_bypass(st, data, 1)
+                if one == 0:
+                    break
+                nb += 1
+                if nb > MAX_EG_PREFIX:
+                    return levels, BAD_LEVEL
+            x, st = dec_bypass(st, data, nb)
+            x |= 1 << nb
+            if x > MAX_LEVEL - GT_FLAGS:
+                return levels, BAD_LEVEL
+            m = GT_FLAGS + x
+        levels[i] = -m if neg else m
+        if st[2] > data.size + READ_SLACK:
+            return levels, SHORT_PAYLOAD
+    return levels, OK

@@ -1,0 +1,44 @@
+"""Uniform scalar quantisation: levels = round(x / step), reconstruction = level * step.
+
+Rounding is to nearest with ties away from zero, computed in float64, so the reconstruction error
+of every element is at most step / 2 before the final cast to the tensor's dtype.
+"""
+
+import numpy as np
+
+from ._jit import jit
+
+# quantise status codes
+OK = 0
+NOT_FINITE = 1
+OVERFLOW = 2
+
+
+@jit
+def quantise(x, step, max_level):
+    """Quantise flat float ``x``; return (int64 levels, status). ``status`` names the first problem."""
+    n = x.size
+    levels = np.empty(n, np.int64)
+    limit = float(max_level)
+    for i in range(n):
+        v = np.float64(x[i]) / step
+        if not np.isfinite(v):
+            return levels, NOT_FINITE if not np.isfinite(np.float64(x[i])) else OVERFLOW
+        a = abs(v)
+        if not a < limit:
+            return levels, OVERFLOW
+        f = np.floor(a)
+        q = np.int64(f)
+        if a - f >= 0.5:
+            q += 1
+        levels[i] = -q if v < 0 else q
+    return levels, OK
+
+
+@jit
+def dequantise(levels, step):
+    """``levels * step`` in float64."""
+    out = np.empty(levels.size, np.float64)
+    for i in range(levels.size):
+        out[i] = levels[i] * step
+    return out

@@ -1,0 +1,188 @@
+"""Public codec API: encode / decode / decode_tensor / inspect.
+
+Validates and converts inputs in Python, then calls the jitted kernels of ``_quantise`` and
+``_levels``; the container layout lives in :mod:`nnc_fl.bitstream`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Collection, Mapping
+
+import numpy as np
+
+from . import bitstream as bs
+from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels
+from ._quantise import NOT_FINITE, OK, dequantise, quantise
+from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
+from .errors import FormatError
+from .steps import resolve_step
+
+#: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
+DEFAULT_RATE_INDEX = 0
+
+
+def encode(
+    tensors: Mapping[str, np.ndarray],
+    *,
+    step: float | Mapping[str, float] | None = None,
+    qp: int | Mapping[str, int] | None = None,
+    lossless: Collection[str] = (),
+    fingerprint: bytes | None = None,
+) -> bytes:
+    """Code named tensors into one self-contained stream.
+
+    Parameters
+    ----------
+    tensors
+        Mapping name -> array (any shape, including 0-d and empty). Float tensors (float16/32/64)
+        are quantised; integer and bool tensors are coded exactly.
+    step, qp
+        Quantisation step for float tensors, as a number, or as NNC QP (see
+        :func:`nnc_fl.steps.qp_to_step`); either may be a mapping name -> value, and names missing
+        from the mapping use the default policy. With neither, each float tensor gets the default
+        policy of :func:`nnc_fl.steps.default_step` (a power of two near rms / 8, finer for 1-d).
+        The step is carried as float32.
+    lossless
+        Names of float tensors to code exactly instead of quantising.
+    fingerprint
+        Optional base-model fingerprint (1..64 bytes) bound into the stream.
+
+    Returns
+    -------
+    bytes
+        The stream; see FORMAT.md.
+
+    Raises
+    ------
+    ValueError
+        A tensor holds NaN/Inf, has an unsupported dtype, or its step would give levels beyond
+        2**62; the message names the tensor.
+    """
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
+    lossless = set(lossless)
+    unknown = lossless - set(tensors)
+    if unknown:
+        raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
+    records = [_encode_one(name, value, step, qp, name in lossless) for name, value in tensors.items()]
+    return bs.write_stream(records, fingerprint)
+
+
+def decode(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Decode every tensor of a stream, in stream order (same names, shapes and dtypes).
+
+    Raises :class:`FormatError` for any malformed, truncated, corrupted, unsupported or over-limit
+    stream.
+    """
+    info = bs.read_table(data, limits)
+    view = memoryview(data).cast("B")
+    return {t.name: _decode_one(view, t) for t in info.tensors}
+
+
+def decode_tensor(
+    data: bytes | bytearray | memoryview, name: str, *, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """Decode only tensor ``name``; other payloads are not read. ``KeyError`` if it is absent."""
+    info = bs.read_table(data, limits)
+    return _decode_one(memoryview(data).cast("B"), info.tensor(name))
+
+
+def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+    """The header table of a stream (names, dtypes, shapes, modes, steps, sizes), without decoding.
+
+    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts.
+    """
+    return bs.read_table(data, limits)
+
+
+# --- encoding one tensor -------------------------------------------------------------------------
+
+
+def _as_array(name: object, value: object) -> np.ndarray:
+    if not isinstance(name, str):
+        raise TypeError(f"tensor names must be str, got {name!r}")
+    if len(name.encode("utf-8")) > DEFAULT_LIMITS.max_name_bytes:
+        raise ValueError(f"tensor name {name[:40]!r}... is longer than {DEFAULT_LIMITS.max_name_bytes} bytes")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # e.g. a torch bfloat16 tensor numpy cannot view
+        raise TypeError(f"tensor {name!r}: cannot be converted to a numpy array ({exc})") from exc
+    native = arr.dtype.newbyteorder("=")
+    if native.newbyteorder("<") not in bs.DTYPE_CODES:
+        raise TypeError(f"tensor {name!r}: unsupported dtype {arr.dtype} (bool, int, uint and float16/32/64 are)")
+    if arr.ndim > DEFAULT_LIMITS.max_ndim:
+        raise ValueError(f"tensor {name!r}: rank {arr.ndim} above {DEFAULT_LIMITS.max_ndim}")
+    return np.asarray(arr, dtype=native, order="C")
+
+
+def _cols(shape: tuple[int, ...], numel: int) -> int:
+    """Columns of the 2-D scan view: all dimensions after the first (one row for 0-d / 1-d)."""
+    return numel // shape[0] if len(shape) >= 2 else numel
+
+
+def _encode_one(name, value, step, qp, exact) -> bs.TensorRecord:
+    arr = _as_array(name, value)
+    shape, dtype = arr.shape, arr.dtype
+    if arr.size == 0:
+        return bs.TensorRecord(name, dtype, shape, bs.MODE_ZERO)
+    if dtype.kind == "f":
+        if exact:
+            if not np.isfinite(arr).all():
+                raise ValueError(f"tensor {name!r} holds NaN or Inf values")
+            # bitwise test: -0.0 is not zero for a lossless tensor
+            return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
+        s = resolve_step(name, arr, step, qp)
+        flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
+        levels, status = quantise(flat, s, MAX_LEVEL)
+        if status != OK:
+            why = "holds NaN or Inf values" if status == NOT_FINITE else f"step {s:g} gives levels beyond 2**62"
+            raise ValueError(f"tensor {name!r}: {why}")
+        mode = bs.MODE_QUANT
+    else:
+        if arr.dtype.itemsize == 8 and (arr.max() > MAX_LEVEL or (dtype.kind == "i" and arr.min() < -MAX_LEVEL)):
+            return _raw(name, arr)  # beyond what levels carry
+        levels, s, mode = arr.reshape(-1).astype(np.int64), None, bs.MODE_INT
+    if not levels.any():
+        return _zero(name, arr)
+    payload = encode_levels(levels, _cols(shape, arr.size), DEFAULT_RATE_INDEX).tobytes()
+    if len(payload) >= arr.nbytes:
+        return _raw(name, arr)  # never larger than the raw values (and then exact)
+    return bs.TensorRecord(name, dtype, shape, mode, s, DEFAULT_RATE_INDEX, payload)
+
+
+def _zero(name: str, arr: np.ndarray) -> bs.TensorRecord:
+    return bs.TensorRecord(name, arr.dtype, arr.shape, bs.MODE_ZERO)
+
+
+def _raw(name: str, arr: np.ndarray) -> bs.TensorRecord:
+    payload = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    return bs.TensorRecord(name, arr.dtype, arr.shape, bs.MODE_RAW, payload=payload)
+
+
+# --- decoding one tensor -------------------------------------------------------------------------
+
+
+def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
+    native = t.dtype.newbyteorder("=")
+    if t.mode == bs.MODE_ZERO:
+        return np.zeros(t.shape, native)
+    payload = view[t.offset : t.offset + t.length]
+    if zlib.crc32(payload) != t.crc32:
+        raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
+    if t.mode == bs.MODE_RAW:
+        return np.frombuffer(payload, dtype=t.dtype).astype(native).reshape(t.shape)
+    numel = t.numel
+    data = np.frombuffer(payload, dtype=np.uint8)
+    levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
+    if status == BAD_LEVEL:
+        raise FormatError(f"tensor {t.name!r}: payload codes a level beyond 2**62")
+    if status == SHORT_PAYLOAD:
+        raise FormatError(f"tensor {t.name!r}: payload ends before all {numel} elements are coded")
+    if t.mode == bs.MODE_QUANT:
+        return dequantise(levels, np.float64(t.step)).astype(native).reshape(t.shape)
+    info = np.iinfo(native) if native.kind != "b" else np.iinfo(np.uint8)
+    lo, hi = (0, 1) if native.kind == "b" else (info.min, info.max)
+    if levels.min() < lo or levels.max() > hi:
+        raise FormatError(f"tensor {t.name!r}: coded values out of range for {native.name}")
+    return levels.astype(native).reshape(t.shape)

@@ -1,0 +1,83 @@
+"""How a float tensor's quantisation step is chosen: explicit step, NNC QP, or the default policy."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+#: NNC's QP density: 2**QP_DENSITY steps per octave.
+QP_DENSITY = 2
+#: Default policy: the step is the power of two at or below ``rms / DEFAULT_RMS_DIVISOR`` for
+#: tensors with two or more dimensions, and four times finer for 0-d and 1-d tensors (biases,
+#: norms), which are few but sensitive. A power of two is exactly a QP step (qp = 4 * log2(step)).
+DEFAULT_RMS_DIVISOR = 8.0
+DEFAULT_SMALL_TENSOR_FACTOR = 4.0
+MIN_STEP = 2.0**-60
+MAX_STEP = 2.0**60
+
+
+def qp_to_step(qp: int, qp_density: int = QP_DENSITY) -> float:
+    """NNC's quantisation step for ``qp``: ``(k + (qp & (k-1))) * 2**((qp >> qp_density) - qp_density)``.
+
+    ``k = 2**qp_density``; the shift is arithmetic, so negative QPs give small steps
+    (``qp_to_step(-65) ≈ 1.335e-5``).
+    """
+    if isinstance(qp, bool) or not isinstance(qp, (int, np.integer)):
+        raise TypeError(f"qp must be an integer, got {qp!r}")
+    if not 0 <= qp_density <= 8:
+        raise ValueError(f"qp_density must be in [0, 8], got {qp_density}")
+    qp = int(qp)
+    if not -240 <= qp <= 240:
+        raise ValueError(f"qp must be in [-240, 240], got {qp}")
+    k = 1 << qp_density
+    return float((k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density))
+
+
+def default_step(x: np.ndarray) -> float:
+    """The default policy's step for float tensor ``x`` (see :data:`DEFAULT_RMS_DIVISOR`)."""
+    rms = math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    if rms == 0.0 or not math.isfinite(rms):
+        return 1.0  # all-zero tensors code as zero whatever the step; non-finite ones are rejected
+    target = rms / DEFAULT_RMS_DIVISOR
+    if x.ndim < 2:
+        target /= DEFAULT_SMALL_TENSOR_FACTOR
+    return float(min(max(2.0 ** math.floor(math.log2(target)), MIN_STEP), MAX_STEP))
+
+
+def resolve_step(
+    name: str,
+    x: np.ndarray,
+    step: float | Mapping[str, float] | None,
+    qp: int | Mapping[str, int] | None,
+) -> float:
+    """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping; a
+    mapping without ``name`` falls back to the default policy), else the default policy.
+
+    The result is rounded to float32, the precision the bitstream carries.
+    """
+    if step is not None and qp is not None:
+        raise ValueError("give step or qp, not both")
+    chosen: float | None = None
+    if step is not None:
+        value = step.get(name) if isinstance(step, Mapping) else step
+        if value is not None:
+            chosen = _check_step(name, value)
+    elif qp is not None:
+        value = qp.get(name) if isinstance(qp, Mapping) else qp
+        if value is not None:
+            chosen = qp_to_step(value)
+    if chosen is None:
+        chosen = default_step(x)
+    return float(np.float32(chosen))
+
+
+def _check_step(name: str, value: object) -> float:
+    try:
+        s = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"step for tensor {name!r} must be a number, got {value!r}") from None
+    if not (MIN_STEP <= s <= MAX_STEP):
+        raise ValueError(f"step for tensor {name!r} must be finite and in [2**-60, 2**60], got {value!r}")
+    return s
