@@ -1,0 +1,205 @@
+"""Slow pure-Python twin of the level coder, written for clarity: an executable part of FORMAT.md.
+
+It codes a sequence of integer levels exactly as the numba kernels of ``nnc_fl._levels`` do
+(binarisation, contexts, two-rate probability estimation, range coder with carry and flush), using
+plain Python integers. The tests check the kernels against it bit for bit. Never used on a hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._levels import GT_FLAGS, MAX_LEVEL, N_CONTEXTS
+from ._probability import RATE_PAIRS
+from ._rangecoder import PROB_BITS, PROB_MIN, PROB_ONE
+
+_SIG, _SIGN, _GT = 0, 9, 18
+
+
+class _Model:
+    """Two-rate probability estimate of a one, per context."""
+
+    def __init__(self, rate_index: int):
+        self.fast, self.slow = (int(v) for v in RATE_PAIRS[rate_index])
+        self.p = [[1 << 15, 1 << 15] for _ in range(N_CONTEXTS)]
+
+    def p1(self, c: int) -> int:
+        return min(max((self.p[c][0] + self.p[c][1]) >> 2, PROB_MIN), PROB_ONE - PROB_MIN)
+
+    def update(self, c: int, bit: int) -> None:
+        for j, shift in ((0, self.fast), (1, self.slow)):
+            if bit:
+                self.p[c][j] += (65536 - self.p[c][j]) >> shift
+            else:
+                self.p[c][j] -= self.p[c][j] >> shift
+
+
+class RangeEncoder:
+    def __init__(self):
+        self.low, self.range, self.cache, self.pending = 0, 0xFFFFFFFF, 0, 1
+        self.out = bytearray()
+        self.skip_leading = True
+
+    def _shift_low(self) -> None:
+        if self.low < 0xFF000000 or self.low > 0xFFFFFFFF:
+            carry = self.low >> 32
+            value = self.cache
+            for _ in range(self.pending):
+                if self.skip_leading:
+                    assert value + carry == 0  # the virtual leading byte
+                    self.skip_leading = False
+                else:
+                    self.out.append((value + carry) & 0xFF)
+                value = 0xFF
+            self.pending = 0
+            self.cache = (self.low >> 24) & 0xFF
+        self.pending += 1
+        self.low = (self.low & 0xFFFFFF) << 8
+
+    def _normalise(self) -> None:
+        while self.range < 1 << 24:
+            self.range <<= 8
+            self._shift_low()
+
+    def bin(self, bit: int, p1: int) -> None:
+        bound = (self.range >> PROB_BITS) * p1
+        if bit:
+            self.range = bound
+        else:
+            self.low += bound
+            self.range -= bound
+        self._normalise()
+
+    def bypass(self, value: int, nbits: int) -> None:
+        for k in range(nbits - 1, -1, -1):
+            self.range >>= 1
+            if (value >> k) & 1:
+                self.low += self.range
+            self._normalise()
+
+    def finish(self) -> bytes:
+        for k in range(32, -1, -1):
+            v = (self.low + (1 << k) - 1) & ~((1 << k) - 1)
+            if v < self.low + self.range:
+                self.low = v
+                break
+        start = len(self.out)
+        for _ in range(5):
+            self._shift_low()
+        keep = max(start, len(self.out) - 4)
+        while len(self.out) > keep and self.out[-1] == 0:
+            self.out.pop()
+        return bytes(self.out)
+
+
+class RangeDecoder:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+        self.code, self.range = 0, 0xFFFFFFFF
+        for _ in range(4):
+            self.code = (self.code << 8) | self._byte()
+
+    def _byte(self) -> int:
+        b = self.data[self.pos] if self.pos < len(self.data) else 0
+        self.pos += 1
+        return b
+
+    def _normalise(self) -> None:
+        while self.range < 1 << 24:
+            self.range = (self.range << 8) & 0xFFFFFFFF
+            self.code = ((self.code << 8) | self._byte()) & 0xFFFFFFFF
+
+    def bin(self, p1: int) -> int:
+        bound = (self.range >> PROB_BITS) * p1
+        if self.code < bound:
+            self.range, bit = bound, 1
+        else:
+            self.code -= bound
+            self.range -= bound
+            bit = 0
+        self._normalise()
+        return bit
+
+    def bypass(self, nbits: int) -> int:
+        value = 0
+        for _ in range(nbits):
+            self.range >>= 1
+            bit = int(self.code >= self.range)
+            if bit:
+                self.code -= self.range
+            value = (value << 1) | bit
+            self._normalise()
+        return value
+
+
+def _contexts(levels: Sequence[int], i: int, cols: int) -> tuple[int, int, int]:
+    left = levels[i - 1] if i % cols else 0
+    up = levels[i - cols] if i >= cols else 0
+    a, b = min(abs(left), 2), min(abs(up), 2)
+
+    def sign(v: int) -> int:
+        return 0 if v == 0 else (1 if v > 0 else 2)
+
+    return _SIG + 3 * a + b, _SIGN + 3 * sign(left) + sign(up), min(a + b, 2)
+
+
+def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> bytes:
+    """Reference of ``nnc_fl._levels.encode_levels``."""
+    model, enc = _Model(rate_index), RangeEncoder()
+    levels = [int(v) for v in levels]
+    for i, q in enumerate(levels):
+        assert abs(q) <= MAX_LEVEL
+        c_sig, c_sign, g = _contexts(levels, i, cols)
+        for c, bit in ((c_sig, int(q != 0)),) + (((c_sign, int(q < 0)),) if q else ()):
+            enc.bin(bit, model.p1(c))
+            model.update(c, bit)
+        if q == 0:
+            continue
+        m = abs(q)
+        for k in range(1, GT_FLAGS + 1):
+            c, bit = _GT + 3 * (k - 1) + g, int(m > k)
+            enc.bin(bit, model.p1(c))
+            model.update(c, bit)
+            if not bit:
+                break
+        if m > GT_FLAGS:
+            x = m - GT_FLAGS
+            nb = x.bit_length() - 1
+            enc.bypass((1 << (nb + 1)) - 2, nb + 1)
+            enc.bypass(x, nb)
+    return enc.finish()
+
+
+def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: dict | None = None) -> list[int]:
+    """Reference of ``nnc_fl._levels.decode_levels`` for valid payloads.
+
+    If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the decoder consumed.
+    """
+    model, dec = _Model(rate_index), RangeDecoder(data)
+    levels: list[int] = []
+    for i in range(n):
+        c_sig, c_sign, g = _contexts(levels, i, cols)
+        sig = dec.bin(model.p1(c_sig))
+        model.update(c_sig, sig)
+        if not sig:
+            levels.append(0)
+            continue
+        neg = dec.bin(model.p1(c_sign))
+        model.update(c_sign, neg)
+        m = 1
+        for k in range(1, GT_FLAGS + 1):
+            c = _GT + 3 * (k - 1) + g
+            bit = dec.bin(model.p1(c))
+            model.update(c, bit)
+            if not bit:
+                break
+            m = k + 1
+        if m > GT_FLAGS:
+            nb = 0
+            while dec.bypass(1):
+                nb += 1
+            m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
+        levels.append(-m if neg else m)
+    if stats is not None:
+        stats["bytes_read"] = dec.pos
+    return levels

@@ -1,0 +1,239 @@
+"""encode/decode round trips: exactness for ints and lossless tensors, step/2 bounds for floats."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import nnc_fl
+from nnc_fl.steps import default_step, qp_to_step
+
+FLOATS = [np.float16, np.float32, np.float64]
+INTS = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+SHAPES = [(), (0,), (1,), (17,), (3, 0, 2), (5, 7), (4, 3, 3, 3), (2, 1, 1, 1, 6)]
+
+
+def _float_tensor(rng, shape, dtype, scale=0.05):
+    return (rng.laplace(scale=scale, size=shape)).astype(dtype)
+
+
+def _int_tensor(rng, shape, dtype):
+    if dtype == np.bool_:
+        return rng.random(shape) < 0.3
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+
+
+def _assert_same_layout(original, decoded):
+    assert list(decoded) == list(original)
+    for name, value in original.items():
+        value = np.asarray(value)
+        assert decoded[name].shape == value.shape, name
+        assert decoded[name].dtype == value.dtype, name
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lossy_error_at_most_half_a_step(dtype, shape):
+    rng = np.random.default_rng(1)
+    x = _float_tensor(rng, shape, dtype)
+    step = 0.01
+    out = nnc_fl.decode(nnc_fl.encode({"x": x}, step=step))
+    _assert_same_layout({"x": x}, out)
+    if x.size:
+        err = np.abs(out["x"].astype(np.float64) - x.astype(np.float64)).max()
+        ulp = float(np.finfo(dtype).eps) * float(np.abs(x).max() + step)
+        assert err <= step / 2 + ulp
+
+
+@pytest.mark.parametrize("dtype", INTS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_integers_exact(dtype, shape):
+    rng = np.random.default_rng(2)
+    x = _int_tensor(rng, shape, dtype)
+    out = nnc_fl.decode(nnc_fl.encode({"x": x}, step=0.5))
+    _assert_same_layout({"x": x}, out)
+    np.testing.assert_array_equal(out["x"], x)
+
+
+@pytest.mark.parametrize("dtype", INTS)
+def test_small_integer_values_are_entropy_coded(dtype):
+    x = (np.arange(4096) % 3 == 0).astype(dtype)
+    data = nnc_fl.encode({"x": x})
+    assert nnc_fl.inspect(data).tensor("x").mode_name == "int"
+    assert len(data) < x.nbytes
+    np.testing.assert_array_equal(nnc_fl.decode(data)["x"], x)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_lossless_floats_bit_exact_including_negative_zero(dtype):
+    rng = np.random.default_rng(3)
+    x = _float_tensor(rng, (9, 4), dtype)
+    x[0, 0] = -0.0
+    nz = np.array([-0.0, 0.0], dtype)
+    out = nnc_fl.decode(nnc_fl.encode({"x": x, "nz": nz}, step=0.5, lossless=["x", "nz"]))
+    assert out["x"].tobytes() == x.tobytes()
+    assert out["nz"].tobytes() == nz.tobytes()
+
+
+def test_all_zero_tensors_and_scalars_round_trip_exactly():
+    tensors = {
+        "zero_matrix": np.zeros((64, 32), np.float32),
+        "zero_bias": np.zeros(32, np.float16),
+        "zero_int": np.zeros((3, 3), np.int64),
+        "scalar": np.float64(0.25),
+        "int_scalar": np.array(-5, np.int32),
+        "empty": np.zeros((0, 10), np.float32),
+        "tiny": np.full((8,), 1e-9, np.float32),  # quantises to zero
+    }
+    data = nnc_fl.encode(tensors, step=0.25)
+    out = nnc_fl.decode(data)
+    _assert_same_layout(tensors, out)
+    for name in ("zero_matrix", "zero_bias", "zero_int", "empty", "tiny"):
+        assert not out[name].any()
+    assert out["scalar"] == 0.25 and out["int_scalar"] == -5
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes["zero_matrix"] == modes["empty"] == modes["tiny"] == "zero"
+
+
+def test_extreme_int64_values_fall_back_to_raw_and_stay_exact():
+    x = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max, 0, 1], np.int64)
+    u = np.array([np.iinfo(np.uint64).max, 0, 3], np.uint64)
+    out = nnc_fl.decode(nnc_fl.encode({"x": x, "u": u}))
+    np.testing.assert_array_equal(out["x"], x)
+    np.testing.assert_array_equal(out["u"], u)
+
+
+def test_big_endian_and_non_contiguous_inputs():
+    x = np.arange(24, dtype=">f4").reshape(4, 6)[:, ::2] / 7
+    out = nnc_fl.decode(nnc_fl.encode({"x": x}, step=1e-3))
+    assert out["x"].dtype == np.float32 and out["x"].shape == (4, 3)
+    assert np.abs(out["x"] - x).max() <= 5e-4 + 1e-6
+
+
+def test_qp_gives_the_nnc_step():
+    assert qp_to_step(-65) == pytest.approx(1.3351e-5, rel=1e-4)
+    assert qp_to_step(0) == 1.0 and qp_to_step(4) == 2.0 and qp_to_step(-4) == 0.5
+    assert qp_to_step(1) == 1.25 and qp_to_step(-1) == 0.875
+    x = np.linspace(-1, 1, 1000, dtype=np.float32)
+    data = nnc_fl.encode({"x": x}, qp=-20)
+    assert nnc_fl.inspect(data).tensor("x").step == qp_to_step(-20)
+    assert np.abs(nnc_fl.decode(data)["x"] - x).max() <= qp_to_step(-20) / 2 + 1e-7
+
+
+def test_per_tensor_steps_and_default_policy():
+    rng = np.random.default_rng(4)
+    w = _float_tensor(rng, (32, 16), np.float32, scale=0.1)
+    b = _float_tensor(rng, (32,), np.float32, scale=0.1)
+    info = nnc_fl.inspect(nnc_fl.encode({"w": w, "b": b}, step={"w": 0.05}))
+    assert info.tensor("w").step == np.float32(0.05)
+    assert info.tensor("b").step == default_step(b)
+    # default policy: power of two, 1-d tensors finer
+    sw, sb = default_step(w), default_step(b)
+    assert np.log2(sw) == int(np.log2(sw)) and sb < sw
+    rms = float(np.sqrt(np.mean(w.astype(np.float64) ** 2)))
+    assert rms / 16 < sw <= rms / 8
+
+
+def test_fingerprint_is_carried():
+    fp = nnc_fl.fingerprint({"w": np.ones(3, np.float32)})
+    assert len(fp) == 32
+    assert nnc_fl.inspect(nnc_fl.encode({"w": np.ones(3)}, fingerprint=fp)).fingerprint == fp
+    assert nnc_fl.inspect(nnc_fl.encode({"w": np.ones(3)})).fingerprint is None
+    assert fp != nnc_fl.fingerprint({"w": np.ones(3, np.float64)})
+    assert fp != nnc_fl.fingerprint({"v": np.ones(3, np.float32)})
+
+
+def test_decode_tensor_reads_one_tensor_only():
+    rng = np.random.default_rng(5)
+    tensors = {f"t{i}": _float_tensor(rng, (10, 10), np.float32) for i in range(4)}
+    data = bytearray(nnc_fl.encode(tensors, step=0.01))
+    full = nnc_fl.decode(bytes(data))
+    # corrupt the payload of t0: t3 still decodes, t0 fails its CRC
+    t0 = nnc_fl.inspect(bytes(data)).tensor("t0")
+    data[t0.offset] ^= 0xFF
+    np.testing.assert_array_equal(nnc_fl.decode_tensor(bytes(data), "t3"), full["t3"])
+    with pytest.raises(nnc_fl.FormatError, match="CRC"):
+        nnc_fl.decode_tensor(bytes(data), "t0")
+    with pytest.raises(KeyError, match="nope"):
+        nnc_fl.decode_tensor(bytes(data), "nope")
+
+
+def test_inspect_table():
+    data = nnc_fl.encode({"layer.weight": np.ones((4, 4), np.float32) * 0.3, "n": np.arange(5)}, step=0.1)
+    info = nnc_fl.inspect(data)
+    rows = info.as_rows()
+    assert [r["name"] for r in rows] == ["layer.weight", "n"]
+    assert rows[0]["mode"] == "quant" and rows[0]["shape"] == [4, 4]
+    assert rows[1]["mode"] == "int" and rows[1]["step"] is None
+    assert sum(r["bytes"] for r in rows) + info.header_bytes == len(data) == info.total_bytes
+    text = str(info)
+    assert "layer.weight" in text and "quant" in text and "4x4" in text
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"x": np.array([1.0, np.nan], np.float32)}, "'x'.*NaN"),
+        ({"y": np.array([np.inf], np.float64)}, "'y'.*NaN or Inf"),
+        ({"z": np.array([1 + 2j])}, "unsupported dtype"),
+        ({"s": np.array(["a"])}, "unsupported dtype"),
+        ({3: np.ones(2)}, "names must be str"),
+    ],
+)
+def test_bad_input_raises_clear_errors(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        nnc_fl.encode(bad, step=0.1)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="not both"):
+        nnc_fl.encode({"x": np.ones(2)}, step=0.1, qp=-4)
+    with pytest.raises(ValueError, match="step"):
+        nnc_fl.encode({"x": np.ones(2)}, step=0.0)
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        nnc_fl.encode({"x": np.ones(2) * 1e10}, step=1e-12)
+    with pytest.raises(ValueError, match="lossless names"):
+        nnc_fl.encode({"x": np.ones(2)}, lossless=["y"])
+    with pytest.raises(TypeError, match="qp"):
+        nnc_fl.encode({"x": np.ones(2)}, qp=1.5)
+    with pytest.raises(TypeError, match="mapping"):
+        nnc_fl.encode([np.ones(2)])
+
+
+def test_deterministic_bytes():
+    rng = np.random.default_rng(6)
+    t = {"w": _float_tensor(rng, (50, 40), np.float32)}
+    assert nnc_fl.encode(t, step=0.003) == nnc_fl.encode(dict(t), step=0.003)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9),
+        elements=st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=16),
+    ),
+    step=st.floats(1e-4, 10.0),
+)
+def test_property_lossy_round_trip(arr, step):
+    out = nnc_fl.decode(nnc_fl.encode({"a": arr}, step=step))["a"]
+    assert out.shape == arr.shape and out.dtype == arr.dtype
+    if arr.size:
+        s = float(np.float32(step))
+        err = np.abs(out.astype(np.float64) - arr.astype(np.float64)).max()
+        assert err <= s / 2 + float(np.finfo(arr.dtype).eps) * (float(np.abs(arr).max()) + s)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from(INTS),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+    )
+)
+def test_property_integers_exact(arr):
+    out = nnc_fl.decode(nnc_fl.encode({"a": arr}))["a"]
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)

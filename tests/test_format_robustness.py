@@ -1,0 +1,191 @@
+"""Hostile and broken streams: every failure is a FormatError with a reason, never another exception."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nnc_fl
+from nnc_fl import bitstream as bs
+from nnc_fl.errors import FormatError
+
+
+def _small_stream(fingerprint=True):
+    rng = np.random.default_rng(11)
+    tensors = {
+        "w": (rng.laplace(size=(6, 5)) * 0.05).astype(np.float32),
+        "b": (rng.normal(size=6) * 0.01).astype(np.float16),
+        "n": np.array([3, 0, -2, 700], np.int32),
+        "e": np.zeros((0,), np.float32),
+        "r": np.array([1.5], np.float64),
+    }
+    return nnc_fl.encode(tensors, step=0.01, lossless=["r"], fingerprint=b"\x07" * 32 if fingerprint else None)
+
+
+def _decode_all_ways(data):
+    nnc_fl.decode(data)
+    info = nnc_fl.inspect(data)
+    for t in info.tensors:
+        nnc_fl.decode_tensor(data, t.name)
+
+
+def _rebuild(table: bytes, payloads: bytes, version=bs.VERSION, flags=0) -> bytes:
+    """A stream around a hand-made tensor table, with a valid header CRC."""
+    head = bytearray(bs.MAGIC) + bytes([version, flags])
+    bs._put_varint(head, len(table))
+    head += table
+    head += struct.pack("<I", zlib.crc32(head))
+    return bytes(head) + payloads
+
+
+def test_every_truncation_is_a_format_error():
+    data = _small_stream()
+    for cut in range(len(data)):
+        with pytest.raises(FormatError):
+            _decode_all_ways(data[:cut])
+
+
+def test_trailing_bytes_are_rejected():
+    with pytest.raises(FormatError, match="trailing"):
+        nnc_fl.decode(_small_stream() + b"\0")
+
+
+def test_every_single_bit_flip_is_detected():
+    data = _small_stream()
+    for i in range(len(data)):
+        for bit in (0, 3, 7):
+            broken = bytearray(data)
+            broken[i] ^= 1 << bit
+            with pytest.raises(FormatError):
+                _decode_all_ways(bytes(broken))
+
+
+def test_random_multi_byte_corruption_never_escapes_as_another_exception():
+    data = _small_stream()
+    rng = np.random.default_rng(12)
+    for _ in range(2000):
+        broken = bytearray(data)
+        for i in rng.integers(0, len(data), size=rng.integers(1, 6)):
+            broken[i] = rng.integers(0, 256)
+        try:
+            _decode_all_ways(bytes(broken))
+        except FormatError:
+            pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes(blob):
+    for candidate in (blob, bs.MAGIC + blob, bs.MAGIC + bytes([bs.VERSION]) + blob):
+        try:
+            _decode_all_ways(candidate)
+        except FormatError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 3))
+def test_hostile_payloads_with_valid_crcs_decode_or_fail_cleanly(payload, rate):
+    # A tensor table claiming a coded float tensor whose payload is arbitrary bytes (CRC made valid):
+    # the decoder must return *something* bounded or raise FormatError.
+    table = bytearray()
+    bs._put_varint(table, 1)
+    bs._put_varint(table, 1)
+    table += b"x" + bytes([11, 2, 3, 50, bs.MODE_QUANT]) + struct.pack("<f", 0.5) + bytes([rate])
+    bs._put_varint(table, len(payload))
+    table += struct.pack("<I", zlib.crc32(payload))
+    data = _rebuild(bytes(table), payload)
+    try:
+        out = nnc_fl.decode(data)
+    except FormatError:
+        return
+    assert out["x"].shape == (3, 50) and np.isfinite(out["x"]).all()
+
+
+def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b""):
+    table = bytearray()
+    bs._put_varint(table, 1)
+    bs._put_varint(table, len(name))
+    table += name + bytes([dtype, len(shape)])
+    for d in shape:
+        bs._put_varint(table, d)
+    table += bytes([mode]) + extra
+    return bytes(table)
+
+
+@pytest.mark.parametrize(
+    "stream, reason",
+    [
+        (b"XXXX\x01\x00\x01\x00", "bad magic"),
+        (_rebuild(_one_entry_table(), b"", version=2), "unsupported stream version 2"),
+        (_rebuild(_one_entry_table(), b"", flags=0x80), "unknown stream flags"),
+        (_rebuild(_one_entry_table(mode=9), b""), "unknown coding mode 9"),
+        (_rebuild(_one_entry_table(dtype=99), b""), "unknown dtype code 99"),
+        (_rebuild(_one_entry_table(shape=(2,) * 17), b""), "rank 17"),
+        (_rebuild(_one_entry_table(shape=(1 << 20, 1 << 20)), b""), "elements, above the limit"),
+        (_rebuild(_one_entry_table(name=b"\xff\xfe"), b""), "not valid UTF-8"),
+        (_rebuild(_one_entry_table() + b"\x00", b""), "unexplained bytes"),
+        (
+            _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x80\x00" + b"\0" * 4), b""),
+            "unknown coding tools",
+        ),
+        (
+            _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", -1.0) + b"\x00\x00" + b"\0" * 4), b""),
+            "not a positive finite",
+        ),
+        (
+            _rebuild(_one_entry_table(dtype=6, mode=bs.MODE_QUANT, extra=struct.pack("<f", 1.0) + b"\x00\x00" + b"\0" * 4), b""),
+            "non-float dtype",
+        ),
+        (
+            _rebuild(_one_entry_table(mode=bs.MODE_RAW, extra=b"\x03" + struct.pack("<I", zlib.crc32(b"abc"))), b"abc"),
+            "raw payload of 3 bytes",
+        ),
+        (
+            _rebuild(
+                _one_entry_table(shape=(1 << 30,), mode=bs.MODE_QUANT, extra=struct.pack("<f", 1.0) + b"\x00\x01" + struct.pack("<I", zlib.crc32(b"a"))),
+                b"a",
+            ),
+            "cannot come from a 1-byte payload",
+        ),
+        (_rebuild(b"\x02" + _one_entry_table()[1:] * 2, b""), "duplicate tensor name"),
+        (_rebuild(b"\x80\x00", b""), "non-minimal varint"),
+    ],
+)
+def test_named_rejections(stream, reason):
+    with pytest.raises(FormatError, match=reason):
+        _decode_all_ways(stream)
+
+
+def test_limits_are_enforced_and_adjustable():
+    data = nnc_fl.encode({"a": np.zeros((100, 100), np.float32), "b": np.ones(10, np.int8)})
+    tight = nnc_fl.Limits(max_tensor_elements=1000)
+    with pytest.raises(FormatError, match="above the limit"):
+        nnc_fl.decode(data, limits=tight)
+    with pytest.raises(FormatError, match="tensor count"):
+        nnc_fl.decode(data, limits=nnc_fl.Limits(max_tensors=1))
+    with pytest.raises(FormatError, match="in all"):
+        nnc_fl.decode(data, limits=nnc_fl.Limits(max_total_elements=10_000))
+    assert nnc_fl.decode(data)["a"].shape == (100, 100)
+
+
+def test_int_values_outside_the_dtype_are_rejected():
+    # levels 300 coded as if the tensor were int8
+    good = nnc_fl.encode({"x": np.tile(np.array([300, -300, 5, 0, 0, 0], np.int16), 20)})
+    info = nnc_fl.inspect(good).tensor("x")
+    assert info.mode_name == "int"
+    extra = bytearray([info.tools])
+    bs._put_varint(extra, info.length)
+    extra += struct.pack("<I", info.crc32)
+    table = _one_entry_table(dtype=2, shape=(120,), mode=bs.MODE_INT, extra=bytes(extra))
+    payload = good[info.offset : info.offset + info.length]
+    with pytest.raises(FormatError, match="out of range for int8"):
+        nnc_fl.decode(_rebuild(table, payload))
+
+
+def test_non_bytes_input_is_a_type_error():
+    with pytest.raises(TypeError):
+        nnc_fl.decode(12345)

@@ -1,0 +1,85 @@
+"""The numba kernels against the pure-Python reference, bit for bit, and pinned golden bitstreams."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from nnc_fl import encode, reference
+from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels
+from nnc_fl._probability import RATE_PAIRS
+
+
+def _levels(rng, n, kind):
+    if kind == "laplace":
+        return np.round(rng.laplace(scale=1.5, size=n)).astype(np.int64)
+    if kind == "sparse":
+        v = np.round(rng.laplace(scale=3, size=n)).astype(np.int64)
+        v[rng.random(n) < 0.9] = 0
+        return v
+    if kind == "large":
+        return rng.integers(-(1 << 40), 1 << 40, size=n, dtype=np.int64)
+    if kind == "extreme":
+        return rng.choice(np.array([MAX_LEVEL, -MAX_LEVEL, 0, 1, -13, 14], np.int64), size=n)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme"])
+@pytest.mark.parametrize("rate_index", range(len(RATE_PAIRS)))
+def test_kernel_matches_reference_bit_for_bit(kind, rate_index):
+    rng = np.random.default_rng(rate_index * 7 + len(kind))
+    for n, cols in [(1, 1), (7, 7), (60, 12), (333, 37)]:
+        levels = _levels(rng, n, kind)
+        fast = encode_levels(levels, cols, rate_index).tobytes()
+        slow = reference.encode_levels(levels.tolist(), cols, rate_index)
+        assert fast == slow
+        assert reference.decode_levels(slow, n, cols, rate_index) == levels.tolist()
+        decoded, status = decode_levels(np.frombuffer(fast, np.uint8), n, cols, rate_index)
+        assert status == OK
+        np.testing.assert_array_equal(decoded, levels)
+
+
+def test_decoder_reads_at_most_four_bytes_past_a_valid_payload():
+    rng = np.random.default_rng(3)
+    worst = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 300))
+        cols = max(1, n // 5)
+        levels = _levels(rng, n, ["laplace", "sparse", "extreme"][trial % 3])
+        payload = encode_levels(levels, cols, 0).tobytes()
+        stats = {}
+        assert reference.decode_levels(payload, n, cols, 0, stats) == levels.tolist()
+        worst = max(worst, stats["bytes_read"] - len(payload))
+        _, status = decode_levels(np.frombuffer(payload, np.uint8), n, cols, 0)
+        assert status == OK
+    assert worst <= 4 <= READ_SLACK
+
+
+def test_truncated_payload_is_reported_not_misread():
+    levels = np.arange(-500, 500, dtype=np.int64)
+    payload = encode_levels(levels, 1000, 0)
+    _, status = decode_levels(payload[: len(payload) // 3], levels.size, 1000, 0)
+    assert status != OK
+
+
+# Golden bitstreams: any change to these bytes is a format change (bump the version, update FORMAT.md).
+GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1], np.int64)
+
+
+def test_golden_level_payload():
+    payload = encode_levels(GOLDEN_LEVELS, 4, 0).tobytes()
+    assert payload.hex() == "b0f57b4f06b09635759db440"
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4) == payload
+
+
+def test_golden_stream():
+    rng = np.random.default_rng(2024)
+    tensors = {
+        "conv.weight": (rng.laplace(size=(4, 2, 3, 3)) * 0.02).astype(np.float32),
+        "conv.bias": (rng.normal(size=4) * 0.01).astype(np.float32),
+        "steps": np.array(7, np.int64),
+        "empty": np.zeros((0, 5), np.float16),
+    }
+    data = encode(tensors, step=0.01, fingerprint=bytes(range(32)))
+    assert len(data) == 161
+    assert hashlib.sha256(data).hexdigest() == "5d06749d1a5fb81454b3289331597f1d7825503ca7beea659ea79e4b0f674043"
