@@ -4,7 +4,8 @@ A tensor's levels are scanned in row-major order over a 2-D view ``(rows, cols)`
 the first dimension (output channels / neurons) and ``cols`` the product of the others. Each level
 ``q`` is binarised as
 
-- ``sig``: ``q != 0``, context from the magnitudes of the left and upper neighbours (9 contexts);
+- ``sig``: ``q != 0``, context from the magnitudes of the left and upper neighbours and the recent
+  activity of the column (27 contexts);
 - ``sign`` (if sig): 1 for negative, context from the signs of the left and upper neighbours (9);
 - greater-than flags ``|q| > k`` for ``k = 1 .. GT_FLAGS``, stopping at the first 0, context from
   ``k`` and the neighbourhood magnitude class (``GT_FLAGS * 3`` contexts);
@@ -12,7 +13,9 @@ the first dimension (output channels / neurons) and ``cols`` the product of the 
 
 Weight deltas of a layer are close to sums of outer products (output error times input activation),
 so a level's magnitude and sign correlate with its row neighbour (same output) and its column
-neighbour (same input); the contexts exploit both.
+neighbour (same input); the contexts exploit both. Inputs that never fire (dead pixels, dead ReLU
+units) leave whole columns at zero: a per-column activity, an exponentially decaying average of
+``min(|q|, 2)`` over the rows coded so far, separates those columns from live ones.
 
 Encoder and decoder below mirror each other line by line; :mod:`nnc_fl.reference` is a slow
 pure-Python twin used by the tests to pin the kernels bit for bit.
@@ -26,8 +29,16 @@ from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc
 
 GT_FLAGS = 12
 SIG_CTX = 0
-SIGN_CTX = 9
-GT_CTX = 18
+SIGN_CTX = 27
+GT_CTX = 36
+#: Column activity classes: 0 (none), below ACT_HIGH, at or above ACT_HIGH.
+ACT_HIGH = 96
+
+
+@jit
+def _col_update(colact, col, q):
+    """Column activity: ``act <- (15 * act + 64 * min(|q|, 2)) >> 4`` after each coded level."""
+    colact[col] = (colact[col] * 15 + 64 * min(abs(q), 2)) >> 4
 N_CONTEXTS = GT_CTX + 3 * GT_FLAGS
 #: Largest level magnitude the format carries (Exp-Golomb prefixes are at most 62 bins).
 MAX_LEVEL = 1 << 62
@@ -49,13 +60,15 @@ def _sign_class(v):
 
 
 @jit
-def _contexts_of(levels, i, col, cols):
+def _contexts_of(levels, i, col, cols, colact):
     """(sig context, sign context, gt class) from the already coded neighbours of position ``i``."""
     left = levels[i - 1] if col > 0 else 0
     up = levels[i - cols] if i >= cols else 0
     a = min(abs(left), 2)
     b = min(abs(up), 2)
-    sig = SIG_CTX + 3 * a + b
+    act = colact[col]
+    c = 0 if act == 0 else (1 if act < ACT_HIGH else 2)
+    sig = SIG_CTX + 9 * c + 3 * a + b
     sign = SIGN_CTX + 3 * _sign_class(left) + _sign_class(up)
     return sig, sign, min(a + b, 2)
 
@@ -67,12 +80,13 @@ _MAX_BYTES_PER_LEVEL = 40
 
 
 @jit
-def _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow):
+def _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow, colact):
     """Code ``levels[start:stop]`` into ``buf`` (which has room for them); return the coder state."""
     col = start % cols
     for i in range(start, stop):
         q = levels[i]
-        c_sig, c_sign, g = _contexts_of(levels, i, col, cols)
+        c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
+        _col_update(colact, col, q)
         col += 1
         if col == cols:
             col = 0
@@ -121,12 +135,13 @@ def encode_levels(levels, cols, rate_index):
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
     ctx = new_contexts(N_CONTEXTS)
+    colact = np.zeros(cols, np.int64)
     st = enc_init()
     buf = np.empty(n // 4 + 256, np.uint8)
     for start in range(0, n, _SPAN):
         stop = min(start + _SPAN, n)
         buf = _with_room(buf, st, stop - start)
-        st = _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow)
+        st = _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow, colact)
     buf = _with_room(buf, st, 0)
     return buf[: enc_finish(st, buf)].copy()
 
@@ -137,17 +152,20 @@ def decode_levels(data, n, cols, rate_index):
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
     ctx = new_contexts(N_CONTEXTS)
+    colact = np.zeros(cols, np.int64)
     st = dec_init(data)
     levels = np.zeros(n, np.int64)
     col = 0
     for i in range(n):
-        c_sig, c_sign, g = _contexts_of(levels, i, col, cols)
+        c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
+        here = col
         col += 1
         if col == cols:
             col = 0
         sig, st = dec_bin(st, data, p_one(ctx, c_sig))
         update(ctx, c_sig, sig, fast, slow)
         if sig == 0:
+            _col_update(colact, here, 0)
             continue
         neg, st = dec_bin(st, data, p_one(ctx, c_sign))
         update(ctx, c_sign, neg, fast, slow)
@@ -174,6 +192,7 @@ def decode_levels(data, n, cols, rate_index):
                 return levels, BAD_LEVEL
             m = GT_FLAGS + x
         levels[i] = -m if neg else m
+        _col_update(colact, here, m)
         if st[2] > data.size + READ_SLACK:
             return levels, SHORT_PAYLOAD
     return levels, OK

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._levels import GT_FLAGS, MAX_LEVEL, N_CONTEXTS
+from ._levels import ACT_HIGH, GT_CTX, GT_FLAGS, MAX_LEVEL, N_CONTEXTS, SIG_CTX, SIGN_CTX
 from ._probability import RATE_PAIRS
 from ._rangecoder import PROB_BITS, PROB_MIN, PROB_ONE
 
-_SIG, _SIGN, _GT = 0, 9, 18
 
 
 class _Model:
@@ -132,24 +131,32 @@ class RangeDecoder:
         return value
 
 
-def _contexts(levels: Sequence[int], i: int, cols: int) -> tuple[int, int, int]:
+def _contexts(levels: Sequence[int], i: int, cols: int, activity: list[int]) -> tuple[int, int, int]:
     left = levels[i - 1] if i % cols else 0
     up = levels[i - cols] if i >= cols else 0
     a, b = min(abs(left), 2), min(abs(up), 2)
+    act = activity[i % cols]
+    c = 0 if act == 0 else (1 if act < ACT_HIGH else 2)
 
     def sign(v: int) -> int:
         return 0 if v == 0 else (1 if v > 0 else 2)
 
-    return _SIG + 3 * a + b, _SIGN + 3 * sign(left) + sign(up), min(a + b, 2)
+    return SIG_CTX + 9 * c + 3 * a + b, SIGN_CTX + 3 * sign(left) + sign(up), min(a + b, 2)
+
+
+def _update_activity(activity: list[int], col: int, q: int) -> None:
+    activity[col] = (activity[col] * 15 + 64 * min(abs(q), 2)) >> 4
 
 
 def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> bytes:
     """Reference of ``nnc_fl._levels.encode_levels``."""
     model, enc = _Model(rate_index), RangeEncoder()
     levels = [int(v) for v in levels]
+    activity = [0] * cols
     for i, q in enumerate(levels):
         assert abs(q) <= MAX_LEVEL
-        c_sig, c_sign, g = _contexts(levels, i, cols)
+        c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        _update_activity(activity, i % cols, q)
         for c, bit in ((c_sig, int(q != 0)),) + (((c_sign, int(q < 0)),) if q else ()):
             enc.bin(bit, model.p1(c))
             model.update(c, bit)
@@ -157,7 +164,7 @@ def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> byte
             continue
         m = abs(q)
         for k in range(1, GT_FLAGS + 1):
-            c, bit = _GT + 3 * (k - 1) + g, int(m > k)
+            c, bit = GT_CTX + 3 * (k - 1) + g, int(m > k)
             enc.bin(bit, model.p1(c))
             model.update(c, bit)
             if not bit:
@@ -177,18 +184,20 @@ def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: di
     """
     model, dec = _Model(rate_index), RangeDecoder(data)
     levels: list[int] = []
+    activity = [0] * cols
     for i in range(n):
-        c_sig, c_sign, g = _contexts(levels, i, cols)
+        c_sig, c_sign, g = _contexts(levels, i, cols, activity)
         sig = dec.bin(model.p1(c_sig))
         model.update(c_sig, sig)
         if not sig:
             levels.append(0)
+            _update_activity(activity, i % cols, 0)
             continue
         neg = dec.bin(model.p1(c_sign))
         model.update(c_sign, neg)
         m = 1
         for k in range(1, GT_FLAGS + 1):
-            c = _GT + 3 * (k - 1) + g
+            c = GT_CTX + 3 * (k - 1) + g
             bit = dec.bin(model.p1(c))
             model.update(c, bit)
             if not bit:
@@ -200,6 +209,7 @@ def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: di
                 nb += 1
             m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
         levels.append(-m if neg else m)
+        _update_activity(activity, i % cols, m)
     if stats is not None:
         stats["bytes_read"] = dec.pos
     return levels
