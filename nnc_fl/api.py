@@ -27,6 +27,7 @@ def encode(
     *,
     step: float | Mapping[str, float] | None = None,
     qp: int | Mapping[str, int] | None = None,
+    rel_step: float | None = None,
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
 ) -> bytes:
@@ -43,6 +44,9 @@ def encode(
         from the mapping use the default policy. With neither, each float tensor gets the default
         policy of :func:`nnc_fl.steps.default_step` (a power of two near rms / 8, finer for 1-d).
         The step is carried as float32.
+    rel_step
+        Instead of ``step``/``qp``: each float tensor's step is ``rel_step`` times its RMS (divided
+        by 4 for 0-d/1-d tensors) -- a rate that follows the update's scale, as FL deltas shrink.
     lossless
         Names of float tensors to code exactly instead of quantising.
     fingerprint
@@ -65,7 +69,9 @@ def encode(
     unknown = lossless - set(tensors)
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
-    records = [_encode_one(name, value, step, qp, name in lossless) for name, value in tensors.items()]
+    if sum(v is not None for v in (step, qp, rel_step)) > 1:
+        raise ValueError("give at most one of step, qp and rel_step")
+    records = [_encode_one(name, value, step, qp, rel_step, name in lossless) for name, value in tensors.items()]
     return bs.write_stream(records, fingerprint)
 
 
@@ -121,7 +127,7 @@ def _cols(shape: tuple[int, ...], numel: int) -> int:
     return numel // shape[0] if len(shape) >= 2 else numel
 
 
-def _encode_one(name, value, step, qp, exact) -> bs.TensorRecord:
+def _encode_one(name, value, step, qp, rel_step, exact) -> bs.TensorRecord:
     arr = _as_array(name, value)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -132,7 +138,7 @@ def _encode_one(name, value, step, qp, exact) -> bs.TensorRecord:
                 raise ValueError(f"tensor {name!r} holds NaN or Inf values")
             # bitwise test: -0.0 is not zero for a lossless tensor
             return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
-        s = resolve_step(name, arr, step, qp)
+        s = resolve_step(name, arr, step, qp, rel_step)
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
         levels, status = quantise(flat, s, MAX_LEVEL)
         if status != OK:

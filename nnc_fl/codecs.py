@@ -19,7 +19,7 @@ import numpy as np
 
 from .api import decode, encode
 from .errors import FormatError
-from .steps import qp_to_step, resolve_step
+from .steps import check_rel_step, check_step, qp_to_step
 
 ParamValue = int | float | str | bool
 
@@ -88,26 +88,28 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
-    ``step`` (a number) or ``qp`` (NNC QP) sets the quantisation of float tensors; with neither, the
-    default per-tensor policy of :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes
-    every tensor losslessly (keyframes).
+    ``step`` (a number), ``qp`` (NNC QP) or ``rel_step`` (a multiple of each tensor's RMS) sets the
+    quantisation of float tensors; with none, the default per-tensor policy of
+    :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes every tensor losslessly
+    (keyframes).
     """
 
     name = "nnc"
 
-    def __init__(self, step: float | None = None, qp: int | None = None):
-        if step is not None and qp is not None:
-            raise ValueError("give step or qp, not both")
-        if step is not None:
-            resolve_step("<codec>", np.zeros(0, np.float32), float(step), None)  # validates
+    def __init__(self, step: float | None = None, qp: int | None = None, rel_step: float | None = None):
+        if sum(v is not None for v in (step, qp, rel_step)) > 1:
+            raise ValueError("give at most one of step, qp and rel_step")
+        self.step = None if step is None else check_step("<all>", step)
+        self.qp = None if qp is None else int(qp)
         if qp is not None:
             qp_to_step(qp)  # validates
-        self.step = None if step is None else float(step)
-        self.qp = None if qp is None else int(qp)
+        self.rel_step = None if rel_step is None else check_rel_step(rel_step)
 
     def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
         lossless = tuple(tensors) if exact else ()
-        return encode(tensors, step=self.step, qp=self.qp, lossless=lossless, fingerprint=fingerprint)
+        return encode(
+            tensors, step=self.step, qp=self.qp, rel_step=self.rel_step, lossless=lossless, fingerprint=fingerprint
+        )
 
     def decode(self, data: bytes) -> dict[str, np.ndarray]:
         return decode(data)
@@ -118,6 +120,8 @@ class NNCCodec:
             out["step"] = self.step
         if self.qp is not None:
             out["qp"] = self.qp
+        if self.rel_step is not None:
+            out["rel_step"] = self.rel_step
         return out
 
     def __repr__(self) -> str:

@@ -35,15 +35,25 @@ def qp_to_step(qp: int, qp_density: int = QP_DENSITY) -> float:
     return float((k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density))
 
 
-def default_step(x: np.ndarray) -> float:
-    """The default policy's step for float tensor ``x`` (see :data:`DEFAULT_RMS_DIVISOR`)."""
-    rms = math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+def _rms(x: np.ndarray) -> float:
+    return math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def relative_step(x: np.ndarray, rel_step: float) -> float:
+    """``rel_step * rms(x)``, divided by :data:`DEFAULT_SMALL_TENSOR_FACTOR` for 0-d/1-d tensors."""
+    rms = _rms(x)
     if rms == 0.0 or not math.isfinite(rms):
         return 1.0  # all-zero tensors code as zero whatever the step; non-finite ones are rejected
-    target = rms / DEFAULT_RMS_DIVISOR
+    step = rel_step * rms
     if x.ndim < 2:
-        target /= DEFAULT_SMALL_TENSOR_FACTOR
-    return float(min(max(2.0 ** math.floor(math.log2(target)), MIN_STEP), MAX_STEP))
+        step /= DEFAULT_SMALL_TENSOR_FACTOR
+    return float(min(max(step, MIN_STEP), MAX_STEP))
+
+
+def default_step(x: np.ndarray) -> float:
+    """The default policy's step for float tensor ``x`` (see :data:`DEFAULT_RMS_DIVISOR`)."""
+    step = relative_step(x, 1.0 / DEFAULT_RMS_DIVISOR)
+    return float(min(max(2.0 ** math.floor(math.log2(step)), MIN_STEP), MAX_STEP))
 
 
 def resolve_step(
@@ -51,16 +61,20 @@ def resolve_step(
     x: np.ndarray,
     step: float | Mapping[str, float] | None,
     qp: int | Mapping[str, int] | None,
+    rel_step: float | None = None,
 ) -> float:
     """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping; a
-    mapping without ``name`` falls back to the default policy), else the default policy.
+    mapping without ``name`` falls back to the default policy), or ``rel_step`` times the tensor's
+    RMS (see :func:`relative_step`), else the default policy.
 
     The result is rounded to float32, the precision the bitstream carries.
     """
-    if step is not None and qp is not None:
-        raise ValueError("give step or qp, not both")
+    if sum(v is not None for v in (step, qp, rel_step)) > 1:
+        raise ValueError("give at most one of step, qp and rel_step")
     chosen: float | None = None
-    if step is not None:
+    if rel_step is not None:
+        chosen = relative_step(x, check_rel_step(rel_step))
+    elif step is not None:
         value = step.get(name) if isinstance(step, Mapping) else step
         if value is not None:
             chosen = _check_step(name, value)
@@ -71,6 +85,22 @@ def resolve_step(
     if chosen is None:
         chosen = default_step(x)
     return float(np.float32(chosen))
+
+
+def check_rel_step(value: object) -> float:
+    """``value`` as a float if it is a valid ``rel_step`` (finite, in (0, 2**20]); else ValueError."""
+    try:
+        r = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"rel_step must be a number, got {value!r}") from None
+    if not (0.0 < r <= 2.0**20):
+        raise ValueError(f"rel_step must be finite and in (0, 2**20], got {value!r}")
+    return r
+
+
+def check_step(name: str, value: object) -> float:
+    """``value`` as a float if it is a valid step for tensor ``name``; else TypeError/ValueError."""
+    return _check_step(name, value)
 
 
 def _check_step(name: str, value: object) -> float:

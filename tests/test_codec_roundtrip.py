@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nnc_fl
+import nnc_fl.codecs
 from nnc_fl.steps import default_step, qp_to_step
 
 FLOATS = [np.float16, np.float32, np.float64]
@@ -136,6 +137,19 @@ def test_per_tensor_steps_and_default_policy():
     assert rms / 16 < sw <= rms / 8
 
 
+def test_rel_step_follows_each_tensors_rms():
+    rng = np.random.default_rng(7)
+    w = _float_tensor(rng, (40, 30), np.float32, scale=0.1)
+    b = _float_tensor(rng, (40,), np.float32, scale=0.1)
+    info = nnc_fl.inspect(nnc_fl.encode({"w": w, "b": b}, rel_step=2.0))
+    rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))  # noqa: E731
+    assert info.tensor("w").step == pytest.approx(2.0 * rms(w), rel=1e-6)
+    assert info.tensor("b").step == pytest.approx(2.0 * rms(b) / 4, rel=1e-6)
+    codec = nnc_fl.codecs.make_codec("nnc", rel_step=2.0)
+    assert codec.params() == {"rel_step": 2.0}
+    assert nnc_fl.inspect(codec.encode({"w": w})).tensor("w").step == info.tensor("w").step
+
+
 def test_fingerprint_is_carried():
     fp = nnc_fl.fingerprint({"w": np.ones(3, np.float32)})
     assert len(fp) == 32
@@ -188,8 +202,12 @@ def test_bad_input_raises_clear_errors(bad, match):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="at most one of step, qp and rel_step"):
         nnc_fl.encode({"x": np.ones(2)}, step=0.1, qp=-4)
+    with pytest.raises(ValueError, match="at most one"):
+        nnc_fl.encode({"x": np.ones(2)}, step=0.1, rel_step=1.0)
+    with pytest.raises(ValueError, match="rel_step"):
+        nnc_fl.encode({"x": np.ones(2)}, rel_step=-1.0)
     with pytest.raises(ValueError, match="step"):
         nnc_fl.encode({"x": np.ones(2)}, step=0.0)
     with pytest.raises(ValueError, match="2\\*\\*62"):
