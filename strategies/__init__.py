@@ -1,0 +1,6 @@
+"""Server side of nnc-fl: ``CompressedStrategy`` wraps any Flower strategy."""
+
+from .bandwidth import FIELDS as BANDWIDTH_FIELDS
+from .compressed import CompressedStrategy
+
+__all__ = ["BANDWIDTH_FIELDS", "CompressedStrategy"]

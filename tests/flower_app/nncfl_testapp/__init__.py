@@ -1,0 +1,1 @@
+"""A tiny numpy-only Flower app used by nnc-fl's simulation and deployment tests."""

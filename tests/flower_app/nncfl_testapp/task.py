@@ -1,0 +1,53 @@
+"""A torch-free model and local training: least-squares regression with an integer buffer.
+
+The model looks like a small torch ``state_dict``: two float32 tensors and a BatchNorm-style
+``num_batches_tracked`` int64 counter (integer tensors must survive compression exactly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IN, OUT, EXAMPLES, LOCAL_STEPS, LR = 24, 12, 64, 5, 0.05
+
+
+def initial_model(seed: int = 0) -> dict[str, np.ndarray]:
+    """The starting global model."""
+    rng = np.random.default_rng(seed)
+    return {
+        "fc.weight": (0.1 * rng.standard_normal((OUT, IN))).astype(np.float32),
+        "fc.bias": np.zeros(OUT, np.float32),
+        "bn.num_batches_tracked": np.array(0, dtype=np.int64),
+    }
+
+
+def node_data(partition: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-IID local data of one node (its own true weights plus a shared part)."""
+    rng = np.random.default_rng(1000 + partition)
+    shared = np.random.default_rng(7).standard_normal((OUT, IN))
+    w_true = shared + 0.3 * rng.standard_normal((OUT, IN))
+    x = rng.standard_normal((EXAMPLES, IN)).astype(np.float32)
+    y = (x @ w_true.T + 0.05 * rng.standard_normal((EXAMPLES, OUT))).astype(np.float32)
+    return x, y
+
+
+def loss(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared error."""
+    pred = x @ model["fc.weight"].T + model["fc.bias"]
+    return float(np.mean((pred - y) ** 2))
+
+
+def train(model: dict[str, np.ndarray], partition: int) -> tuple[dict[str, np.ndarray], float]:
+    """A few full-batch gradient steps; deterministic for a given model and partition."""
+    x, y = node_data(partition)
+    w, b = model["fc.weight"].copy(), model["fc.bias"].copy()
+    for _ in range(LOCAL_STEPS):
+        err = x @ w.T + b - y
+        w -= np.float32(LR) * (2.0 / len(x) * err.T @ x).astype(np.float32)
+        b -= np.float32(LR) * (2.0 / len(x) * err.sum(axis=0)).astype(np.float32)
+    out = {
+        "fc.weight": w,
+        "fc.bias": b,
+        "bn.num_batches_tracked": np.asarray(model["bn.num_batches_tracked"] + LOCAL_STEPS),
+    }
+    return out, loss(out, x, y)

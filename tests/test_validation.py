@@ -1,0 +1,110 @@
+"""nnc_fl.validation: each check raises UpdateRejected with its own code and a clear reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnc_fl import FormatError
+from nnc_fl import validation as v
+from nnc_fl.codecs import make_codec
+
+REF = {"w": np.zeros((2, 3), np.float32), "n": np.array(0, np.int64)}
+
+
+def _rejected(code: str):
+    return pytest.raises(v.UpdateRejected, match=f"^{code}: ")
+
+
+def test_rejection_carries_code_and_reason():
+    exc = v.UpdateRejected("schema", "tensor 'w' has shape (3,)")
+    assert (exc.code, exc.reason) == ("schema", "tensor 'w' has shape (3,)")
+    with pytest.raises(ValueError):
+        v.UpdateRejected("nope", "x")
+
+
+def test_decode_update_turns_any_decoder_failure_into_format():
+    codec = make_codec("nnc", step=0.01)
+    data = bytearray(codec.encode({"w": np.ones((2, 3), np.float32)}))
+    assert set(v.decode_update(codec, bytes(data))) == {"w"}
+    data[len(data) // 2] ^= 0xFF
+    with _rejected("format"):
+        v.decode_update(codec, bytes(data))
+
+    class Broken:
+        name = "broken"
+
+        def decode(self, data):
+            raise ZeroDivisionError("boom")
+
+    with _rejected("format") as info:
+        v.decode_update(Broken(), b"")
+    assert "ZeroDivisionError" in info.value.reason
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert issubclass(FormatError, ValueError)
+
+
+def test_check_base():
+    v.check_base(3, b"a" * 32, 3, b"a" * 32)
+    with _rejected("base"):
+        v.check_base(2, b"a" * 32, 3, b"a" * 32)
+    with _rejected("base"):
+        v.check_base(3, b"b" * 32, 3, b"a" * 32)
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"w": np.zeros((2, 3), np.float32)},
+        {**REF, "extra": np.zeros(1, np.float32)},
+        {**REF, "w": np.zeros((3, 2), np.float32)},
+        {**REF, "w": np.zeros((2, 3), np.float64)},
+        {**REF, "n": np.array(0, np.int32)},
+    ],
+)
+def test_check_schema(tensors):
+    v.check_schema(REF, REF)
+    with _rejected("schema"):
+        v.check_schema(tensors, REF)
+
+
+def test_check_finite_ignores_integers():
+    v.check_finite(REF)
+    for bad in (np.nan, np.inf, -np.inf):
+        with _rejected("nonfinite"):
+            v.check_finite({**REF, "w": np.full((2, 3), bad, np.float32)})
+
+
+def test_update_norm_uses_float_tensors_only():
+    t = {"w": np.full((2, 2), 3.0, np.float32), "n": np.array(10**12, np.int64)}
+    assert v.update_norm(t) == pytest.approx(6.0)
+
+
+def test_norm_bound():
+    v.check_norm_bound(1.0, None)
+    v.check_norm_bound(1.0, 2.0)
+    with _rejected("norm"):
+        v.check_norm_bound(3.0, 2.0)
+    with _rejected("nonfinite"):
+        v.check_norm_bound(float("inf"), None)
+
+
+def test_outlier_mask_flags_a_scaled_update_only():
+    honest = [1.0, 1.3, 0.8, 1.1, 1.6]
+    mask = v.outlier_mask([*honest, 1000.0], threshold=10.0)
+    assert mask.tolist() == [False] * 5 + [True]
+    assert not v.outlier_mask(honest + [3.0], threshold=10.0).any()  # heterogeneity is fine
+
+
+def test_outlier_mask_edge_cases():
+    assert not v.outlier_mask([1.0, 1000.0], threshold=10.0).any()  # two norms cannot tell
+    assert not v.outlier_mask([1.0, 1.0, 1000.0], threshold=None).any()  # switched off
+    assert v.outlier_mask([1.0, 1.0, 1.0, 1000.0], threshold=10.0).tolist() == [False] * 3 + [True]
+    same = v.outlier_mask([2.0, 2.0, 2.0 + 1e-9], threshold=10.0)  # MAD = 0: the floor keeps it sane
+    assert not same.any()
+    assert v.outlier_mask([], threshold=10.0).size == 0
+
+
+def test_outlier_rejection_reason():
+    exc = v.outlier_rejection(1000.0, 9000.0, 10.0)
+    assert exc.code == "outlier" and "1000" in exc.reason
