@@ -1,0 +1,194 @@
+"""``nnc-fl``: run the UC10 / UC14A experiments, compare codecs, benchmark the codec, inspect streams."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Codecs of ``nnc-fl compare``: the fp32 reference, ours at several rates, the classic baselines.
+COMPARE_CODECS: list[tuple[str, dict[str, Any]]] = [
+    ("fp32", {}),
+    ("nnc", {"rel_step": 2.0}),
+    ("nnc", {"rel_step": 4.0}),
+    ("nnc", {"rel_step": 8.0}),
+    ("fp16", {}),
+    ("int8-zstd", {}),
+    ("topk", {"ratio": 0.01}),
+    ("stc", {"ratio": 0.01}),
+    ("zstd", {}),
+]
+DEFAULT_CODEC = ("nnc", {"rel_step": 4.0})
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _federation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=["uc10", "uc14a"], help="uc10: image classification; uc14a: pneumonia X-rays")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--clients", type=int, default=10, help="number of federated nodes")
+    p.add_argument("--fraction", type=float, default=0.5, help="fraction of nodes trained per round")
+    p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (non-IID)")
+    p.add_argument("--source", default="auto", help="uc10: auto, fashion-mnist, mnist-5k, digits")
+    p.add_argument("--n-train", type=int, default=None, help="subsample the training set")
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
+                   help="inprocess: deterministic; ray: Flower's simulation engine")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
+
+
+def _federation(a: argparse.Namespace):
+    from .fl_app import Federation
+
+    return Federation(
+        task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha, seed=a.seed,
+        n_train=a.n_train, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
+    )
+
+
+def _default_out(a: argparse.Namespace, kind: str) -> Path:
+    part = a.partition if a.partition == "iid" else f"dir{a.alpha:g}"
+    return Path("runs") / f"{kind}-{a.task}-{part}-c{a.clients}-f{a.fraction:g}-r{a.rounds}-s{a.seed}"
+
+
+def _run_with_progress(cfg, out_dir):
+    from tqdm import tqdm
+
+    from .runner import run
+
+    bar = tqdm(total=cfg.rounds + 1, desc=f"{cfg.federation.task} {cfg.name()}", unit="round", leave=True)
+
+    def progress(server_round, metrics):
+        bar.set_postfix(acc=f"{100 * metrics['test_accuracy']:.2f}%")
+        bar.update(1)
+
+    try:
+        return run(cfg, out_dir, progress)
+    finally:
+        bar.close()
+
+
+def _print_rounds(out: dict[str, Any]) -> None:
+    print(f"\n{'round':>5} {'clients':>7} {'up bytes':>10} {'up %':>7} {'down bytes':>11} {'down %':>7} {'rej':>4} {'acc %':>7}")
+    for r in out["rounds"]:
+        print(f"{r['round']:5d} {r['clients']:7d} {r['up_bytes']:10d} {r['up_pct']:7.3f} {r['down_bytes']:11d} "
+              f"{r['down_pct']:7.3f} {r['rejected']:4d} {100 * r['test_accuracy']:7.2f}")
+    s = out["summary"]
+    print(f"\n{s['task']} on {s['data_source']} ({s['parameters']} parameters), codec {s['name']}: final accuracy "
+          f"{100 * s['final_accuracy']:.2f} %, uplink {s['up_pct']:.3f} % and downlink {s['down_pct']:.3f} % of fp32 "
+          f"({s['down_pct_after_round1']:.3f} % after round 1), {s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .runner import RunConfig
+
+    params = dict(DEFAULT_CODEC[1]) if a.codec == DEFAULT_CODEC[0] and not a.param else {}
+    params.update(dict(a.param or []))
+    cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
+                    backend=a.backend)
+    out_dir = a.out or _default_out(a, f"run-{a.codec}")
+    out = _run_with_progress(cfg, out_dir)
+    _print_rounds(out)
+    print(f"results: {out_dir}/ (rounds.csv, rounds.json, summary.json, config.json, accuracy.png, bytes.png)")
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .report import comparison_table, plot_comparison
+    from .runner import RunConfig
+
+    out_dir = a.out or _default_out(a, "compare")
+    selected = [c for c in COMPARE_CODECS if not a.codecs or c[0] in a.codecs.split(",")]
+    outs = []
+    for codec, params in selected:
+        cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=codec, codec_params=params,
+                        backend=a.backend)
+        sub = out_dir / cfg.name().replace("(", "-").replace(")", "").replace(",", "-").replace("=", "")
+        outs.append(_run_with_progress(cfg, sub))
+    table = comparison_table(outs)
+    s0 = outs[0]["summary"]
+    part = a.partition if a.partition == "iid" else f"Dirichlet α={a.alpha:g}"
+    title = (f"{a.task.upper()} on {s0['data_source']} ({s0['parameters']} parameters), {a.clients} clients, "
+             f"fraction {a.fraction:g}, {part}, {a.rounds} rounds, seed {a.seed}")
+    (out_dir / "comparison.md").write_text(f"{title}\n\n{table}\n")
+    (out_dir / "comparison.json").write_text(json.dumps([o["summary"] for o in outs], indent=2, default=str))
+    plot_comparison(outs, out_dir, title)
+    print(f"\n{title}\n\n{table}\n\nwritten: {out_dir}/comparison.md, comparison.png")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench_codec import main
+
+    return main(a.bench_args)
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    import nnc_fl
+
+    info = nnc_fl.inspect(Path(a.file).read_bytes())
+    print(json.dumps(info.as_rows(), indent=2) if a.json else info)
+    return 0
+
+
+def _quiet_flower() -> None:
+    """Flower logs every round at INFO; the progress bar and the final table say it better."""
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    _quiet_flower()
+    ap = argparse.ArgumentParser(prog="nnc-fl", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="one federated run with one codec")
+    _federation_args(p)
+    p.add_argument("--codec", default=DEFAULT_CODEC[0], help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd")
+    p.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE",
+                   help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01 (repeatable)")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("compare", help="the same federation with each codec; one table and plot")
+    _federation_args(p)
+    p.add_argument("--codecs", default="", help="comma list to restrict (default: all)")
+    p.set_defaults(fn=cmd_compare)
+
+    p = sub.add_parser("bench", help="codec benchmark on real trained deltas (see experiments.bench_codec)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("inspect", help="print the header table of an nnc-fl stream")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_inspect)
+
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except (ValueError, OSError) as exc:
+        print(f"nnc-fl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

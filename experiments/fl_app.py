@@ -1,0 +1,104 @@
+"""The UC10 / UC14A federation as Flower apps: a ClientApp with ``nnc_mod`` and a server evaluator.
+
+The client functions are plain Flower: they receive the global model as an ``ArrayRecord``, train on
+their partition and reply with the full trained weights; ``nnc_mod`` does all the coding. Data and
+partitions are loaded once per process (the same in a Ray actor or in-process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients import nnc_mod
+
+from .data import ImageDataset, load_dataset
+from .models import get_weights, make_model, set_weights
+from .partition import dirichlet_partition, iid_partition
+from .training import evaluate, torch_threads, train
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything a node needs to rebuild its data and model: hashable, so it keys the caches."""
+
+    task: str = "uc10"
+    source: str = "auto"
+    num_clients: int = 10
+    partition: str = "iid"  # or "dirichlet"
+    alpha: float = 0.5
+    seed: int = 0
+    n_train: int | None = None  # subsample the training set (None: all)
+    n_test: int | None = None
+    model: str = "cnn"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+
+
+@lru_cache(maxsize=4)
+def dataset(fed: Federation) -> ImageDataset:
+    """The federation's data set (subsampled as configured), loaded once per process."""
+    ds = load_dataset(fed.task, fed.source)
+    if fed.n_train is not None or fed.n_test is not None:
+        ds = ds.subset(fed.n_train, fed.n_test, seed=fed.seed)
+    return ds
+
+
+@lru_cache(maxsize=4)
+def partitions(fed: Federation) -> tuple[np.ndarray, ...]:
+    """Index arrays into the training set, one per client."""
+    y = dataset(fed).y_train
+    if fed.partition == "iid":
+        return tuple(iid_partition(y, fed.num_clients, seed=fed.seed))
+    if fed.partition == "dirichlet":
+        return tuple(dirichlet_partition(y, fed.num_clients, fed.alpha, seed=fed.seed))
+    raise ValueError(f"unknown partition {fed.partition!r}; choose 'iid' or 'dirichlet'")
+
+
+def initial_model(fed: Federation) -> torch.nn.Module:
+    return make_model(fed.model, num_classes=dataset(fed).num_classes, seed=fed.seed)
+
+
+def make_client_app(fed: Federation) -> ClientApp:
+    """A ClientApp training on partition ``node_config['partition-id']``, compressed by nnc_mod."""
+    app = ClientApp(mods=[nnc_mod])
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        idx = partitions(fed)[pid]
+        ds = dataset(fed)
+        model = initial_model(fed)
+        set_weights(model, {k: a.numpy() for k, a in msg.content["arrays"].items()})
+        server_round = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
+        with torch_threads(1):
+            result = train(
+                model, ds.x_train[idx], ds.y_train[idx], epochs=fed.local_epochs,
+                batch_size=fed.batch_size, lr=fed.lr, seed=fed.seed * 100_003 + server_round * 1009 + pid,
+            )
+        content = RecordDict({
+            "arrays": ArrayRecord({k: Array(v) for k, v in get_weights(model).items()}),
+            "metrics": MetricRecord({"num-examples": len(idx), "train_loss": float(result.epoch_losses[-1])}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+def central_evaluator(fed: Federation):
+    """``evaluate_fn(server_round, arrays) -> MetricRecord`` on the held-out test set."""
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        ds = dataset(fed)
+        model = initial_model(fed)
+        set_weights(model, {k: a.numpy() for k, a in arrays.items()})
+        loss, acc = evaluate(model, ds.x_test, ds.y_test)
+        return MetricRecord({"test_loss": float(loss), "test_accuracy": float(acc)})
+
+    return evaluate_fn

@@ -1,0 +1,200 @@
+"""One federated run: a Flower strategy wrapped by CompressedStrategy over the UC10 / UC14A clients.
+
+Outputs in ``out_dir``: ``config.json`` (the run's configuration), ``rounds.csv`` and ``rounds.json``
+(one row per round: coded and raw bytes up and down, clients, rejected, test accuracy and loss,
+encode/decode seconds), ``summary.json`` and the plots of :mod:`experiments.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from strategies import CompressedStrategy
+
+from . import baselines  # noqa: F401  (registers the baseline codecs)
+from .fl_app import Federation, central_evaluator, dataset, initial_model, make_client_app
+from .inprocess import InProcessGrid
+from .models import count_parameters
+
+ROUND_FIELDS = (
+    "round", "clients", "rejected", "keyframes", "up_bytes", "up_raw_bytes", "down_bytes", "down_raw_bytes",
+    "up_pct", "down_pct", "test_accuracy", "test_loss", "encode_s", "decode_s", "client_encode_s",
+    "client_decode_s",
+)
+
+
+@dataclass
+class RunConfig:
+    """A federated run: the federation, the rounds, and the codec on the wire."""
+
+    federation: Federation = field(default_factory=Federation)
+    rounds: int = 10
+    fraction: float = 0.5
+    codec: str = "nnc"
+    codec_params: dict[str, Any] = field(default_factory=dict)
+    backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
+    label: str = ""
+
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.codec_params.items()))
+        return f"{self.codec}({params})" if params else self.codec
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
+    fed = cfg.federation
+    evaluate = central_evaluator(fed)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord):
+        metrics = evaluate(server_round, arrays)
+        if progress is not None:
+            progress(server_round, dict(metrics))
+        return metrics
+
+    def main(grid: Grid, context: Context) -> None:
+        random.seed(fed.seed)  # Flower's node sampling uses the random module
+        model = initial_model(fed)
+        inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
+        strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params)
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.rounds,
+            evaluate_fn=evaluate_fn,
+        )
+        sink["bandwidth"] = strategy.bandwidth
+        sink["evaluation"] = {int(r): dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
+
+    return main
+
+
+def _run_inprocess(cfg: RunConfig, sink: dict[str, Any], progress=None) -> None:
+    grid = InProcessGrid(make_client_app(cfg.federation), cfg.federation.num_clients)
+    _server_fn(cfg, sink, progress)(grid, Context(run_id=1, node_id=0, node_config={}, state=None, run_config={}))
+
+
+def _run_ray(cfg: RunConfig, sink: dict[str, Any], progress=None) -> None:
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    tmp = tempfile.mkdtemp(prefix="nnc-fl-ray-")
+    os.environ.setdefault("RAY_TMPDIR", tmp)
+    os.environ.setdefault("FLWR_HOME", os.path.join(tmp, "flwr"))
+    server = ServerApp()
+    server.main()(_server_fn(cfg, sink, progress))
+    run_simulation(
+        server_app=server,
+        client_app=make_client_app(cfg.federation),
+        num_supernodes=cfg.federation.num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
+    )
+
+
+def run(cfg: RunConfig, out_dir: str | Path | None = None, progress=None) -> dict[str, Any]:
+    """Run the federation; return ``{"config", "rounds", "summary"}`` and write them to ``out_dir``.
+
+    ``progress(server_round, metrics)`` is called after each central evaluation (round 0 included).
+    """
+    torch.manual_seed(cfg.federation.seed)
+    np.random.seed(cfg.federation.seed)
+    sink: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if cfg.backend == "inprocess":
+        _run_inprocess(cfg, sink, progress)
+    elif cfg.backend == "ray":
+        _run_ray(cfg, sink, progress)
+    else:
+        raise ValueError(f"unknown backend {cfg.backend!r}; choose 'inprocess' or 'ray'")
+    seconds = time.perf_counter() - t0
+    rounds = _round_rows(sink.get("bandwidth", []), sink.get("evaluation", {}))
+    summary = _summarise(cfg, rounds, seconds)
+    out = {"config": cfg.to_json(), "rounds": rounds, "summary": summary}
+    if out_dir is not None:
+        write_run(out, Path(out_dir))
+    return out
+
+
+def _round_rows(bandwidth: list[dict], evaluation: dict[int, dict]) -> list[dict[str, Any]]:
+    rows = []
+    for b in bandwidth:
+        r = int(b["round"])
+        ev = evaluation.get(r, {})
+        row = {k: b.get(k, 0) for k in ROUND_FIELDS if k in b}
+        row["round"] = r
+        row["up_pct"] = 100.0 * b["up_bytes"] / b["up_raw_bytes"] if b.get("up_raw_bytes") else 0.0
+        row["down_pct"] = 100.0 * b["down_bytes"] / b["down_raw_bytes"] if b.get("down_raw_bytes") else 0.0
+        row["test_accuracy"] = ev.get("test_accuracy", float("nan"))
+        row["test_loss"] = ev.get("test_loss", float("nan"))
+        rows.append({k: row.get(k, 0) for k in ROUND_FIELDS})
+    # the model before any training (round 0), for the accuracy curves
+    if 0 in evaluation:
+        rows.insert(0, {**{k: 0 for k in ROUND_FIELDS}, "test_accuracy": evaluation[0]["test_accuracy"],
+                        "test_loss": evaluation[0]["test_loss"]})
+    return rows
+
+
+def _summarise(cfg: RunConfig, rounds: list[dict], seconds: float) -> dict[str, Any]:
+    trained = [r for r in rounds if r["round"] > 0]
+    up = sum(r["up_bytes"] for r in trained)
+    up_raw = sum(r["up_raw_bytes"] for r in trained)
+    down = sum(r["down_bytes"] for r in trained)
+    down_raw = sum(r["down_raw_bytes"] for r in trained)
+    later = [r for r in trained if r["round"] > 1]  # round 1 ships the initial model to everyone
+    fed = cfg.federation
+    ds = dataset(fed)
+    return {
+        "name": cfg.name(),
+        "codec": cfg.codec,
+        "codec_params": cfg.codec_params,
+        "task": fed.task,
+        "data_source": ds.source,
+        "parameters": count_parameters(initial_model(fed)),
+        "rounds": len(trained),
+        "final_accuracy": trained[-1]["test_accuracy"] if trained else float("nan"),
+        "up_bytes": up,
+        "down_bytes": down,
+        "total_bytes": up + down,
+        "up_pct": 100.0 * up / up_raw if up_raw else 0.0,
+        "down_pct": 100.0 * down / down_raw if down_raw else 0.0,
+        "down_pct_after_round1": (
+            100.0 * sum(r["down_bytes"] for r in later) / sum(r["down_raw_bytes"] for r in later)
+            if later and sum(r["down_raw_bytes"] for r in later) else 0.0
+        ),
+        "rejected": sum(r["rejected"] for r in trained),
+        "encode_s": sum(r["encode_s"] + r["client_encode_s"] for r in trained),
+        "decode_s": sum(r["decode_s"] + r["client_decode_s"] for r in trained),
+        "wall_s": seconds,
+    }
+
+
+def write_run(out: dict[str, Any], folder: Path) -> None:
+    """config.json, rounds.csv, rounds.json, summary.json and the run's plots."""
+    from .report import plot_run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(out["config"], indent=2, default=str))
+    (folder / "rounds.json").write_text(json.dumps(out["rounds"], indent=2))
+    (folder / "summary.json").write_text(json.dumps(out["summary"], indent=2, default=str))
+    with open(folder / "rounds.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=ROUND_FIELDS)
+        w.writeheader()
+        w.writerows(out["rounds"])
+    plot_run(out, folder)
