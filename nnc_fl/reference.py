@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._levels import ACT_HIGH, GT_CTX, GT_FLAGS, MAX_LEVEL, N_CONTEXTS, SIG_CTX, SIGN_CTX
-from ._probability import RATE_PAIRS
+from ._probability import RATE_PAIRS, WARMUP_BINS
 from ._rangecoder import PROB_BITS, PROB_MIN, PROB_ONE
 
 
@@ -21,12 +21,18 @@ class _Model:
     def __init__(self, rate_index: int):
         self.fast, self.slow = (int(v) for v in RATE_PAIRS[rate_index])
         self.p = [[1 << 15, 1 << 15] for _ in range(N_CONTEXTS)]
+        self.count = [0] * N_CONTEXTS
 
     def p1(self, c: int) -> int:
         return min(max((self.p[c][0] + self.p[c][1]) >> 2, PROB_MIN), PROB_ONE - PROB_MIN)
 
     def update(self, c: int, bit: int) -> None:
-        for j, shift in ((0, self.fast), (1, self.slow)):
+        fast, slow = self.fast, self.slow
+        if self.count[c] < WARMUP_BINS:
+            warm = max(1, (self.count[c] + 2).bit_length() - 1)  # floor(log2(n + 2))
+            fast, slow = min(fast, warm), min(slow, warm)
+            self.count[c] += 1
+        for j, shift in ((0, fast), (1, slow)):
             if bit:
                 self.p[c][j] += (65536 - self.p[c][j]) >> shift
             else:

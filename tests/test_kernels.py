@@ -68,7 +68,7 @@ GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1]
 
 def test_golden_level_payload():
     payload = encode_levels(GOLDEN_LEVELS, 4, 0).tobytes()
-    assert payload.hex() == "b0f57b4f06b09635759db45f8e25aa6e802bef75503f8a5a1eed6de013270e8563e4be331e7ff4"
+    assert payload.hex() == "9975c96800546453dce5d05a595e950d4419b3c6753f7bf92e4b9b5d9424b7b01320"
     assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4) == payload
 
 
@@ -81,5 +81,5 @@ def test_golden_stream():
         "empty": np.zeros((0, 5), np.float16),
     }
     data = encode(tensors, step=0.01, fingerprint=bytes(range(32)))
-    assert len(data) == 161
-    assert hashlib.sha256(data).hexdigest() == "08e35920584b9a2fe18b6e44c0e2fa372976909201887672fa38ef6b83376179"
+    assert len(data) == 164
+    assert hashlib.sha256(data).hexdigest() == "5ade1000dfc82e74ff5b3017e26e3da1cd8d54065c53172dac2c97de28027621"
