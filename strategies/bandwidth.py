@@ -11,6 +11,7 @@ are the same with and without compression.
   that already holds the model gets no payload and counts 0).
 - ``eval_down_bytes`` / ``eval_down_raw_bytes``: evaluate instructions of the same round, which ship
   the new model the same way. Total downlink of a round = ``down_bytes + eval_down_bytes``.
+- ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ class CompressedStrategy(Strategy):
         other an exact keyframe. Codec name and parameters travel in the protocol ConfigRecord.
         """
         self._sync(arrays)
-        self._round_spec[server_round] = self.spec_for(server_round)
+        self._round_spec[server_round] = spec = self.spec_for(server_round)
+        spec.make()  # a schedule giving bad parameters fails here, before anything is sent
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         out = self._encode_messages(messages, arrays, server_round, train=True)
         self.row(server_round)["clients"] = len(out)
@@ -327,6 +328,14 @@ class CompressedStrategy(Strategy):
             )
             self.model.mark(node, self.model.version if ok else None)
             if ack is not None and ack.kind == protocol.RESYNC:
+                self.row(server_round)["resyncs"] += 1
+                log(
+                    WARNING,
+                    "nnc-fl round %s: node %s asks for a keyframe (%s)",
+                    server_round,
+                    node,
+                    ack.reason,
+                )
                 continue  # the node evaluated nothing; it gets a keyframe next time
             plain.append(up.strip_protocol(msg))
         self.row(server_round)

@@ -80,6 +80,7 @@ def open_reply(msg: Message, model: ServerModel, codec: UpdateCodec, max_norm: f
         out.uplink = up = _uplink_of(msg)
         if up.kind == protocol.RESYNC:
             model.mark(node, None)
+            log(WARNING, "nnc-fl: node %s asks for a keyframe (%s)", node, up.reason)
             out.kind = "resync"
             return out
         if up.kind != protocol.UPDATE:

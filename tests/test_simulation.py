@@ -37,18 +37,22 @@ def sim_env(tmp_path, monkeypatch):
 def test_ray_simulation_compressed_fedavg(sim_env):
     from flwr.simulation import run_simulation
     from nncfl_testapp.client_app import app as client_app
-    from nncfl_testapp.task import initial_model, loss, node_data
+    from nncfl_testapp.task import FingerprintCheck, initial_model, loss, node_data
 
     log_path = sim_env / "bandwidth.jsonl"
     seen: dict = {}
+    check = FingerprintCheck()
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         inner = FedAvg(
-            fraction_train=1.0, min_train_nodes=NODES, min_evaluate_nodes=NODES, min_available_nodes=NODES
+            min_train_nodes=NODES,
+            min_evaluate_nodes=NODES,
+            min_available_nodes=NODES,
+            evaluate_metrics_aggr_fn=check,
         )
-        strategy = CompressedStrategy(inner, codec="nnc", step=0.002, bandwidth_log=log_path)
+        strategy = check.strategy = CompressedStrategy(inner, codec="nnc", step=0.002, bandwidth_log=log_path)
         initial = ArrayRecord({k: Array(v) for k, v in initial_model().items()})
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=ROUNDS)
         seen["strategy"], seen["result"] = strategy, result
@@ -71,5 +75,7 @@ def test_ray_simulation_compressed_fedavg(sim_env):
     losses = [(loss(start, *node_data(p)), loss(final, *node_data(p))) for p in range(NODES)]
     assert all(np.isfinite(b) and b < a for a, b in losses)
     assert strategy.model.version == ROUNDS + 1
+    # every client evaluated exactly the server's G_v (bit-exact fingerprints), every round
+    assert (check.checked, check.mismatches) == (NODES * ROUNDS, 0)
     assert set(result.train_metrics_clientapp) == set(range(1, ROUNDS + 1))
     assert result.train_metrics_clientapp[ROUNDS]["nnc-fl.up_bytes"] == rows[-1]["up_bytes"]

@@ -6,6 +6,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from clients import nnc_mod
+from nnc_fl.fingerprint import fingerprint
 
 from . import task
 
@@ -32,8 +33,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received model on local data."""
+    """Evaluate the received model on local data; also report its fingerprint (see task.fp_metrics)."""
     model = {k: a.numpy() for k, a in msg.content["arrays"].items()}
     x, y = task.node_data(_partition(context))
-    metrics = MetricRecord({"num-examples": task.EXAMPLES, "eval_loss": task.loss(model, x, y)})
+    metrics = MetricRecord(
+        {
+            "num-examples": task.EXAMPLES,
+            "eval_loss": task.loss(model, x, y),
+            **task.fp_metrics(fingerprint(model)),
+        }
+    )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -51,3 +51,35 @@ def train(model: dict[str, np.ndarray], partition: int) -> tuple[dict[str, np.nd
         "bn.num_batches_tracked": np.asarray(model["bn.num_batches_tracked"] + LOCAL_STEPS),
     }
     return out, loss(out, x, y)
+
+
+def fp_metrics(fp: bytes) -> dict[str, int]:
+    """The first 48 bits of a model fingerprint as two metric-safe 24-bit integers."""
+    return {"fp-a": int.from_bytes(fp[:3], "big"), "fp-b": int.from_bytes(fp[3:6], "big")}
+
+
+class FingerprintCheck:
+    """Evaluate-metrics aggregator counting clients whose model differs from the server's ``G_v``.
+
+    Set :attr:`strategy` to the ``CompressedStrategy`` before the run.
+    """
+
+    def __init__(self) -> None:
+        self.strategy = None
+        self.checked = 0
+        self.mismatches = 0
+
+    def __call__(self, records, weighted_by_key: str):
+        from flwr.app import MetricRecord
+
+        want = fp_metrics(self.strategy.model.fingerprint)
+        losses, weights = [], []
+        for record in records:
+            metrics = next(iter(record.metric_records.values()))
+            self.checked += 1
+            self.mismatches += {k: metrics[k] for k in want} != want
+            losses.append(float(metrics["eval_loss"]))
+            weights.append(float(metrics[weighted_by_key]))
+        return MetricRecord(
+            {"eval_loss": float(np.average(losses, weights=weights)), "fp-mismatch": self.mismatches}
+        )
