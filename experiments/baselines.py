@@ -130,7 +130,7 @@ def _little_endian(dtype: np.dtype) -> np.dtype:
 def _check_tensor(name: object, value: object) -> tuple[str, np.ndarray]:
     """Validate one input tensor; return it with a little-endian dtype of the supported table."""
     if not isinstance(name, str):
-        raise ValueError(f"tensor names must be str, got {type(name).__name__}")
+        raise TypeError(f"tensor names must be str, got {type(name).__name__}")
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -204,7 +204,9 @@ class _Reader:
 
     def take(self, n: int, field: str) -> bytes:
         if n > self.remaining:
-            raise FormatError(f"truncated {self.what}: {field} needs {n} bytes at offset {self.pos}, {self.remaining} left")
+            raise FormatError(
+                f"truncated {self.what}: {field} needs {n} bytes at offset {self.pos}, {self.remaining} left"
+            )
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
@@ -326,7 +328,9 @@ def _unpack_container(data: bytes, codec_id: int, zstd: bool, allowed: frozenset
     if got_id != codec_id:
         raise FormatError(f"stream was written by codec {_codec_label(got_id)!r}, not {_codec_label(codec_id)!r}")
     if bool(flags & _FLAG_ZSTD) != zstd:
-        raise FormatError(f"codec {_codec_label(codec_id)!r} streams {'must' if zstd else 'must not'} be zstd-compressed")
+        raise FormatError(
+            f"codec {_codec_label(codec_id)!r} streams {'must' if zstd else 'must not'} be zstd-compressed"
+        )
     if zstd:
         body = _unzstd(stored, body_len)
     elif len(stored) != body_len:
@@ -525,7 +529,9 @@ def _topk_decode(entry: _Entry) -> np.ndarray:
     reader = _Reader(entry.payload, f"topk payload of {entry.name!r}")
     k = reader.u64("k")
     if k > entry.size or reader.remaining < 5 * k:
-        raise FormatError(f"tensor {entry.name!r}: k = {k} impossible for {entry.size} elements / {len(entry.payload)} bytes")
+        raise FormatError(
+            f"tensor {entry.name!r}: k = {k} impossible for {entry.size} elements / {len(entry.payload)} bytes"
+        )
     positions = varint_decode(reader.take(reader.remaining - 4 * k, "positions"), k)
     positions = _positions_from_gaps(positions, entry.size, entry.name)
     values = np.frombuffer(reader.take(4 * k, "values"), dtype="<f4")
@@ -659,7 +665,9 @@ def _stc_decode(entry: _Entry) -> np.ndarray:
     _check_range(entry, mu, "mu")
     code_len = reader.u64("Golomb byte count")
     if code_len > reader.remaining or code_len + (k + 7) // 8 != reader.remaining:
-        raise FormatError(f"tensor {entry.name!r}: Golomb/sign sections do not tile the {len(entry.payload)}-byte payload")
+        raise FormatError(
+            f"tensor {entry.name!r}: Golomb/sign sections do not tile the {len(entry.payload)}-byte payload"
+        )
     positions = golomb_decode(reader.take(code_len, "Golomb code"), k, b, entry.size)
     sign_bytes = np.frombuffer(reader.take((k + 7) // 8, "sign bits"), dtype=np.uint8)
     if k % 8 and sign_bytes[-1] & ((1 << (8 - k % 8)) - 1):
@@ -709,11 +717,11 @@ class _ContainerCodec:
     ) -> bytes:
         """Code ``tensors`` (names, order, dtypes and shapes kept); ``exact=True`` codes every tensor losslessly.
 
-        Raises ``ValueError`` for unsupported dtypes, limits exceeded, or (lossy codecs)
-        non-finite floating-point values.
+        Raises ``TypeError`` for a non-mapping or non-str names, ``ValueError`` for unsupported
+        dtypes, limits exceeded, a bad fingerprint or (lossy codecs) non-finite float values.
         """
         if not isinstance(tensors, Mapping):
-            raise ValueError(f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
+            raise TypeError(f"tensors must be a mapping of name to array, got {type(tensors).__name__}")
         items = []
         for raw_name, value in tensors.items():
             name, arr = _check_tensor(raw_name, value)

@@ -189,7 +189,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test_parts = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        n_test = int(round(test_fraction * len(idx)))
+        n_test = round(test_fraction * len(idx))
         test_parts.append(rng.permutation(idx)[:n_test])
     test_idx = np.sort(np.concatenate(test_parts)).astype(np.int64)
     train_mask = np.ones(len(labels), dtype=bool)
@@ -289,7 +289,9 @@ def _fashion_mnist_raw(root: Path) -> tuple[np.ndarray, ...]:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE) or len(images) != len(labels):
-            raise DatasetError(f"Fashion-MNIST {split} split in {root} has images {images.shape}, labels {labels.shape}")
+            raise DatasetError(
+                f"Fashion-MNIST {split} split in {root} has images {images.shape}, labels {labels.shape}"
+            )
         if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
             raise DatasetError(f"Fashion-MNIST {split} labels in {root} go up to {labels.max()}, expected < 10")
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
@@ -538,8 +540,7 @@ def load_uc14a(*, include_val: bool = True, path: str | Path | None = None) -> I
         class_names=PNEUMONIA_CLASSES,
         description=(
             "PneumoniaMNIST balanced subset (MedMNIST v2, Yang et al., Scientific Data 2023; images "
-            "from Kermany et al., Cell 2018), CC BY 4.0"
-            + ("; train = train + val" if include_val else "")
+            "from Kermany et al., Cell 2018), CC BY 4.0" + ("; train = train + val" if include_val else "")
         ),
     )
 
@@ -634,11 +635,11 @@ def load_network(task: str, *, cache_dir: str | None = None) -> ImageDataset:
 
 
 __all__ = [
-    "DatasetError",
     "FASHION_MNIST_DIR",
-    "ImageDataset",
     "PNEUMONIA_SHA256",
     "UC10_SOURCES",
+    "DatasetError",
+    "ImageDataset",
     "fashion_mnist_available",
     "load_dataset",
     "load_digits_28",

@@ -24,6 +24,7 @@ results are cached in-process, and every call returns fresh copies.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from functools import lru_cache
 
@@ -50,7 +51,7 @@ LEARNING_RATE = 0.05
 def delta_num_params(size: str) -> int:
     """Number of scalars in ``trained_delta(size)``: 6 010, 105 546 or 1 126 410."""
     layers = _layers(size)
-    return sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    return sum(a * b + b for a, b in itertools.pairwise(layers))
 
 
 def _layers(size: str) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ batch counters).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -69,7 +70,7 @@ class MLP(nn.Module):
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"MLP needs at least two positive layer sizes, got {sizes}")
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())

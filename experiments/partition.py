@@ -48,7 +48,9 @@ def iid_partition(labels: np.ndarray, num_clients: int, seed: int = 0) -> list[n
     return [np.sort(part).astype(np.int64) for part in np.array_split(order, num_clients)]
 
 
-def _dirichlet_draw(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
+def _dirichlet_draw(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[list[np.ndarray]]:
     """One draw: each class is shuffled and cut among the clients in Dirichlet(alpha) proportions."""
     shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c in np.unique(labels):

@@ -150,7 +150,9 @@ def test_int8_error_at_most_half_a_step(dtype):
     scale = float(B.int8_scale(x))
     assert scale == pytest.approx(float(np.abs(x).max()) / 127, rel=1e-6)
     y = B.Int8ZstdCodec().decode(B.Int8ZstdCodec().encode({"x": x}))["x"]
-    tolerance = scale / 2 * (1 + 1e-6) + (float(np.finfo(dtype).eps) * float(np.abs(x).max()) if dtype == np.float16 else 0)
+    tolerance = scale / 2 * (1 + 1e-6) + (
+        float(np.finfo(dtype).eps) * float(np.abs(x).max()) if dtype == np.float16 else 0
+    )
     assert np.max(np.abs(y.astype(np.float64) - x.astype(np.float64))) <= tolerance
     levels = np.rint(y.astype(np.float64) / scale)
     assert np.abs(levels).max() == 127
@@ -293,7 +295,6 @@ def test_fingerprint_is_carried(name):
 @pytest.mark.parametrize(
     "tensors, reason",
     [
-        ({1: np.ones(2)}, "names must be str"),
         ({"c": np.ones(2, np.complex64)}, "unsupported dtype"),
         ({"o": np.array([object()])}, "unsupported dtype"),
         ({"x" * 2000: np.ones(2)}, "bytes, limit"),
@@ -303,6 +304,13 @@ def test_fingerprint_is_carried(name):
 def test_encode_rejects_bad_input(tensors, reason):
     with pytest.raises(ValueError, match=reason):
         B.ZstdCodec().encode(tensors)
+
+
+def test_encode_rejects_wrong_types():
+    with pytest.raises(TypeError, match="names must be str"):
+        B.ZstdCodec().encode({1: np.ones(2)})
+    with pytest.raises(TypeError, match="mapping"):
+        B.ZstdCodec().encode([np.ones(2)])
 
 
 # -- malformed streams: FormatError and nothing else -------------------------------------------------
@@ -459,16 +467,40 @@ def test_hostile_payloads():
         (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 3) + b"\0" * 15)], "impossible"),
         (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\0" + struct.pack("<f", 1e9))], "overflows"),
         (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\x05" + struct.pack("<f", 1.0))], "gap 5"),
-        (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 2) + b"\x01\x00" + struct.pack("<ff", 1, 1))], "past"),
-        (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\0" + struct.pack("<f", np.nan))], "non-finite"),
+        (
+            B.TopKCodec(),
+            [_item("a", f16, B.TOPK, struct.pack("<Q", 2) + b"\x01\x00" + struct.pack("<ff", 1, 1))],
+            "past",
+        ),
+        (
+            B.TopKCodec(),
+            [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\0" + struct.pack("<f", np.nan))],
+            "non-finite",
+        ),
     ]
     stc_head = struct.pack("<QBf", 1, 0, 1.0) + struct.pack("<Q", 1) + b"\x00"
     cases += [
         (B.STCCodec(), [_item("a", f16, B.STC, stc_head + b"\x40")], "padding after the sign"),
-        (B.STCCodec(), [_item("a", f16, B.STC, struct.pack("<QBf", 1, 40, 1.0) + struct.pack("<Q", 1) + b"\0\0")], "Golomb parameter"),
-        (B.STCCodec(), [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, -1.0) + struct.pack("<Q", 1) + b"\0\0")], "mu"),
-        (B.STCCodec(), [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, 1.0) + struct.pack("<Q", 9) + b"\0\0")], "tile"),
-        (B.STCCodec(), [_item("a", f16, B.STC, struct.pack("<QBf", 3, 0, 1.0) + struct.pack("<Q", 1) + b"\0\0")], "exceeds"),
+        (
+            B.STCCodec(),
+            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 40, 1.0) + struct.pack("<Q", 1) + b"\0\0")],
+            "Golomb parameter",
+        ),
+        (
+            B.STCCodec(),
+            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, -1.0) + struct.pack("<Q", 1) + b"\0\0")],
+            "mu",
+        ),
+        (
+            B.STCCodec(),
+            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, 1.0) + struct.pack("<Q", 9) + b"\0\0")],
+            "tile",
+        ),
+        (
+            B.STCCodec(),
+            [_item("a", f16, B.STC, struct.pack("<QBf", 3, 0, 1.0) + struct.pack("<Q", 1) + b"\0\0")],
+            "exceeds",
+        ),
     ]
     for codec, items, reason in cases:
         data = _stream(B.CODEC_IDS[codec.name], items, zstd=codec.name != "stc")

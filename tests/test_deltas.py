@@ -1,5 +1,6 @@
 """Trained deltas for the codec benchmark: promised sizes, real training signal, determinism, cache."""
 
+import itertools
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_delta_sizes_and_layout(size, params):
     assert delta_num_params(size) == params == sum(v.size for v in delta.values())
     layers = DELTA_LAYERS[size]
     expected = []
-    for i, (a, b) in enumerate(zip(layers[:-1], layers[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(layers)):
         expected += [(f"net.{2 * i}.weight", (b, a)), (f"net.{2 * i}.bias", (b,))]
     assert [(k, v.shape) for k, v in delta.items()] == expected
     assert all(v.dtype == np.float32 and np.all(np.isfinite(v)) for v in delta.values())

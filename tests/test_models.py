@@ -7,12 +7,19 @@ import pytest
 import torch
 
 from experiments.data import load_uc10, load_uc14a
-from experiments.models import MLP, count_parameters, get_weights, make_model, set_weights
+from experiments.models import (
+    MLP,
+    count_parameters,
+    get_weights,
+    make_model,
+    set_weights,
+)
 from experiments.training import evaluate, torch_threads, train
 
 
 @pytest.mark.parametrize(
-    "kind, classes, params", [("cnn", 10, 151_466), ("cnn", 2, 150_690), ("cnn-bn", 10, 151_658), ("cnn-bn", 2, 150_882)]
+    "kind, classes, params",
+    [("cnn", 10, 151_466), ("cnn", 2, 150_690), ("cnn-bn", 10, 151_658), ("cnn-bn", 2, 150_882)],
 )
 def test_cnn_parameter_counts(kind, classes, params):
     model = make_model(kind, classes)
@@ -82,7 +89,7 @@ def test_training_improves_accuracy_and_is_deterministic():
             model = make_model("cnn", 10, seed=0)
             _, acc0 = evaluate(model, ds.x_test, ds.y_test)
             run = train(model, ds.x_train, ds.y_train, epochs=2, batch_size=32, lr=0.05, seed=0)
-            loss1, acc1 = evaluate(model, ds.x_test, ds.y_test)
+            _, acc1 = evaluate(model, ds.x_test, ds.y_test)
             results.append((get_weights(model), acc1))
     assert acc0 < 0.3 and acc1 > 0.6
     assert run.num_examples == 400 and run.num_steps == 2 * 13 and run.epoch_losses[1] < run.epoch_losses[0]

@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.partition import dirichlet_partition, iid_partition, label_counts, label_skew
+from experiments.partition import (
+    dirichlet_partition,
+    iid_partition,
+    label_counts,
+    label_skew,
+)
 
 
 def _labels(n=2000, classes=10, seed=0):
@@ -30,8 +35,8 @@ def test_iid_partition_is_an_even_exact_cover():
 def test_iid_partition_is_deterministic_per_seed():
     labels = _labels(500)
     a, b, c = iid_partition(labels, 5, 3), iid_partition(labels, 5, 3), iid_partition(labels, 5, 4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,7 +58,7 @@ def test_dirichlet_partition_is_an_exact_cover_with_no_small_client(n, classes, 
     assert len(parts) == clients
     _assert_exact_cover(parts, n, min_size)
     again = dirichlet_partition(labels, clients, alpha, seed, min_size=min_size)
-    assert all(np.array_equal(x, y) for x, y in zip(parts, again))
+    assert all(np.array_equal(x, y) for x, y in zip(parts, again, strict=True))
 
 
 def test_rebalancing_when_no_draw_satisfies_min_size():
@@ -81,11 +86,11 @@ def test_small_alpha_gives_each_client_few_dominant_classes():
 @pytest.mark.parametrize(
     "kwargs, reason",
     [
-        (dict(num_clients=0), "positive integer"),
-        (dict(num_clients=11), "cannot give"),
-        (dict(num_clients=2, alpha=0.0), "alpha"),
-        (dict(num_clients=2, alpha=float("nan")), "alpha"),
-        (dict(num_clients=2, min_size=0), "min_size"),
+        ({"num_clients": 0}, "positive integer"),
+        ({"num_clients": 11}, "cannot give"),
+        ({"num_clients": 2, "alpha": 0.0}, "alpha"),
+        ({"num_clients": 2, "alpha": float("nan")}, "alpha"),
+        ({"num_clients": 2, "min_size": 0}, "min_size"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, reason):
