@@ -1,7 +1,7 @@
 """``nnc_mod``: the client half of nnc-fl, as a Flower client mod.
 
-Incoming: decode the payload the server sent (keyframe, delta or nothing), apply it to the model the
-node holds, check the fingerprint and hand the user's function a plain ``ArrayRecord`` of ``G_v``.
+Incoming: decode the payload the server sent (keyframe, a chain of increments, or nothing), apply it
+to the model the node holds, check the fingerprint and hand the user's function a plain ``ArrayRecord`` of ``G_v``.
 Outgoing (train): code ``delta = W_trained - G_v + residual``, keep ``residual = delta - deq(Q(delta))``
 for the next round and send ``Q(delta)`` tagged with ``v`` and ``F(G_v)``. A node that cannot rebuild
 ``G_v`` answers with a resync request instead of training; the server then sends a keyframe.
@@ -53,16 +53,17 @@ def receive_model(
         record = content.get(down.arrays_key)
         if not isinstance(record, ArrayRecord):
             raise protocol.ProtocolError(f"no ArrayRecord under {down.arrays_key!r}")
-        data = protocol.payload_of(record)
         codec = _codec(down.payload_codec, down.payload_codec_params)
         t0 = time.perf_counter()
-        decoded = codec.decode(data)
-        seconds = time.perf_counter() - t0
-        if down.kind == protocol.DELTA:
-            check_schema(decoded, node.base)
-            model = protocol.apply_delta(node.base, decoded)
+        if down.kind == protocol.DELTA:  # a chain of increments, applied in order
+            model = node.base
+            for data in protocol.payloads_of(record, down.version - down.base_version):
+                decoded = codec.decode(data)
+                check_schema(decoded, model)
+                model = protocol.apply_delta(model, decoded)
         else:
-            model = dict(decoded)
+            model = dict(codec.decode(protocol.payload_of(record)))
+        seconds = time.perf_counter() - t0
     except (protocol.ProtocolError, FormatError, UpdateRejected, ValueError) as exc:
         raise _Resync(str(exc)) from exc
     if fingerprint(model) != down.fingerprint:

@@ -40,6 +40,8 @@ KEYFRAME, DELTA, SAME = "keyframe", "delta", "same"
 #: acknowledgement (evaluate/query replies: the node now holds ``version``).
 UPDATE, RESYNC, ACK = "update", "resync", "ack"
 
+#: Most increments one downlink message may chain (a node further behind gets a keyframe).
+MAX_CHAIN = 64
 _MAX_PARAMS_CHARS = 4096
 _FINGERPRINT_SIZE = 32
 
@@ -99,6 +101,27 @@ def payload_of(arrays: Mapping[str, Any]) -> bytes:
     if list(arrays.keys()) != [PAYLOAD_KEY]:
         raise ProtocolError(f"expected an ArrayRecord holding only {PAYLOAD_KEY!r}")
     return unpack_payload(arrays[PAYLOAD_KEY])
+
+
+def chain_key(index: int) -> str:
+    """Name of the ``index``-th payload ``Array`` of a chained downlink (the first is PAYLOAD_KEY)."""
+    return PAYLOAD_KEY if index == 0 else f"{PAYLOAD_KEY}.{index}"
+
+
+def payloads_of(arrays: Mapping[str, Any], count: int) -> list[bytes]:
+    """The ``count`` payloads of a chained downlink, in order (keys :func:`chain_key` 0..count-1).
+
+    Raises
+    ------
+    ProtocolError
+        If ``count`` is outside 1..MAX_CHAIN or the record holds other keys.
+    """
+    if not 1 <= count <= MAX_CHAIN:
+        raise ProtocolError(f"a downlink chains 1..{MAX_CHAIN} payloads, not {count}")
+    keys = [chain_key(i) for i in range(count)]
+    if list(arrays.keys()) != keys:
+        raise ProtocolError(f"expected an ArrayRecord holding exactly {keys}")
+    return [unpack_payload(arrays[k]) for k in keys]
 
 
 # -- codec parameters -----------------------------------------------------------------------------
@@ -161,7 +184,8 @@ class Downlink:
 
     ``version``/``fingerprint`` name the model the node holds once it applied the payload;
     ``base_version``/``base_fingerprint`` the model a delta applies to (``-1``/``b""`` for a
-    keyframe). ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
+    keyframe). A delta chains ``version - base_version`` coded increments, applied in order (see
+    :func:`payloads_of`), so a node that missed rounds catches up without a keyframe. ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
     ``arrays_key`` is the ``RecordDict`` key under which the user's function expects the model.
     """
 
@@ -203,6 +227,8 @@ class Downlink:
         )
         if len(out.fingerprint) != _FINGERPRINT_SIZE:
             raise ProtocolError("downlink fingerprint must hold 32 bytes")
+        if kind == DELTA and not 1 <= out.version - out.base_version <= MAX_CHAIN:
+            raise ProtocolError(f"a delta must chain 1..{MAX_CHAIN} increments")
         return out
 
 
@@ -248,15 +274,22 @@ class Uplink:
 # -- version rules --------------------------------------------------------------------------------
 
 
-def choose_downlink(held_version: int | None, version: int, increment_available: bool) -> str:
+def choose_downlink(held_version: int | None, version: int, increments_from: int | None) -> str:
     """Which downlink kind a node holding ``held_version`` (``None``: unknown) gets for ``version``.
 
-    ``SAME`` if it holds ``version``; ``DELTA`` if it holds ``version - 1`` and the increment is
-    known; otherwise an exact ``KEYFRAME``.
+    ``increments_from`` is the oldest version ``u`` whose increment ``G_u - G_{u-1}`` the server
+    still has together with all later ones (``None``: none). ``SAME`` if the node holds
+    ``version``; ``DELTA`` (a chain of increments) if it holds a version in
+    ``[increments_from - 1, version)`` within :data:`MAX_CHAIN`; otherwise an exact ``KEYFRAME``.
     """
     if held_version == version:
         return SAME
-    if held_version is not None and held_version == version - 1 and increment_available:
+    if (
+        held_version is not None
+        and increments_from is not None
+        and increments_from - 1 <= held_version < version
+        and version - held_version <= MAX_CHAIN
+    ):
         return DELTA
     return KEYFRAME
 

@@ -8,7 +8,10 @@ are the same with and without compression.
 - ``up_bytes`` / ``up_raw_bytes``: train replies that carried a payload (rejected ones included:
   they crossed the wire); raw = 4 bytes x elements of the model the client coded.
 - ``down_bytes`` / ``down_raw_bytes``: train instructions of the round (keyframes and deltas; a node
-  that already holds the model gets no payload and counts 0).
+  that already holds the model gets no payload and counts 0; a chain of increments counts all its
+  payloads against one model's raw size).
+- ``keyframes`` / ``keyframe_bytes``: how many of those were exact keyframes (a node's first contact,
+  or a node too far behind) and their bytes, included in ``down_bytes``.
 - ``eval_down_bytes`` / ``eval_down_raw_bytes``: evaluate instructions of the same round, which ship
   the new model the same way. Total downlink of a round = ``down_bytes + eval_down_bytes``.
 - ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
@@ -43,6 +46,7 @@ FIELDS: tuple[str, ...] = (
     "eval_down_bytes",
     "eval_down_raw_bytes",
     "keyframes",
+    "keyframe_bytes",
     "deltas",
     "encode_s",
     "decode_s",

@@ -54,8 +54,17 @@ class CompressedStrategy(Strategy):
     codec_schedule : callable, optional
         ``f(server_round) -> params`` merged over the parameters for that round's uplink and
         downlink, so the server controls the rate per round.
+    downlink_params : mapping, optional
+        Codec parameters for the downlink increment that override the round's (e.g. a coarser
+        ``rel_step``); the uplink keeps the round's parameters.
     downlink_exact : bool
         Code the global increment losslessly (``exact=True``) instead of with the round's rate.
+    downlink_error_feedback : bool
+        Add the downlink quantisation error of each increment to the next one (server-side error
+        feedback), so downlink rounding does not accumulate in the global model.
+    max_chain : int
+        A node that missed rounds gets up to this many increments chained in one message (while
+        they are smaller than the model) instead of an exact keyframe.
     outlier_threshold : float or None
         Robust z-score (median/MAD over the round's update norms) above which an update is
         refused; ``None`` switches the test off. Needs at least ``outlier_min_count`` updates.
@@ -74,7 +83,10 @@ class CompressedStrategy(Strategy):
         qp: int | None = None,
         codec_params: Mapping[str, Any] | None = None,
         codec_schedule: CodecSchedule | None = None,
+        downlink_params: Mapping[str, Any] | None = None,
         downlink_exact: bool = False,
+        downlink_error_feedback: bool = True,
+        max_chain: int = 16,
         outlier_threshold: float | None = 10.0,
         outlier_min_count: int = 3,
         max_update_norm: float | None = None,
@@ -91,11 +103,13 @@ class CompressedStrategy(Strategy):
         self.codec = CodecSpec("fp32" if codec is None else codec, params)
         self.codec.make()  # fail now on an unknown codec or bad parameters
         self.codec_schedule = codec_schedule
+        self.downlink_params = dict(downlink_params or {})
+        self.downlink_spec(1).make()  # fail now on bad downlink parameters
         self.downlink_exact = downlink_exact
         self.outlier_threshold = outlier_threshold
         self.outlier_min_count = outlier_min_count
         self.max_update_norm = max_update_norm
-        self.model = ServerModel()
+        self.model = ServerModel(max_chain=max_chain, error_feedback=downlink_error_feedback)
         #: One dict per round (see :mod:`strategies.bandwidth` for the columns).
         self.bandwidth: list[dict[str, Any]] = []
         self._log = BandwidthLog(bandwidth_log)
@@ -134,6 +148,13 @@ class CompressedStrategy(Strategy):
         if self.codec_schedule is None:
             return self.codec
         return CodecSpec(self.codec.name, {**self.codec.params, **self.codec_schedule(server_round)})
+
+    def downlink_spec(self, server_round: int) -> CodecSpec:
+        """The codec that codes the global increment of ``server_round``."""
+        spec = self.spec_for(server_round)
+        if not self.downlink_params:
+            return spec
+        return CodecSpec(spec.name, {**spec.params, **self.downlink_params})
 
     def row(self, server_round: int) -> dict[str, Any]:
         """The bandwidth row of ``server_round`` (created on first use)."""
@@ -176,19 +197,22 @@ class CompressedStrategy(Strategy):
             if len(keys) != 1:
                 out.append(msg)  # the inner strategy sent no model: nothing to code
                 continue
-            down, payload, seconds = self.model.downlink(
+            down, payloads, seconds = self.model.downlink(
                 msg.metadata.dst_node_id, spec, spec, keys[0], server_round
             )
-            data = b"" if payload is None else payload.data
-            raw = 0 if payload is None else payload.raw_bytes
+            datas = [p.data for p in payloads] or [b""]
             content = RecordDict(dict(msg.content.items()))
-            content[keys[0]] = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(data))})
+            content[keys[0]] = ArrayRecord(
+                {protocol.chain_key(i): Array(**protocol.pack_payload(d)) for i, d in enumerate(datas)}
+            )
             content[protocol.RECORD_KEY] = ConfigRecord(down.to_config())
             msg.content = content
             prefix = "" if train else "eval_"
-            row[prefix + "down_bytes"] += len(data)
-            row[prefix + "down_raw_bytes"] += raw
+            row[prefix + "down_bytes"] += sum(len(d) for d in datas)
+            # raw: what the node receives, the model once (a chain still delivers one model)
+            row[prefix + "down_raw_bytes"] += payloads[0].raw_bytes if payloads else 0
             row["keyframes"] += down.kind == protocol.KEYFRAME
+            row["keyframe_bytes"] += sum(len(d) for d in datas) if down.kind == protocol.KEYFRAME else 0
             row["deltas"] += down.kind == protocol.DELTA
             row["encode_s"] += seconds
             self._pending.add(msg.metadata.dst_node_id)
@@ -290,7 +314,7 @@ class CompressedStrategy(Strategy):
             log(ERROR, "nnc-fl round %s: unusable aggregate (%s); global model unchanged", server_round, exc)
             row["aggregate_failed"] = 1
             return metrics
-        enc, dec = self.model.advance(target, spec, exact=self.downlink_exact)
+        enc, dec = self.model.advance(target, self.downlink_spec(server_round), exact=self.downlink_exact)
         row["encode_s"] += enc
         row["decode_s"] += dec
         return metrics

@@ -44,17 +44,28 @@ class ServerModel:
     """The global model ``G_v`` and the downlink streams that bring a node to it.
 
     Versions count global models: every model produced by :meth:`advance` or adopted by
-    :meth:`adopt` gets the next version. ``increment`` is the coded ``G_v - G_{v-1}`` (``None``
-    when ``G_v`` did not come from :meth:`advance`, so only keyframes can deliver it).
+    :meth:`adopt` gets the next version. ``increments[u]`` is the coded ``G_u - G_{u-1}`` for the
+    last ``max_chain`` versions that came from :meth:`advance` (an adopted model clears them, so
+    only keyframes can deliver it). A node holding ``G_u`` gets the chain of increments
+    ``u+1 .. v`` while that is smaller than the model, else a keyframe.
+
+    With ``error_feedback``, the quantisation error of each coded increment is added to the next
+    one, so downlink rounding does not accumulate in the global model.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_chain: int = 16, error_feedback: bool = True) -> None:
+        if not 1 <= max_chain <= protocol.MAX_CHAIN:
+            raise ValueError(f"max_chain must be in 1..{protocol.MAX_CHAIN}, got {max_chain}")
         self.tensors: dict[str, np.ndarray] = {}
         self.version = 0
         self.fingerprint = b""
-        self.increment: Payload | None = None
+        self.max_chain = max_chain
+        self.error_feedback = error_feedback
+        #: version u -> coded G_u - G_{u-1}; fingerprints of the versions those apply to
+        self.increments: dict[int, Payload] = {}
+        self._fingerprints: dict[int, bytes] = {}
+        self._residual: dict[str, np.ndarray] = {}
         self._keyframe: Payload | None = None
-        self._previous_fingerprint = b""
         #: node id -> version that node is known to hold
         self.node_versions: dict[int, int] = {}
 
@@ -72,8 +83,23 @@ class ServerModel:
         self.tensors = {k: np.array(v, copy=True) for k, v in tensors.items()}
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
-        self.increment = None
+        self.increments.clear()
+        self._fingerprints = {self.version: self.fingerprint}
+        self._residual = {}
         self._keyframe = None
+
+    @property
+    def increments_from(self) -> int | None:
+        """Oldest version whose increment is kept along with all later ones (``None``: none)."""
+        return min(self.increments) if self.increments else None
+
+    def chain(self, held: int) -> list[Payload] | None:
+        """Increments ``held+1 .. v`` if they share one codec spec and beat a keyframe, else None."""
+        chain = [self.increments[u] for u in range(held + 1, self.version + 1)]
+        specs = {(p.spec.name, p.spec.params_json) for p in chain}
+        if len(specs) != 1 or sum(len(p.data) for p in chain) >= self.raw_bytes:
+            return None
+        return chain
 
     def keyframe(self, spec: CodecSpec) -> tuple[Payload, float]:
         """The exact coding of ``G_v`` (cached per version) and the seconds spent encoding it."""
@@ -86,18 +112,23 @@ class ServerModel:
 
     def downlink(
         self, node_id: int, spec: CodecSpec, uplink: CodecSpec, arrays_key: str, server_round: int
-    ) -> tuple[protocol.Downlink, Payload | None, float]:
-        """The protocol record and payload that bring ``node_id`` to ``G_v``; plus encode seconds."""
+    ) -> tuple[protocol.Downlink, list[Payload], float]:
+        """The protocol record and payloads that bring ``node_id`` to ``G_v``; plus encode seconds."""
         held = self.node_versions.get(node_id)
-        kind = protocol.choose_downlink(held, self.version, self.increment is not None)
-        payload, seconds, base_v, base_fp = None, 0.0, -1, b""
+        kind = protocol.choose_downlink(held, self.version, self.increments_from)
+        chain = self.chain(held) if kind == protocol.DELTA else None
+        if kind == protocol.DELTA and chain is None:
+            kind = protocol.KEYFRAME
+        payloads: list[Payload] = []
+        seconds, base_v, base_fp = 0.0, -1, b""
         if kind == protocol.KEYFRAME:
-            payload, seconds = self.keyframe(spec)
+            keyframe, seconds = self.keyframe(spec)
+            payloads = [keyframe]
         elif kind == protocol.DELTA:
-            payload, base_v, base_fp = self.increment, self.version - 1, self._previous_fingerprint
+            payloads, base_v, base_fp = chain, held, self._fingerprints[held]
         else:
             base_v, base_fp = self.version, self.fingerprint
-        pspec = payload.spec if payload is not None else spec
+        pspec = payloads[0].spec if payloads else spec
         down = protocol.Downlink(
             kind=kind,
             version=self.version,
@@ -111,10 +142,10 @@ class ServerModel:
             arrays_key=arrays_key,
             server_round=server_round,
         )
-        return down, payload, seconds
+        return down, payloads, seconds
 
     def advance(self, target: Mapping[str, np.ndarray], spec: CodecSpec, exact: bool) -> tuple[float, float]:
-        """Move to ``G_{v+1} = G_v + deq(Q(target - G_v))``; returns (encode s, decode s).
+        """Move to ``G_{v+1} = G_v + deq(Q(target - G_v [+ residual]))``; returns (encode s, decode s).
 
         ``target`` must already have ``G_v``'s names, shapes and dtypes (see
         :func:`nnc_fl.protocol.cast_like`). Raises ``ValueError`` if the codec's own output does
@@ -122,6 +153,9 @@ class ServerModel:
         """
         codec = spec.make()
         increment = protocol.model_delta(target, self.tensors)
+        if self.error_feedback and not exact:
+            for name, r in self._residual.items():
+                increment[name] = increment[name] + r
         t0 = time.perf_counter()
         data = codec.encode(increment, fingerprint=self.fingerprint, exact=exact)
         t1 = time.perf_counter()
@@ -129,12 +163,22 @@ class ServerModel:
         t2 = time.perf_counter()
         if set(deq) != set(self.tensors):
             raise ValueError(f"codec {spec.name!r} did not round-trip the tensor names")
-        new = protocol.apply_delta(self.tensors, deq)
-        self._previous_fingerprint = self.fingerprint
-        self.tensors = new
+        self._residual = {}
+        if self.error_feedback and not exact:
+            for name, d in increment.items():
+                if np.issubdtype(d.dtype, np.floating):
+                    r = d - np.asarray(deq[name]).astype(d.dtype)
+                    if np.all(np.isfinite(r)):
+                        self._residual[name] = r
+        self.tensors = protocol.apply_delta(self.tensors, deq)
         self.version += 1
-        self.fingerprint = fingerprint(new)
-        self.increment = Payload(data, spec, self.raw_bytes)
+        self.fingerprint = fingerprint(self.tensors)
+        self.increments[self.version] = Payload(data, spec, self.raw_bytes)
+        self._fingerprints[self.version] = self.fingerprint
+        for old in [u for u in self.increments if u <= self.version - self.max_chain]:
+            del self.increments[old]
+        for old in [u for u in self._fingerprints if u < self.version - self.max_chain]:
+            del self._fingerprints[old]
         self._keyframe = None
         return t1 - t0, t2 - t1
 

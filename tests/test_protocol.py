@@ -94,17 +94,35 @@ def test_codec_params_json_round_trip_and_limits():
 
 
 @pytest.mark.parametrize(
-    ("held", "increment", "kind"),
+    ("held", "increments_from", "kind"),
     [
-        (5, True, p.SAME),
-        (4, True, p.DELTA),
-        (4, False, p.KEYFRAME),
-        (3, True, p.KEYFRAME),
-        (None, True, p.KEYFRAME),
+        (5, 5, p.SAME),
+        (4, 5, p.DELTA),
+        (4, None, p.KEYFRAME),
+        (3, 5, p.KEYFRAME),  # needs G_4 - G_3, which the server no longer has
+        (3, 4, p.DELTA),  # chain of two increments
+        (0, 1, p.DELTA),
+        (None, 1, p.KEYFRAME),
+        (6, 1, p.KEYFRAME),  # a node claiming a future version
     ],
 )
-def test_version_rule(held, increment, kind):
-    assert p.choose_downlink(held, 5, increment) == kind
+def test_version_rule(held, increments_from, kind):
+    assert p.choose_downlink(held, 5, increments_from) == kind
+
+
+def test_chain_longer_than_the_limit_gets_a_keyframe():
+    v = p.MAX_CHAIN + 10
+    assert p.choose_downlink(v - p.MAX_CHAIN, v, 1) == p.DELTA
+    assert p.choose_downlink(v - p.MAX_CHAIN - 1, v, 1) == p.KEYFRAME
+
+
+def test_payload_chain_keys():
+    arrays = {p.chain_key(i): Array(**p.pack_payload(bytes([i]) * 3)) for i in range(3)}
+    assert p.payloads_of(arrays, 3) == [b"\0\0\0", b"\1\1\1", b"\2\2\2"]
+    with pytest.raises(p.ProtocolError, match="exactly"):
+        p.payloads_of(arrays, 2)
+    with pytest.raises(p.ProtocolError, match="chains"):
+        p.payloads_of(arrays, 0)
 
 
 def test_check_base():

@@ -191,3 +191,89 @@ def test_wrapper_basics(caplog):
         CompressedStrategy(object())
     with pytest.raises(AttributeError):
         _ = strategy.no_such_attribute
+
+
+def _chains(grid) -> list[int]:
+    """Number of increments in each delta downlink the grid delivered."""
+    out = []
+    for m in grid.sent:
+        rec = m.content.get(protocol.RECORD_KEY)
+        if rec is not None and rec["kind"] == protocol.DELTA:
+            out.append(rec["version"] - rec["base_version"])
+            assert len(next(iter(m.content.array_records.values()))) == out[-1]
+    return out
+
+
+def test_nodes_that_missed_rounds_catch_up_with_a_chain_of_increments(make_grid, initial_arrays):
+    random.seed(3)
+    grid = make_grid(6)
+    inner = FedAvg(fraction_train=0.34, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(inner, step=0.05)
+    run_federation(strategy, grid, initial_arrays, 8)  # checks bit-identical models every round
+    assert max(_chains(grid)) >= 2  # some node skipped rounds and got several increments at once
+
+
+def test_server_model_chains_increments_while_smaller_than_a_keyframe():
+    from strategies.model_state import CodecSpec, ServerModel
+
+    spec = CodecSpec("nnc", {"step": 0.01})
+    rng = np.random.default_rng(0)
+    model = ServerModel(max_chain=4)
+    model.adopt({"w": np.zeros(5000, np.float32), "n": np.zeros((), np.int64)})
+    model.mark(7, 1)  # node 7 holds the first version
+    for _ in range(3):
+        target = {"w": model.tensors["w"] + rng.normal(0, 0.01, 5000).astype(np.float32), "n": model.tensors["n"] + 1}
+        model.advance(target, spec, exact=False)
+    down, payloads, _ = model.downlink(7, spec, spec, "arrays", 4)
+    assert down.kind == protocol.DELTA and down.base_version == 1 and len(payloads) == 3
+    for _ in range(3):  # node 7 now lags 6 versions, beyond max_chain: keyframe
+        model.advance({"w": model.tensors["w"] + 0.5, "n": model.tensors["n"]}, spec, exact=False)
+    down, payloads, _ = model.downlink(7, spec, spec, "arrays", 5)
+    assert down.kind == protocol.KEYFRAME and len(payloads) == 1
+    model.mark(7, model.version - 1)
+    huge = {"w": rng.normal(0, 100, 5000).astype(np.float32), "n": model.tensors["n"]}
+    model.advance(huge, CodecSpec("nnc", {"step": 1e-6}), exact=False)  # an increment bigger than the model
+    down, _, _ = model.downlink(7, spec, spec, "arrays", 6)
+    assert down.kind == protocol.KEYFRAME
+
+
+def test_chains_are_bounded_by_max_chain(make_grid, initial_arrays):
+    random.seed(3)
+    grid = make_grid(6)
+    inner = FedAvg(fraction_train=0.34, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(inner, step=0.001, max_chain=1)
+    run_federation(strategy, grid, initial_arrays, 8)
+    assert set(_chains(grid)) <= {1}
+    assert sum(r["keyframes"] for r in strategy.bandwidth[1:]) > 0
+    with pytest.raises(ValueError, match="max_chain"):
+        CompressedStrategy(FedAvg(), max_chain=0)
+
+
+def test_downlink_params_set_the_increment_rate(make_grid, initial_arrays):
+    import nnc_fl
+
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.001, downlink_params={"step": 0.004})
+    run_federation(strategy, make_grid(4), initial_arrays, 2)
+    v = strategy.model.version
+    steps = {t.step for t in nnc_fl.inspect(strategy.model.increments[v].data).tensors if t.step is not None}
+    assert steps == {np.float32(0.004)}
+    with pytest.raises(ValueError):
+        CompressedStrategy(FedAvg(), step=0.001, downlink_params={"step": -1.0})
+
+
+def test_downlink_error_feedback_makes_the_rounding_average_out():
+    from strategies.model_state import CodecSpec, ServerModel
+
+    spec = CodecSpec("nnc", {"step": 0.1})
+    target = {"w": np.array([0.04, -0.13, 0.26, 0.0], np.float32)}
+    errors = {}
+    for ef in (True, False):
+        model = ServerModel(error_feedback=ef)
+        model.adopt({"w": np.zeros(4, np.float32)})
+        seen = []
+        for _ in range(40):
+            model.advance(target, spec, exact=False)
+            seen.append(model.tensors["w"].astype(np.float64))
+        errors[ef] = np.abs(np.mean(seen, axis=0) - target["w"]).max()
+    assert errors[False] >= 0.03  # plain rounding leaves G stuck up to step/2 away
+    assert errors[True] < 0.01  # with error feedback the error averages out
