@@ -79,13 +79,64 @@ _SPAN = 4096
 _MAX_BYTES_PER_LEVEL = 40
 
 
+#: -log2 of a bin's probability, by the probability's top 10 bits (index p >> 5 of a 15-bit p).
+_BITS = -np.log2((np.arange(1024) * 32 + 16) / 32768.0)
+
+
 @jit
-def _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow, colact):
-    """Code ``levels[start:stop]`` into ``buf`` (which has room for them); return the coder state."""
+def _bin_bits(p1, bit):
+    return _BITS[(p1 if bit else 32768 - p1) >> 5]
+
+
+@jit
+def _level_bits(m, neg, c_sig, c_sign, g, ctx):
+    """Estimated bits to code magnitude ``m`` (with sign ``neg``) in the current context state."""
+    if m == 0:
+        return _bin_bits(p_one(ctx, c_sig), 0)
+    bits = _bin_bits(p_one(ctx, c_sig), 1) + _bin_bits(p_one(ctx, c_sign), neg)
+    for k in range(1, GT_FLAGS + 1):
+        gt = 1 if m > k else 0
+        bits += _bin_bits(p_one(ctx, GT_CTX + 3 * (k - 1) + g), gt)
+        if gt == 0:
+            break
+    if m > GT_FLAGS:
+        x = m - GT_FLAGS
+        nb = 0
+        while (x >> (nb + 1)) != 0:
+            nb += 1
+        bits += 2 * nb + 1
+    return bits
+
+
+@jit
+def _rd_choice(q, a, lam, c_sig, c_sign, g, ctx):
+    """``q`` = round(x / step) with ``a`` = |x| / step: keep it, or step one towards zero when
+    ``q`` was rounded up and that lowers distortion + lam x bits (error stays below one step)."""
+    m = abs(q)
+    if m == 0 or a >= m:
+        return q
+    neg = 1 if q < 0 else 0
+    j_keep = (m - a) ** 2 + lam * _level_bits(m, neg, c_sig, c_sign, g, ctx)
+    j_down = (a - m + 1) ** 2 + lam * _level_bits(m - 1, neg, c_sig, c_sign, g, ctx)
+    if j_down < j_keep:
+        return q + 1 if neg else q - 1
+    return q
+
+
+@jit
+def _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact):
+    """Code ``levels[start:stop]`` into ``buf`` (which has room for them); return the coder state.
+
+    With ``lam > 0`` each level may first be lowered by :func:`_rd_choice` (rate-distortion
+    quantisation, from the values ``x``); the coded level is written back into ``levels``.
+    """
     col = start % cols
     for i in range(start, stop):
         q = levels[i]
         c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
+        if lam > 0.0:
+            q = _rd_choice(q, abs(np.float64(x[i])) * inv_step, lam, c_sig, c_sign, g, ctx)
+            levels[i] = q
         _col_update(colact, col, q)
         col += 1
         if col == cols:
@@ -107,12 +158,12 @@ def _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow, colact):
             if gt == 0:
                 break
         if m > GT_FLAGS:
-            x = m - GT_FLAGS  # Exp-Golomb: remainder + 1 >= 1
+            xg = m - GT_FLAGS  # Exp-Golomb: remainder + 1 >= 1
             nb = 0
-            while (x >> (nb + 1)) != 0:
+            while (xg >> (nb + 1)) != 0:
                 nb += 1
             st = enc_bypass(st, buf, (1 << (nb + 1)) - 2, nb + 1)  # nb ones, then a zero
-            st = enc_bypass(st, buf, x, nb)
+            st = enc_bypass(st, buf, xg, nb)
     return st
 
 
@@ -129,8 +180,7 @@ def _with_room(buf, st, n_levels):
 
 
 @jit
-def encode_levels(levels, cols, rate_index):
-    """Code int64 ``levels`` (|level| <= MAX_LEVEL, checked by the caller); return the payload."""
+def _encode(levels, x, inv_step, lam, cols, rate_index):
     n = levels.size
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
@@ -141,9 +191,27 @@ def encode_levels(levels, cols, rate_index):
     for start in range(0, n, _SPAN):
         stop = min(start + _SPAN, n)
         buf = _with_room(buf, st, stop - start)
-        st = _encode_span(levels, start, stop, cols, ctx, st, buf, fast, slow, colact)
+        st = _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact)
     buf = _with_room(buf, st, 0)
     return buf[: enc_finish(st, buf)].copy()
+
+
+@jit
+def encode_levels(levels, cols, rate_index):
+    """Code int64 ``levels`` (|level| <= MAX_LEVEL, checked by the caller); return the payload."""
+    return _encode(levels, np.zeros(0, np.float64), 1.0, 0.0, cols, rate_index)
+
+
+@jit
+def encode_levels_rd(levels, x, step, lam, cols, rate_index):
+    """Rate-distortion quantisation and coding in one pass.
+
+    ``levels`` must hold ``round(x / step)`` (from :func:`nnc_fl._quantise.quantise`); levels whose
+    rounding went up may be lowered by one where ``(error / step)**2 + lam * bits`` is smaller, with
+    bits estimated from the adaptive contexts at that point. ``levels`` is updated in place to what
+    was coded, and the payload is returned; the decoder is the usual :func:`decode_levels`.
+    """
+    return _encode(levels, x, 1.0 / step, lam, cols, rate_index)
 
 
 @jit

@@ -12,11 +12,11 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from . import bitstream as bs
-from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels
+from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError
-from .steps import resolve_step
+from .steps import check_rd_lambda, resolve_step
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
@@ -28,6 +28,7 @@ def encode(
     step: float | Mapping[str, float] | None = None,
     qp: int | Mapping[str, int] | None = None,
     rel_step: float | None = None,
+    rd_lambda: float = 0.0,
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
 ) -> bytes:
@@ -47,6 +48,11 @@ def encode(
     rel_step
         Instead of ``step``/``qp``: each float tensor's step is ``rel_step`` times its RMS (divided
         by 4 for 0-d/1-d tensors) -- a rate that follows the update's scale, as FL deltas shrink.
+    rd_lambda
+        Rate-distortion quantisation: with ``rd_lambda > 0`` a value rounded up may be coded one
+        level lower where ``(error / step)**2 + rd_lambda * bits`` is smaller (bits estimated from
+        the coder's adaptive contexts). The error then stays below one step instead of half a step;
+        0 (the default) is plain rounding. Decoders need nothing: the stream format is the same.
     lossless
         Names of float tensors to code exactly instead of quantising.
     fingerprint
@@ -63,6 +69,7 @@ def encode(
         A tensor holds NaN/Inf, has an unsupported dtype, or its step would give levels beyond
         2**62; the message names the tensor.
     """
+    rd_lambda = check_rd_lambda(rd_lambda)
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping name -> array, got {type(tensors).__name__}")
     lossless = set(lossless)
@@ -71,7 +78,9 @@ def encode(
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     if sum(v is not None for v in (step, qp, rel_step)) > 1:
         raise ValueError("give at most one of step, qp and rel_step")
-    records = [_encode_one(name, value, step, qp, rel_step, name in lossless) for name, value in tensors.items()]
+    records = [
+        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless) for name, value in tensors.items()
+    ]
     return bs.write_stream(records, fingerprint)
 
 
@@ -127,7 +136,7 @@ def _cols(shape: tuple[int, ...], numel: int) -> int:
     return numel // shape[0] if len(shape) >= 2 else numel
 
 
-def _encode_one(name, value, step, qp, rel_step, exact) -> bs.TensorRecord:
+def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact) -> bs.TensorRecord:
     arr = _as_array(name, value)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -151,7 +160,13 @@ def _encode_one(name, value, step, qp, rel_step, exact) -> bs.TensorRecord:
         levels, s, mode = arr.reshape(-1).astype(np.int64), None, bs.MODE_INT
     if not levels.any():
         return _zero(name, arr)
-    payload = encode_levels(levels, _cols(shape, arr.size), DEFAULT_RATE_INDEX).tobytes()
+    cols = _cols(shape, arr.size)
+    if mode == bs.MODE_QUANT and rd_lambda > 0:
+        payload = encode_levels_rd(levels, flat, s, rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
+        if not levels.any():
+            return _zero(name, arr)
+    else:
+        payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX).tobytes()
     if len(payload) >= arr.nbytes:
         return _raw(name, arr)  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, DEFAULT_RATE_INDEX, payload)

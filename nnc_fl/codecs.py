@@ -19,7 +19,7 @@ import numpy as np
 
 from .api import decode, encode
 from .errors import FormatError
-from .steps import check_rel_step, check_step, qp_to_step
+from .steps import check_rd_lambda, check_rel_step, check_step, qp_to_step
 
 ParamValue = int | float | str | bool
 
@@ -89,14 +89,21 @@ class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
     ``step`` (a number), ``qp`` (NNC QP) or ``rel_step`` (a multiple of each tensor's RMS) sets the
-    quantisation of float tensors; with none, the default per-tensor policy of
+    quantisation of float tensors, ``rd_lambda`` its rate-distortion trade-off (see
+    :func:`nnc_fl.encode`); with none, the default per-tensor policy of
     :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes every tensor losslessly
     (keyframes).
     """
 
     name = "nnc"
 
-    def __init__(self, step: float | None = None, qp: int | None = None, rel_step: float | None = None):
+    def __init__(
+        self,
+        step: float | None = None,
+        qp: int | None = None,
+        rel_step: float | None = None,
+        rd_lambda: float = 0.0,
+    ):
         if sum(v is not None for v in (step, qp, rel_step)) > 1:
             raise ValueError("give at most one of step, qp and rel_step")
         self.step = None if step is None else check_step("<all>", step)
@@ -104,11 +111,18 @@ class NNCCodec:
         if qp is not None:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
+        self.rd_lambda = check_rd_lambda(rd_lambda)
 
     def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
         lossless = tuple(tensors) if exact else ()
         return encode(
-            tensors, step=self.step, qp=self.qp, rel_step=self.rel_step, lossless=lossless, fingerprint=fingerprint
+            tensors,
+            step=self.step,
+            qp=self.qp,
+            rel_step=self.rel_step,
+            rd_lambda=0.0 if exact else self.rd_lambda,
+            lossless=lossless,
+            fingerprint=fingerprint,
         )
 
     def decode(self, data: bytes) -> dict[str, np.ndarray]:
@@ -122,6 +136,8 @@ class NNCCodec:
             out["qp"] = self.qp
         if self.rel_step is not None:
             out["rel_step"] = self.rel_step
+        if self.rd_lambda:
+            out["rd_lambda"] = self.rd_lambda
         return out
 
     def __repr__(self) -> str:

@@ -98,6 +98,17 @@ def check_rel_step(value: object) -> float:
     return r
 
 
+def check_rd_lambda(value: object) -> float:
+    """``value`` as a float if it is a valid ``rd_lambda`` (finite, in [0, 1000]); else an error."""
+    try:
+        r = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"rd_lambda must be a number, got {value!r}") from None
+    if not (0.0 <= r <= 1000.0):
+        raise ValueError(f"rd_lambda must be finite and in [0, 1000], got {value!r}")
+    return r
+
+
 def check_step(name: str, value: object) -> float:
     """``value`` as a float if it is a valid step for tensor ``name``; else TypeError/ValueError."""
     return _check_step(name, value)

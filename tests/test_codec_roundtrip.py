@@ -255,3 +255,35 @@ def test_property_integers_exact(arr):
     out = nnc_fl.decode(nnc_fl.encode({"a": arr}))["a"]
     assert out.dtype == arr.dtype and out.shape == arr.shape
     np.testing.assert_array_equal(out, arr)
+
+
+def test_rate_distortion_quantisation_trades_error_for_bytes():
+    rng = np.random.default_rng(8)
+    x = {"w": (rng.laplace(size=(64, 256)) * 0.01).astype(np.float32)}
+    plain = nnc_fl.encode(x, step=0.01)
+    rd = nnc_fl.encode(x, step=0.01, rd_lambda=0.2)
+    assert nnc_fl.encode(x, step=0.01, rd_lambda=0.0) == plain
+    assert len(rd) < 0.95 * len(plain)
+    out = nnc_fl.decode(rd)["w"]  # the ordinary decoder: the format is unchanged
+    err = np.abs(out.astype(np.float64) - x["w"])
+    step = float(np.float32(0.01))
+    assert err.max() < step * (1 + 1e-6)  # below one step (not half a step)
+    assert err.max() > step / 2  # and it did move some values
+    levels = np.round(out.astype(np.float64) / step)
+    rounded = np.sign(x["w"]) * np.floor(np.abs(x["w"]) / step + 0.5)
+    assert np.all(np.abs(levels) <= np.abs(rounded))  # only ever towards zero
+    with pytest.raises(ValueError, match="rd_lambda"):
+        nnc_fl.encode(x, step=0.01, rd_lambda=-1)
+
+
+def test_rate_distortion_payload_matches_the_reference_decoder():
+    from nnc_fl import reference
+    from nnc_fl._levels import encode_levels_rd
+    from nnc_fl._quantise import quantise
+
+    rng = np.random.default_rng(9)
+    x = rng.laplace(size=500) * 0.03
+    levels, _ = quantise(x, 0.01, 1 << 62)
+    payload = encode_levels_rd(levels, x, 0.01, 0.3, 50, 0).tobytes()
+    assert reference.decode_levels(payload, 500, 50) == levels.tolist()
+    assert reference.encode_levels(levels.tolist(), 50) == payload
