@@ -5,6 +5,8 @@ Run ``python -m experiments.bench_codec`` (``--quick`` for a short run). For eac
 and each quantisation step, it prints one table row per method, all measured in this run:
 
 - ``nnc``: :func:`nnc_fl.encode` (quantise + context-adaptive arithmetic coding), full container;
+- ``nnc-rd0.1``: the same with rate-distortion quantisation (``rd_lambda=0.1``): fewer bytes at a
+  higher RMSE (compare along the RD curve, not within one step);
 - ``fp32+zstd19``: the raw float32 delta through zstd level 19 (lossless reference);
 - ``levels+zstd19`` / ``levels+lzma``: the *same* quantisation levels (so the same RMSE), each tensor's
   levels in the narrowest integer type that holds them, concatenated, through zstd-19 and through lzma
@@ -78,6 +80,12 @@ def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bo
     enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step), repeat) if timing else math.nan
     dec_s = _best_time(lambda: nnc_fl.decode(data), repeat) if timing else math.nan
     rows.append(dict(method="nnc", bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6))
+    rd = nnc_fl.encode(delta, step=step, rd_lambda=0.1)
+    rd_out = nnc_fl.decode(rd)
+    rd_err = np.concatenate([(rd_out[k].astype(np.float64) - delta[k]).ravel() for k in delta])
+    rd_enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1), repeat) if timing else math.nan
+    rows.append(dict(method="nnc-rd0.1", bytes=len(rd), rmse=float(np.sqrt(np.mean(rd_err**2))),
+                     enc_mbs=raw / rd_enc_s / 1e6, dec_mbs=raw / dec_s / 1e6))
 
     flat = np.concatenate([np.asarray(x, np.float32).ravel() for x in delta.values()]).tobytes()
     z = zstandard.ZstdCompressor(level=19)

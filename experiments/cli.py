@@ -93,7 +93,7 @@ def _print_rounds(out: dict[str, Any]) -> None:
     s = out["summary"]
     print(f"\n{s['task']} on {s['data_source']} ({s['parameters']} parameters), codec {s['name']}: final accuracy "
           f"{100 * s['final_accuracy']:.2f} %, uplink {s['up_pct']:.3f} % and downlink {s['down_pct']:.3f} % of fp32 "
-          f"({s['down_pct_after_round1']:.3f} % after round 1), {s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
+          f"({s['down_pct_increments']:.3f} % for increments, {s['keyframes']} keyframes), {s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     params = dict(DEFAULT_CODEC[1]) if a.codec == DEFAULT_CODEC[0] and not a.param else {}
     params.update(dict(a.param or []))
     cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
-                    backend=a.backend)
+                    downlink_params=dict(a.down_param or []), backend=a.backend)
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
     out = _run_with_progress(cfg, out_dir)
     _print_rounds(out)
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default=DEFAULT_CODEC[0], help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd")
     p.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE",
                    help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01 (repeatable)")
+    p.add_argument("--down-param", type=_param, action="append", metavar="KEY=VALUE",
+                   help="codec parameter for the downlink increment only, e.g. rel_step=8 (repeatable)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("compare", help="the same federation with each codec; one table and plot")

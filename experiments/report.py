@@ -63,16 +63,18 @@ def comparison_table(outs: list[dict[str, Any]], reference: str = "fp32") -> str
     """Markdown table, one row per run; accuracy difference against the ``reference`` codec."""
     ref = next((o["summary"] for o in outs if o["summary"]["codec"] == reference), None)
     lines = [
-        "| codec | final acc. (%) | Δ acc. vs fp32 (pp) | uplink (% of fp32) | downlink (% of fp32) | "
-        "downlink after round 1 (%) | total MB | rejected | codec time (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| codec | final acc. (%) | Δ acc. vs fp32 (pp) | last-3 mean acc. (%) | Δ last-3 (pp) | uplink (% of fp32) | downlink (% of fp32) | "
+        "downlink increments (%) | keyframes | total MB | rejected | codec time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outs:
         s = o["summary"]
         delta = "" if ref is None else f"{100 * (s['final_accuracy'] - ref['final_accuracy']):+.2f}"
+        delta3 = "" if ref is None else f"{100 * (s['last3_accuracy'] - ref['last3_accuracy']):+.2f}"
         lines.append(
-            f"| {s['name']} | {100 * s['final_accuracy']:.2f} | {delta} | {s['up_pct']:.3f} | {s['down_pct']:.3f} | "
-            f"{s['down_pct_after_round1']:.3f} | {s['total_bytes'] / 1e6:.3f} | {s['rejected']} | "
+            f"| {s['name']} | {100 * s['final_accuracy']:.2f} | {delta} | {100 * s['last3_accuracy']:.2f} | {delta3} | "
+            f"{s['up_pct']:.3f} | {s['down_pct']:.3f} | "
+            f"{s['down_pct_increments']:.3f} | {s['keyframes']} | {s['total_bytes'] / 1e6:.3f} | {s['rejected']} | "
             f"{s['encode_s'] + s['decode_s']:.2f} |"
         )
     return "\n".join(lines)
