@@ -157,7 +157,9 @@ def _quiet_flower() -> None:
     """Flower logs every round at INFO; the progress bar and the final table say it better."""
     import logging
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    from flwr.supercore.logger import FLOWER_LOGGER  # sets the level on import: import it first
+
+    FLOWER_LOGGER.setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
