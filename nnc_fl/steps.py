@@ -77,7 +77,7 @@ def resolve_step(
     elif step is not None:
         value = step.get(name) if isinstance(step, Mapping) else step
         if value is not None:
-            chosen = _check_step(name, value)
+            chosen = check_step(name, value)
     elif qp is not None:
         value = qp.get(name) if isinstance(qp, Mapping) else qp
         if value is not None:
@@ -87,38 +87,28 @@ def resolve_step(
     return float(np.float32(chosen))
 
 
-def check_rel_step(value: object) -> float:
-    """``value`` as a float if it is a valid ``rel_step`` (finite, in (0, 2**20]); else ValueError."""
+def _bounded(value: object, what: str, low: float, high: float, *, open_low: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``(low, high]`` if ``open_low``); else TypeError/ValueError."""
     try:
         r = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise TypeError(f"rel_step must be a number, got {value!r}") from None
-    if not (0.0 < r <= 2.0**20):
-        raise ValueError(f"rel_step must be finite and in (0, 2**20], got {value!r}")
+        raise TypeError(f"{what} must be a number, got {value!r}") from None
+    if not ((low < r if open_low else low <= r) and r <= high):  # NaN fails too
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{what} must be finite and in {interval}, got {value!r}")
     return r
+
+
+def check_rel_step(value: object) -> float:
+    """A valid ``rel_step``: in (0, 2**20]."""
+    return _bounded(value, "rel_step", 0.0, 2.0**20, open_low=True)
 
 
 def check_rd_lambda(value: object) -> float:
-    """``value`` as a float if it is a valid ``rd_lambda`` (finite, in [0, 1000]); else an error."""
-    try:
-        r = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"rd_lambda must be a number, got {value!r}") from None
-    if not (0.0 <= r <= 1000.0):
-        raise ValueError(f"rd_lambda must be finite and in [0, 1000], got {value!r}")
-    return r
+    """A valid ``rd_lambda``: in [0, 1000]."""
+    return _bounded(value, "rd_lambda", 0.0, 1000.0)
 
 
 def check_step(name: str, value: object) -> float:
-    """``value`` as a float if it is a valid step for tensor ``name``; else TypeError/ValueError."""
-    return _check_step(name, value)
-
-
-def _check_step(name: str, value: object) -> float:
-    try:
-        s = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"step for tensor {name!r} must be a number, got {value!r}") from None
-    if not (MIN_STEP <= s <= MAX_STEP):
-        raise ValueError(f"step for tensor {name!r} must be finite and in [2**-60, 2**60], got {value!r}")
-    return s
+    """A valid step for tensor ``name``: in [2**-60, 2**60]."""
+    return _bounded(value, f"step for tensor {name!r}", MIN_STEP, MAX_STEP)
