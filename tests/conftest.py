@@ -190,10 +190,6 @@ def set_uplink(reply: Message, **changes) -> Message:
     return reply
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs real Flower processes (still part of the default suite)")
-
-
 # -- running a federation in-process and checking the bit-exact invariant -----------------------------
 
 
