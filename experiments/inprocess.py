@@ -22,16 +22,18 @@ NODE_ID_BASE = 1001
 class InProcessGrid(Grid):
     """Route each message to ``app`` with the destination node's own ``Context``."""
 
-    def __init__(self, app: ClientApp, num_nodes: int, run_config: dict | None = None) -> None:
+    def __init__(
+        self, app: ClientApp, num_nodes: int, run_config: dict | None = None, node_id_base: int = NODE_ID_BASE
+    ) -> None:
         try:
             TaskIdentity.run_id
         except RuntimeError:  # messages built outside a Flower runtime need an identity
             TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
         self.app = app
         self.contexts = {
-            NODE_ID_BASE + i: Context(
+            node_id_base + i: Context(
                 run_id=1,
-                node_id=NODE_ID_BASE + i,
+                node_id=node_id_base + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
                 run_config=dict(run_config or {}),

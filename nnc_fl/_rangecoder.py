@@ -17,8 +17,6 @@ starts from four bytes instead of five. After the final flush, trailing zero byt
 produced (at most four) are dropped, since the decoder reads zeros there anyway.
 """
 
-import numpy as np
-
 from ._jit import jit_inline
 
 PROB_BITS = 15

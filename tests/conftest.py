@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import sys
@@ -17,9 +16,10 @@ APP_DIR = Path(__file__).parent / "flower_app"
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from experiments.inprocess import InProcessGrid  # noqa: E402
 
 from nnc_fl import FormatError, protocol  # noqa: E402
 from nnc_fl.codecs import make_codec, register_codec, registered_codecs  # noqa: E402
@@ -69,55 +69,31 @@ if NpzCodec.name not in registered_codecs():
 ReplyHook = Callable[[Message], Message]
 
 
-class LocalGrid(Grid):
-    """Delivers each message to a ClientApp in this process, with one persistent Context per node.
-
-    Messages and replies are deep-copied both ways so no object is shared across the "wire".
-    ``online`` limits which nodes exist; ``tamper[node_id]`` rewrites that node's train replies.
-    """
+class LocalGrid(InProcessGrid):
+    """The experiments' in-process grid (node ids 101..), plus what tests need: ``online`` limits
+    which nodes exist, ``tamper[node_id]`` rewrites that node's train replies, ``drop`` loses them
+    (after the node processed the message), ``sent`` logs every message."""
 
     def __init__(self, app, num_nodes: int) -> None:
-        self.app = app
-        self.contexts = {
-            nid: Context(
-                run_id=1, node_id=nid, node_config={"partition-id": i}, state=RecordDict(), run_config={}
-            )
-            for i, nid in enumerate(range(101, 101 + num_nodes))
-        }
+        super().__init__(app, num_nodes, node_id_base=101)
         self.online = set(self.contexts)
         self.tamper: dict[int, ReplyHook] = {}
-        self.drop: set[int] = set()  # nodes whose train replies get lost after they processed the message
+        self.drop: set[int] = set()
         self.sent: list[Message] = []
-
-    def set_run(self, run) -> None:  # pragma: no cover - not used
-        pass
-
-    @property
-    def run(self):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # pragma: no cover
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         return sorted(self.online)
-
-    def push_messages(self, messages):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - not used
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
         replies = []
         for msg in messages:
             self.sent.append(msg)
+            reply = self.deliver(msg)
             node = msg.metadata.dst_node_id
-            reply = self.app(copy.deepcopy(msg), self.contexts[node])
-            reply = copy.deepcopy(reply)
-            if node in self.drop and msg.metadata.message_type == "train":
+            train = msg.metadata.message_type == "train"
+            if node in self.drop and train:
                 continue
-            if node in self.tamper and msg.metadata.message_type == "train" and reply.has_content():
+            if node in self.tamper and train and reply.has_content():
                 reply = self.tamper[node](reply)
             replies.append(reply)
         return replies
