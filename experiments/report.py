@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _cumulative_bytes(rounds: list[dict]) -> list[float]:
@@ -28,6 +29,7 @@ def _accuracy_axes(ax_round, ax_bytes, out: dict[str, Any], label: str) -> None:
 
 def _style(ax_round, ax_bytes) -> None:
     ax_round.set(xlabel="round", ylabel="test accuracy (%)", title="accuracy per round")
+    ax_round.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_bytes.set(xscale="log", xlabel="cumulative bytes transmitted (up + down)", ylabel="test accuracy (%)",
                  title="accuracy vs. communication")
     for ax in (ax_round, ax_bytes):
@@ -52,6 +54,7 @@ def plot_run(out: dict[str, Any], folder: Path) -> None:
     ax.bar([x + 0.2 for x in xs], [max(r["down_bytes"], 1) for r in trained], width=0.4, label="downlink (coded)")
     ax.plot(xs, [max(r["up_raw_bytes"], 1) for r in trained], "k--", lw=1, label="uplink fp32")
     ax.set(yscale="log", xlabel="round", ylabel="bytes", title=f"bytes per round: {s['name']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
