@@ -103,7 +103,7 @@ def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="small,medium,large", help="comma list of small, medium, large")
-    ap.add_argument("--rel-steps", default="0.5,1,2", help="steps as multiples of the delta's RMS")
+    ap.add_argument("--rel-steps", default="0.35,0.5,1,2", help="steps as multiples of the delta's RMS")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (best kept)")
     ap.add_argument("--quick", action="store_true", help="small and medium only, 2 repeats")
     args = ap.parse_args(argv)
