@@ -84,8 +84,9 @@ def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bo
     rd_out = nnc_fl.decode(rd)
     rd_err = np.concatenate([(rd_out[k].astype(np.float64) - delta[k]).ravel() for k in delta])
     rd_enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1), repeat) if timing else math.nan
+    rd_dec_s = _best_time(lambda: nnc_fl.decode(rd), repeat) if timing else math.nan
     rows.append(dict(method="nnc-rd0.1", bytes=len(rd), rmse=float(np.sqrt(np.mean(rd_err**2))),
-                     enc_mbs=raw / rd_enc_s / 1e6, dec_mbs=raw / dec_s / 1e6))
+                     enc_mbs=raw / rd_enc_s / 1e6, dec_mbs=raw / rd_dec_s / 1e6))
 
     flat = np.concatenate([np.asarray(x, np.float32).ravel() for x in delta.values()]).tobytes()
     z = zstandard.ZstdCompressor(level=19)
