@@ -19,16 +19,21 @@ from flwr.supercore.task_identity import TaskIdentity
 NODE_ID_BASE = 1001
 
 
+def _ensure_task_identity() -> None:
+    """Messages built outside a Flower runtime need a run/node/task identity: set one if unset."""
+    try:
+        _ = TaskIdentity.run_id  # raises RuntimeError when no runtime has set it
+    except RuntimeError:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
+
+
 class InProcessGrid(Grid):
     """Route each message to ``app`` with the destination node's own ``Context``."""
 
     def __init__(
         self, app: ClientApp, num_nodes: int, run_config: dict | None = None, node_id_base: int = NODE_ID_BASE
     ) -> None:
-        try:
-            TaskIdentity.run_id
-        except RuntimeError:  # messages built outside a Flower runtime need an identity
-            TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
+        _ensure_task_identity()
         self.app = app
         self.contexts = {
             node_id_base + i: Context(

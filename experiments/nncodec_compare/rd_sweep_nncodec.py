@@ -10,7 +10,7 @@ All other nnc.compress options are NNCodec defaults.
 """
 from __future__ import annotations
 
-import argparse, contextlib, io, json, math, os, sys
+import argparse, contextlib, io, json, os, sys
 
 import numpy as np
 from nncodec import nnc
