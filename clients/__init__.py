@@ -1,5 +1,5 @@
 """Client side of nnc-fl: the ``nnc_mod`` Flower client mod."""
 
-from .mod import nnc_mod
+from .mod import make_nnc_mod, nnc_mod
 
-__all__ = ["nnc_mod"]
+__all__ = ["make_nnc_mod", "nnc_mod"]

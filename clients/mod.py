@@ -10,12 +10,12 @@ for the next round and send ``Q(delta)`` tagged with ``v`` and ``F(G_v)``. A nod
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
@@ -125,12 +125,47 @@ def _model_record_key(reply: RecordDict, expected: str) -> str | None:
     return expected if expected in keys else None
 
 
-def nnc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower client mod: decode the coded model for the user's function, code its trained reply.
+SharedModel = Callable[[Context], "Mapping[str, np.ndarray] | None"]
 
-    Messages without the nnc-fl protocol record pass through untouched. Use as
-    ``ClientApp(mods=[nnc_mod])`` together with :class:`strategies.CompressedStrategy`.
+
+def make_nnc_mod(shared_model: SharedModel | None = None) -> Mod:
+    """The nnc-fl client mod; ``nnc_mod = make_nnc_mod()``.
+
+    ``shared_model(context)`` may return the model the node holds before first contact (e.g. the
+    initial weights shipped with the app), for use with ``CompressedStrategy(...,
+    shared_initial_model=True)``: the server then starts the node with increments instead of an
+    exact keyframe. The model is used only if its fingerprint is the one the server names.
     """
+
+    def nnc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        """Flower client mod: decode the coded model for the user's function, code its trained reply.
+
+        Messages without the nnc-fl protocol record pass through untouched. Use as
+        ``ClientApp(mods=[nnc_mod])`` together with :class:`strategies.CompressedStrategy`.
+        """
+        return _run_mod(msg, context, call_next, shared_model)
+
+    return nnc_mod
+
+
+def _adopt_shared(node: NodeState, down: protocol.Downlink, context: Context, shared_model) -> NodeState:
+    """A node without state takes the shared model as the model it holds, if it is the one the
+    downlink builds on (a delta's base, or the model itself for "same")."""
+    if node.version is not None or shared_model is None or down.kind == protocol.KEYFRAME:
+        return node
+    version, fp = (down.base_version, down.base_fingerprint)
+    if down.kind == protocol.SAME:
+        version, fp = down.version, down.fingerprint
+    candidate = shared_model(context)
+    if candidate is None:
+        return node
+    candidate = {k: np.asarray(v) for k, v in candidate.items()}
+    if fingerprint(candidate) != fp:
+        return node
+    return NodeState(version, fp, candidate, {})
+
+
+def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, shared_model) -> Message:
     if not msg.has_content() or protocol.RECORD_KEY not in msg.content:
         return call_next(msg, context)
     try:
@@ -139,14 +174,15 @@ def nnc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
         uplink_codec = _codec(down.codec, down.codec_params)
     except (protocol.ProtocolError, ValueError) as exc:
         return _error_reply(msg, f"cannot read the server's instruction: {exc}")
-    node = load_state(context.state)
+    stored = load_state(context.state)
+    node = _adopt_shared(stored, down, context, shared_model)
     try:
         model, decode_s = receive_model(down, msg.content, node)
     except _Resync as exc:
         log(WARNING, "nnc_mod: asking for a keyframe (%s)", exc)
         up = protocol.Uplink(kind=protocol.RESYNC, version=-1, fingerprint=b"", reason=str(exc))
         return Message(RecordDict({protocol.RECORD_KEY: _uplink_record(up)}), reply_to=msg)
-    if down.kind != protocol.SAME:
+    if down.kind != protocol.SAME or stored.version is None:
         save_model(context.state, down.version, down.fingerprint, model)
 
     msg.content = _plain_content(msg.content, down.arrays_key, model)
@@ -187,3 +223,7 @@ def nnc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Mes
     content[protocol.RECORD_KEY] = _uplink_record(up)
     reply.content = content
     return reply
+
+
+#: The client mod: ``ClientApp(mods=[nnc_mod])``.
+nnc_mod = make_nnc_mod()

@@ -15,7 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import nnc_mod
+from clients import make_nnc_mod
 
 from .data import ImageDataset, load_dataset
 from .models import get_weights, make_model, set_weights
@@ -65,9 +65,14 @@ def initial_model(fed: Federation) -> torch.nn.Module:
     return make_model(fed.model, num_classes=dataset(fed).num_classes, seed=fed.seed)
 
 
-def make_client_app(fed: Federation) -> ClientApp:
-    """A ClientApp training on partition ``node_config['partition-id']``, compressed by nnc_mod."""
-    app = ClientApp(mods=[nnc_mod])
+def make_client_app(fed: Federation, shared_initial_model: bool = False) -> ClientApp:
+    """A ClientApp training on partition ``node_config['partition-id']``, compressed by nnc_mod.
+
+    With ``shared_initial_model`` the node rebuilds the initial model from the federation's seed
+    (as if shipped with the app), so the server can start it with increments instead of a keyframe.
+    """
+    shared = (lambda context: get_weights(initial_model(fed))) if shared_initial_model else None
+    app = ClientApp(mods=[make_nnc_mod(shared_model=shared)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -48,6 +48,8 @@ class RunConfig:
     codec: str = "nnc"
     codec_params: dict[str, Any] = field(default_factory=dict)
     downlink_params: dict[str, Any] = field(default_factory=dict)
+    #: clients hold the initial model already (built from the same seed): no first-contact keyframes
+    shared_initial_model: bool = False
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
 
@@ -57,7 +59,8 @@ class RunConfig:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.codec_params.items()))
         down = ",".join(f"{k}={v}" for k, v in sorted(self.downlink_params.items()))
         name = f"{self.codec}({params})" if params else self.codec
-        return f"{name} down({down})" if down else name
+        name = f"{name} down({down})" if down else name
+        return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +81,12 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         model = initial_model(fed)
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
         strategy = CompressedStrategy(
-            inner, codec=cfg.codec, codec_params=cfg.codec_params, downlink_params=cfg.downlink_params
+            inner,
+            codec=cfg.codec,
+            codec_params=cfg.codec_params,
+            downlink_params=cfg.downlink_params,
+            shared_initial_model=cfg.shared_initial_model,
+            max_chain=min(64, max(16, cfg.rounds)),
         )
         result = strategy.start(
             grid=grid,
@@ -93,7 +101,7 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
 
 
 def _run_inprocess(cfg: RunConfig, sink: dict[str, Any], progress=None) -> None:
-    grid = InProcessGrid(make_client_app(cfg.federation), cfg.federation.num_clients)
+    grid = InProcessGrid(make_client_app(cfg.federation, cfg.shared_initial_model), cfg.federation.num_clients)
     _server_fn(cfg, sink, progress)(grid, Context(run_id=1, node_id=0, node_config={}, state=None, run_config={}))
 
 
@@ -108,7 +116,7 @@ def _run_ray(cfg: RunConfig, sink: dict[str, Any], progress=None) -> None:
     server.main()(_server_fn(cfg, sink, progress))
     run_simulation(
         server_app=server,
-        client_app=make_client_app(cfg.federation),
+        client_app=make_client_app(cfg.federation, cfg.shared_initial_model),
         num_supernodes=cfg.federation.num_clients,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}},
     )

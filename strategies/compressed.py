@@ -65,6 +65,11 @@ class CompressedStrategy(Strategy):
     max_chain : int
         A node that missed rounds gets up to this many increments chained in one message (while
         they are smaller than the model) instead of an exact keyframe.
+    shared_initial_model : bool
+        Every node already holds ``initial_arrays`` (e.g. shipped with the app; pair with
+        ``clients.make_nnc_mod(shared_model=...)``), so a node's first message is the chain of
+        increments since then instead of an exact keyframe. A node that does not hold it (its
+        fingerprint differs) asks for a resync and gets a keyframe.
     outlier_threshold : float or None
         Robust z-score (median/MAD over the round's update norms) above which an update is
         refused; ``None`` switches the test off. Needs at least ``outlier_min_count`` updates.
@@ -87,6 +92,7 @@ class CompressedStrategy(Strategy):
         downlink_exact: bool = False,
         downlink_error_feedback: bool = True,
         max_chain: int = 16,
+        shared_initial_model: bool = False,
         outlier_threshold: float | None = 10.0,
         outlier_min_count: int = 3,
         max_update_norm: float | None = None,
@@ -110,6 +116,7 @@ class CompressedStrategy(Strategy):
         self.outlier_min_count = outlier_min_count
         self.max_update_norm = max_update_norm
         self.model = ServerModel(max_chain=max_chain, error_feedback=downlink_error_feedback)
+        self.shared_initial_model = shared_initial_model
         #: One dict per round (see :mod:`strategies.bandwidth` for the columns).
         self.bandwidth: list[dict[str, Any]] = []
         self._log = BandwidthLog(bandwidth_log)
@@ -177,7 +184,10 @@ class CompressedStrategy(Strategy):
             return
         tensors = _to_numpy(arrays)
         if not self.model.matches(tensors):
+            first = self.model.version == 0
             self.model.adopt(tensors)
+            if first and self.shared_initial_model:
+                self.model.shared_version = self.model.version
             log(INFO, "nnc-fl: new global model v%s from outside; keyframes for all", self.model.version)
         self._global = arrays
 

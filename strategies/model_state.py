@@ -66,8 +66,10 @@ class ServerModel:
         self._fingerprints: dict[int, bytes] = {}
         self._residual: dict[str, np.ndarray] = {}
         self._keyframe: Payload | None = None
-        #: node id -> version that node is known to hold
-        self.node_versions: dict[int, int] = {}
+        #: node id -> version that node is known to hold (None: unknown, it gets a keyframe)
+        self.node_versions: dict[int, int | None] = {}
+        #: version every node holds before first contact (a model shipped with the app), if any
+        self.shared_version: int | None = None
 
     @property
     def raw_bytes(self) -> int:
@@ -87,6 +89,7 @@ class ServerModel:
         self._fingerprints = {self.version: self.fingerprint}
         self._residual = {}
         self._keyframe = None
+        self.shared_version = None
 
     @property
     def increments_from(self) -> int | None:
@@ -114,7 +117,7 @@ class ServerModel:
         self, node_id: int, spec: CodecSpec, uplink: CodecSpec, arrays_key: str, server_round: int
     ) -> tuple[protocol.Downlink, list[Payload], float]:
         """The protocol record and payloads that bring ``node_id`` to ``G_v``; plus encode seconds."""
-        held = self.node_versions.get(node_id)
+        held = self.node_versions.get(node_id, self.shared_version)
         kind = protocol.choose_downlink(held, self.version, self.increments_from)
         chain = self.chain(held) if kind == protocol.DELTA else None
         if kind == protocol.DELTA and chain is None:
@@ -184,7 +187,4 @@ class ServerModel:
 
     def mark(self, node_id: int, version: int | None) -> None:
         """Record that ``node_id`` holds ``version`` (``None``: unknown, send a keyframe next)."""
-        if version is None:
-            self.node_versions.pop(node_id, None)
-        else:
-            self.node_versions[node_id] = version
+        self.node_versions[node_id] = version

@@ -51,3 +51,12 @@ def test_cli_compare_writes_a_table_and_plot(tmp_path, capsys):
 def test_cli_rejects_bad_codec_parameters(capsys):
     assert cli(["run", "uc10", "--source", "digits", "--rounds", "1", "--param", "nonsense=1"]) == 2
     assert "bad parameters for codec 'nnc'" in capsys.readouterr().err
+
+
+def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
+    base = RunConfig(_tiny("uc10"), rounds=3, fraction=0.67, codec="nnc", codec_params={"rel_step": 2.0})
+    shared = RunConfig(**{**base.__dict__, "shared_initial_model": True})
+    a, b = run(base), run(shared)
+    assert [r["test_accuracy"] for r in a["rounds"]] == [r["test_accuracy"] for r in b["rounds"]]
+    assert b["summary"]["keyframes"] == 0 < a["summary"]["keyframes"]
+    assert b["summary"]["down_bytes"] < a["summary"]["down_bytes"]

@@ -277,3 +277,48 @@ def test_downlink_error_feedback_makes_the_rounding_average_out():
         errors[ef] = np.abs(np.mean(seen, axis=0) - target["w"]).max()
     assert errors[False] >= 0.03  # plain rounding leaves G stuck up to step/2 away
     assert errors[True] < 0.01  # with error feedback the error averages out
+
+
+def _shared_app(shared) -> ClientApp:
+    """The test app's user functions behind ``make_nnc_mod(shared_model=shared)``."""
+    from nncfl_testapp import client_app as user
+
+    from clients import make_nnc_mod
+
+    app = ClientApp(mods=[make_nnc_mod(shared_model=shared)])
+    app.train()(user.train)
+    app.evaluate()(user.evaluate)
+    return app
+
+
+def test_shared_initial_model_replaces_first_contact_keyframes(initial_arrays):
+    from nncfl_testapp.task import initial_model
+
+    random.seed(5)
+    grid = LocalGrid(_shared_app(lambda context: initial_model()), 6)
+    inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(inner, step=0.05, shared_initial_model=True, max_chain=32)
+    run_federation(strategy, grid, initial_arrays, 6)  # bit-identical models every round
+    rows = strategy.bandwidth
+    assert sum(r["keyframes"] for r in rows) == 0 and all(r["resyncs"] == 0 for r in rows)
+    assert rows[0]["down_bytes"] == 0  # round 1: everybody already holds the initial model
+    assert all(r["accepted"] == r["clients"] for r in rows)
+
+
+def test_node_without_the_shared_model_resyncs_and_gets_a_keyframe(initial_arrays):
+    from nncfl_testapp.task import initial_model
+
+    def shared(context):  # node 101 ships another model, node 102 none at all
+        pid = context.node_config["partition-id"]
+        if pid == 0:
+            return {k: v + 1 for k, v in initial_model().items()}
+        return None if pid == 1 else initial_model()
+
+    grid = LocalGrid(_shared_app(shared), 4)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.05, shared_initial_model=True)
+    run_federation(strategy, grid, initial_arrays, 4)
+    rows = strategy.bandwidth
+    # round 1 sends no payload ("same"); the two nodes without the right model cannot confirm it
+    assert rows[0]["resyncs"] == 2 and rows[0]["accepted"] == 2 and rows[0]["down_bytes"] == 0
+    assert sum(r["resyncs"] for r in rows) == 2 and sum(r["keyframes"] for r in rows) == 2
+    assert rows[-1]["accepted"] == 4
