@@ -91,13 +91,7 @@ def encode_update(
     t1 = time.perf_counter()
     deq = codec.decode(data)
     t2 = time.perf_counter()
-    new_residual = {}
-    for name, d in delta.items():
-        if np.issubdtype(d.dtype, np.floating):
-            r = (d - np.asarray(deq[name]).astype(d.dtype)).astype(d.dtype)
-            if np.all(np.isfinite(r)):
-                new_residual[name] = r
-    return data, new_residual, t1 - t0, t2 - t1
+    return data, protocol.quantisation_residual(delta, deq), t1 - t0, t2 - t1
 
 
 def _plain_content(content: RecordDict, key: str, model: Mapping[str, np.ndarray]) -> RecordDict:

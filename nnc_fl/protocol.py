@@ -346,6 +346,23 @@ def apply_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray])
     return out
 
 
+def quantisation_residual(
+    delta: Mapping[str, np.ndarray], decoded: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Error feedback: ``delta - decoded`` for floating tensors, in ``delta``'s dtype.
+
+    Integer and boolean tensors are coded exactly and carry none; a non-finite residual (diverged
+    training) is dropped rather than carried into later rounds.
+    """
+    out = {}
+    for name, d in delta.items():
+        if np.issubdtype(d.dtype, np.floating):
+            r = (d - np.asarray(decoded[name]).astype(d.dtype)).astype(d.dtype)
+            if np.all(np.isfinite(r)):
+                out[name] = r
+    return out
+
+
 def cast_like(
     tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:

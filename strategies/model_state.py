@@ -166,13 +166,8 @@ class ServerModel:
         t2 = time.perf_counter()
         if set(deq) != set(self.tensors):
             raise ValueError(f"codec {spec.name!r} did not round-trip the tensor names")
-        self._residual = {}
-        if self.error_feedback and not exact:
-            for name, d in increment.items():
-                if np.issubdtype(d.dtype, np.floating):
-                    r = d - np.asarray(deq[name]).astype(d.dtype)
-                    if np.all(np.isfinite(r)):
-                        self._residual[name] = r
+        use_feedback = self.error_feedback and not exact
+        self._residual = protocol.quantisation_residual(increment, deq) if use_feedback else {}
         self.tensors = protocol.apply_delta(self.tensors, deq)
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
