@@ -1,75 +1,142 @@
-"""Per-node state of ``nnc_mod`` kept in Flower's ``context.state``.
+"""A node's side of nnc-fl: the model it holds, and how it receives a model and sends an update.
 
-A ``RecordDict`` can hold only ``ArrayRecord``, ``MetricRecord`` and ``ConfigRecord``; the node keeps
+The state lives in Flower's ``context.state`` (persisted per node and run, in simulation and
+deployment alike). A ``RecordDict`` can hold only ``ArrayRecord``, ``MetricRecord`` and
+``ConfigRecord``; the node keeps
 
 - ``nnc-fl.base`` (``ArrayRecord``): the global model ``G_v`` it holds, bit-exact;
 - ``nnc-fl.residual`` (``ArrayRecord``): the error-feedback residual of its floating tensors;
 - ``nnc-fl.meta`` (``ConfigRecord``): ``version`` (int) and ``fingerprint`` (32 bytes) of ``G_v``.
-
-Flower persists ``context.state`` per node and run, in simulation and deployment alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from nnc_fl import FormatError, protocol
+from nnc_fl.codecs import UpdateCodec
+from nnc_fl.fingerprint import fingerprint
+from nnc_fl.updates import CodedUpdate, apply_delta, cast_like, code_update, model_delta
+from nnc_fl.validation import UpdateRejected, check_schema
 
 BASE_KEY = "nnc-fl.base"
 RESIDUAL_KEY = "nnc-fl.residual"
 META_KEY = "nnc-fl.meta"
 
 
-@dataclass
+class Resync(Exception):
+    """The node cannot rebuild the model the server describes; it asks for a keyframe instead."""
+
+
 class NodeState:
-    """What a node remembers between rounds."""
+    """The model a node holds (``version``, ``fingerprint``, ``base``) and its error-feedback residual,
+    read from and written to the node's ``context.state``.
 
-    version: int | None = None
-    fingerprint: bytes | None = None
-    base: dict[str, np.ndarray] = field(default_factory=dict)
-    residual: dict[str, np.ndarray] = field(default_factory=dict)
+    A missing or damaged entry reads as "holds nothing" (the node then asks for a keyframe).
+    """
 
+    def __init__(self, state: RecordDict) -> None:
+        self._state = state
+        self.version: int | None = None
+        self.fingerprint: bytes | None = None
+        self.base: dict[str, np.ndarray] = {}
+        self.residual: dict[str, np.ndarray] = {}
+        self._stored = False  # whether context.state holds the model described here
+        meta, base = state.get(META_KEY), state.get(BASE_KEY)
+        if not isinstance(meta, ConfigRecord) or not isinstance(base, ArrayRecord):
+            return
+        version, fp = meta.get("version"), meta.get("fingerprint")
+        if not isinstance(version, int) or not isinstance(fp, bytes):
+            return
+        self.version, self.fingerprint, self.base = version, fp, protocol.tensors_of(base)
+        self._stored = True
+        residual = state.get(RESIDUAL_KEY)
+        self.residual = protocol.tensors_of(residual) if isinstance(residual, ArrayRecord) else {}
 
-def _to_record(tensors: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in tensors.items()})
+    def holds_nothing(self) -> bool:
+        """Whether the node holds no model yet."""
+        return self.version is None
 
+    def hold(self, version: int, fingerprint_: bytes, tensors: Mapping[str, np.ndarray]) -> None:
+        """Take ``tensors`` as the model ``version`` with ``fingerprint_`` and remember it."""
+        self.version, self.fingerprint, self.base = version, fingerprint_, dict(tensors)
+        self._state[BASE_KEY] = protocol.to_record(tensors, ArrayRecord, Array)
+        self._state[META_KEY] = ConfigRecord({"version": int(version), "fingerprint": bytes(fingerprint_)})
+        self._stored = True
 
-def load_state(state: RecordDict) -> NodeState:
-    """Read the node's state; a missing or damaged entry reads as "holds nothing"."""
-    meta = state.get(META_KEY)
-    base = state.get(BASE_KEY)
-    if not isinstance(meta, ConfigRecord) or not isinstance(base, ArrayRecord):
-        return NodeState()
-    version, fp = meta.get("version"), meta.get("fingerprint")
-    if not isinstance(version, int) or not isinstance(fp, bytes):
-        return NodeState()
-    residual = state.get(RESIDUAL_KEY)
-    res = {k: a.numpy() for k, a in residual.items()} if isinstance(residual, ArrayRecord) else {}
-    return NodeState(version, fp, {k: a.numpy() for k, a in base.items()}, res)
+    def adopt_shared(
+        self, down: protocol.Downlink, shared_model: Callable[[], Mapping[str, np.ndarray] | None]
+    ) -> None:
+        """A node that holds nothing takes ``shared_model()`` (a model shipped with the app) as the
+        model it holds if it is the base ``down`` builds on; otherwise nothing changes. It is
+        remembered once a message built on it has been received."""
+        if not self.holds_nothing() or down.base is None:
+            return
+        candidate = shared_model()
+        if candidate is None:
+            return
+        tensors = {k: np.asarray(v) for k, v in candidate.items()}
+        version, fp = down.base
+        if fingerprint(tensors) == fp:
+            self.version, self.fingerprint, self.base = version, fp, tensors
 
+    def keep_residual(self, residual: Mapping[str, np.ndarray]) -> None:
+        """Remember the error-feedback residual (replacing the previous one)."""
+        self.residual = dict(residual)
+        self._state[RESIDUAL_KEY] = protocol.to_record(residual, ArrayRecord, Array)
 
-def save_model(
-    state: RecordDict, version: int, fingerprint: bytes, tensors: Mapping[str, np.ndarray]
-) -> None:
-    """Remember ``tensors`` as the model ``version`` with ``fingerprint``."""
-    state[BASE_KEY] = _to_record(tensors)
-    state[META_KEY] = ConfigRecord({"version": int(version), "fingerprint": bytes(fingerprint)})
+    # -- receive ---------------------------------------------------------------------------------
 
+    def receive(self, down: protocol.Downlink, content: RecordDict) -> tuple[dict[str, np.ndarray], float]:
+        """Rebuild ``G_v`` from a downlink message and hold it; returns it and the decode seconds.
 
-def save_residual(state: RecordDict, residual: Mapping[str, np.ndarray]) -> None:
-    """Remember the error-feedback residual (replacing the previous one)."""
-    state[RESIDUAL_KEY] = _to_record(residual)
+        Raises
+        ------
+        Resync
+            If the node does not hold the message's base, a payload does not decode or fit, or the
+            result's fingerprint differs from the server's.
+        """
+        try:
+            if down.base is not None:
+                protocol.check_base(self.version, self.fingerprint, *down.base)
+            if down.kind == protocol.SAME:
+                if not self._stored:
+                    self.hold(self.version, self.fingerprint, self.base)
+                return self.base, 0.0
+            record = content.get(down.arrays_key)
+            if not isinstance(record, ArrayRecord):
+                raise protocol.ProtocolError(f"no ArrayRecord under {down.arrays_key!r}")
+            codec = protocol.CodecSpec.from_wire(down.payload_codec, down.payload_codec_params).make()
+            t0 = time.perf_counter()
+            payloads = protocol.payloads_of(record, down.chain_length)
+            if down.kind == protocol.DELTA:  # a chain of increments, applied in order
+                model = self.base
+                for data in payloads:
+                    decoded = codec.decode(data)
+                    check_schema(decoded, model)
+                    model = apply_delta(model, decoded)
+            else:
+                model = dict(codec.decode(payloads[0]))
+            seconds = time.perf_counter() - t0
+        except (protocol.ProtocolError, FormatError, UpdateRejected, ValueError) as exc:
+            raise Resync(str(exc)) from exc
+        if fingerprint(model) != down.fingerprint:
+            raise Resync(f"fingerprint of the rebuilt model v{down.version} differs from the server's")
+        self.hold(down.version, down.fingerprint, model)
+        return model, seconds
 
+    # -- send ------------------------------------------------------------------------------------
 
-def usable_residual(
-    residual: Mapping[str, np.ndarray], model: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The residual entries that still fit ``model`` (same name, shape and dtype, finite)."""
-    out = {}
-    for name, r in residual.items():
-        m = model.get(name)
-        if m is not None and r.shape == m.shape and r.dtype == m.dtype and np.all(np.isfinite(r)):
-            out[name] = r
-    return out
+    def send(self, trained: Mapping[str, np.ndarray], codec: UpdateCodec) -> CodedUpdate:
+        """Code ``trained - G_v`` plus the residual with ``codec``, bound to ``G_v``; keep the new residual.
+
+        Raises ``ValueError`` if ``trained`` does not have ``G_v``'s tensor names and shapes.
+        """
+        delta = model_delta(cast_like(trained, self.base), self.base)
+        coded = code_update(delta, codec, residual=self.residual, fingerprint=self.fingerprint)
+        self.keep_residual(coded.residual)
+        return coded

@@ -23,11 +23,11 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from strategies import CompressedStrategy
+from strategies import CompressedStrategy, DownlinkSettings
+from strategies.inprocess import InProcessGrid
 
 from . import baselines  # noqa: F401  (registers the baseline codecs)
 from .fl_app import Federation, central_evaluator, dataset, initial_model, make_client_app
-from .inprocess import InProcessGrid
 from .models import count_parameters
 
 ROUND_FIELDS = (
@@ -80,14 +80,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         random.seed(fed.seed)  # Flower's node sampling uses the random module
         model = initial_model(fed)
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
-        strategy = CompressedStrategy(
-            inner,
-            codec=cfg.codec,
-            codec_params=cfg.codec_params,
-            downlink_params=cfg.downlink_params,
-            shared_initial_model=cfg.shared_initial_model,
-            max_chain=min(64, max(16, cfg.rounds)),
-        )
+        downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model)
+        strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params, downlink=downlink)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),

@@ -16,7 +16,7 @@ from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError
-from .steps import check_rd_lambda, resolve_step
+from .steps import check_rd_lambda, check_step_choice, resolve_step
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
@@ -76,8 +76,7 @@ def encode(
     unknown = lossless - set(tensors)
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
-    if sum(v is not None for v in (step, qp, rel_step)) > 1:
-        raise ValueError("give at most one of step, qp and rel_step")
+    check_step_choice(step, qp, rel_step)
     records = [
         _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless) for name, value in tensors.items()
     ]

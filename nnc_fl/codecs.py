@@ -19,7 +19,7 @@ import numpy as np
 
 from .api import decode, encode
 from .errors import FormatError
-from .steps import check_rd_lambda, check_rel_step, check_step, qp_to_step
+from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
 
 ParamValue = int | float | str | bool
 
@@ -104,8 +104,7 @@ class NNCCodec:
         rel_step: float | None = None,
         rd_lambda: float = 0.0,
     ):
-        if sum(v is not None for v in (step, qp, rel_step)) > 1:
-            raise ValueError("give at most one of step, qp and rel_step")
+        check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
         self.qp = None if qp is None else int(qp)
         if qp is not None:

@@ -1,9 +1,9 @@
 """The wire protocol between :class:`strategies.CompressedStrategy` and :func:`clients.nnc_mod`.
 
 Everything both sides must agree on lives here, once: record keys, the custom ``stype`` that marks a
-coded payload inside an ``ArrayRecord``, the fields of the protocol ``ConfigRecord``, the version
-rules of the downlink and the arithmetic of model deltas. This module knows nothing about Flower: a
-"record" here is any ``Mapping`` (Flower's ``ConfigRecord`` is one) and an ``Array`` is anything with
+coded payload inside an ``ArrayRecord``, the fields of the protocol ``ConfigRecord``, the codec
+spec, and which model a message needs. This module does not import Flower: a "record" here is any
+``Mapping`` (Flower's ``ConfigRecord`` is one) and an ``Array`` is anything with
 ``dtype``/``shape``/``stype``/``data`` attributes.
 
 A message of the protocol carries, besides the user's own records,
@@ -13,16 +13,25 @@ A message of the protocol carries, besides the user's own records,
   forgot to decode fails loudly instead of averaging bytes);
 - under :data:`RECORD_KEY`, a ``ConfigRecord`` made by :meth:`Downlink.to_config` (server to client)
   or :meth:`Uplink.to_config` (client to server).
+
+The arithmetic of updates (deltas, error feedback) lives in :mod:`nnc_fl.updates`; which message a
+node gets is the server's policy (``strategies.server_model``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import numpy as np
+
+from .codecs import ParamValue, UpdateCodec, make_codec
+from .fingerprint import FINGERPRINT_SIZE
+
+R = TypeVar("R")
 
 #: Protocol name and major version; a peer speaking another one is refused.
 PROTOCOL = "nnc-fl/1"
@@ -40,10 +49,9 @@ KEYFRAME, DELTA, SAME = "keyframe", "delta", "same"
 #: acknowledgement (evaluate/query replies: the node now holds ``version``).
 UPDATE, RESYNC, ACK = "update", "resync", "ack"
 
-#: Most increments one downlink message may chain (a node further behind gets a keyframe).
+#: Most increments one downlink message may chain: the bound a node enforces when it reads one.
 MAX_CHAIN = 64
 _MAX_PARAMS_CHARS = 4096
-_FINGERPRINT_SIZE = 32
 
 
 class ProtocolError(ValueError):
@@ -151,6 +159,47 @@ def decode_params(text: Any) -> dict[str, bool | int | float | str]:
     return params
 
 
+@dataclass(frozen=True)
+class CodecSpec:
+    """A codec name and its parameters: what the server tells a client to code with.
+
+    Both sides build the codec from it with :meth:`make`; on the wire it travels as the name and
+    :attr:`params_json`.
+    """
+
+    name: str
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CodecSpec):
+            return NotImplemented
+        return (self.name, self.params_json) == (other.name, other.params_json)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.params_json))
+
+    @property
+    def params_json(self) -> str:
+        """Canonical JSON text of :attr:`params`."""
+        return encode_params(self.params)
+
+    @classmethod
+    def from_wire(cls, name: str, params_json: str) -> CodecSpec:
+        """The spec a peer sent as a name and :attr:`params_json` (:class:`ProtocolError` if malformed)."""
+        return cls(name, decode_params(params_json))
+
+    def make(self) -> UpdateCodec:
+        """Build the codec (``ValueError`` for an unknown name or bad parameters)."""
+        return make_codec(self.name, **self.params)
+
+    def merged(self, params: Mapping[str, ParamValue] | None) -> CodecSpec:
+        """This codec with ``params`` overriding its own (itself if there are none)."""
+        return CodecSpec(self.name, {**self.params, **params}) if params else self
+
+
 # -- protocol records -----------------------------------------------------------------------------
 
 
@@ -173,8 +222,8 @@ def _check_protocol(record: Mapping[str, Any]) -> None:
 
 def _fingerprint_field(record: Mapping[str, Any], name: str) -> bytes:
     value = _field(record, name, bytes)
-    if len(value) not in (0, _FINGERPRINT_SIZE):
-        raise ProtocolError(f"protocol field {name!r} must hold {_FINGERPRINT_SIZE} bytes")
+    if len(value) not in (0, FINGERPRINT_SIZE):
+        raise ProtocolError(f"protocol field {name!r} must hold {FINGERPRINT_SIZE} bytes")
     return value
 
 
@@ -205,6 +254,21 @@ class Downlink:
         """Fields for a Flower ``ConfigRecord``."""
         return {"protocol": PROTOCOL, **asdict(self)}
 
+    @property
+    def base(self) -> tuple[int, bytes] | None:
+        """``(version, fingerprint)`` of the model a node must hold to apply this message
+        (``None`` for a keyframe, which needs none)."""
+        if self.kind == KEYFRAME:
+            return None
+        if self.kind == SAME:
+            return self.version, self.fingerprint
+        return self.base_version, self.base_fingerprint
+
+    @property
+    def chain_length(self) -> int:
+        """How many payloads the message carries (a delta chains one increment per version)."""
+        return {KEYFRAME: 1, SAME: 0}.get(self.kind, self.version - self.base_version)
+
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> Downlink:
         """Parse and check a record made by :meth:`to_config`; raises :class:`ProtocolError`."""
@@ -225,7 +289,7 @@ class Downlink:
             arrays_key=_field(record, "arrays_key", str),
             server_round=_field(record, "server_round", int),
         )
-        if len(out.fingerprint) != _FINGERPRINT_SIZE:
+        if len(out.fingerprint) != FINGERPRINT_SIZE:
             raise ProtocolError("downlink fingerprint must hold 32 bytes")
         if kind == DELTA and not 1 <= out.version - out.base_version <= MAX_CHAIN:
             raise ProtocolError(f"a delta must chain 1..{MAX_CHAIN} increments")
@@ -271,131 +335,44 @@ class Uplink:
         )
 
 
-# -- version rules --------------------------------------------------------------------------------
+# -- the model a message needs -------------------------------------------------------------------
 
 
-def choose_downlink(held_version: int | None, version: int, increments_from: int | None) -> str:
-    """Which downlink kind a node holding ``held_version`` (``None``: unknown) gets for ``version``.
+def check_base(version: int | None, fingerprint: bytes | None, want_version: int, want_fingerprint: bytes) -> None:
+    """Raise :class:`ProtocolError` unless ``(version, fingerprint)`` names the model wanted.
 
-    ``increments_from`` is the oldest version ``u`` whose increment ``G_u - G_{u-1}`` the server
-    still has together with all later ones (``None``: none). ``SAME`` if the node holds
-    ``version``; ``DELTA`` (a chain of increments) if it holds a version in
-    ``[increments_from - 1, version)`` within :data:`MAX_CHAIN`; otherwise an exact ``KEYFRAME``.
+    Both sides use it: a node checks it holds the base of a downlink (:attr:`Downlink.base`), the
+    server checks an update was computed against its current model.
     """
-    if held_version == version:
-        return SAME
-    if (
-        held_version is not None
-        and increments_from is not None
-        and increments_from - 1 <= held_version < version
-        and version - held_version <= MAX_CHAIN
-    ):
-        return DELTA
-    return KEYFRAME
-
-
-def check_base(down: Downlink, held_version: int | None, held_fingerprint: bytes | None) -> None:
-    """Raise :class:`ProtocolError` unless a node holding the given model can apply ``down``."""
-    if down.kind == KEYFRAME:
-        return
-    want_v, want_fp = (down.base_version, down.base_fingerprint)
-    if down.kind == SAME:
-        want_v, want_fp = down.version, down.fingerprint
-    if held_version != want_v or held_fingerprint != want_fp:
+    if version != want_version or fingerprint != want_fingerprint:
         raise ProtocolError(
-            f"{down.kind} needs model version {want_v} but the node holds version {held_version}"
-            + ("" if held_version != want_v else " with another fingerprint")
+            f"needs model version {want_version} but the peer holds version {version}"
+            + ("" if version != want_version else " with another fingerprint")
         )
 
 
-# -- delta arithmetic (dtype-preserving, so every party computes the same bits) --------------------
+# -- named tensors <-> Flower ArrayRecord -----------------------------------------------------------
 
 
-def model_delta(new: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``new - base`` per tensor in ``base``'s dtype and order.
+def tensors_of(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The numpy tensors of a Flower ``ArrayRecord`` (any mapping of objects with ``.numpy()``)."""
+    return {name: array.numpy() for name, array in record.items()}
 
-    Floating tensors subtract in their own dtype; integer tensors wrap modulo their width (so
-    :func:`apply_delta` restores them exactly); booleans use XOR. ``new`` must hold the same names
-    and shapes (see :func:`cast_like`).
+
+def to_record(tensors: Mapping[str, np.ndarray], record_type: Callable[[dict], R], array_type: Callable) -> R:
+    """Named numpy tensors as a Flower ``ArrayRecord``, in order.
+
+    Called as ``to_record(tensors, ArrayRecord, Array)`` with Flower's classes (``nnc_fl`` itself
+    does not import Flower).
     """
-    out = {}
-    for name, b in base.items():
-        n = np.asarray(new[name])
-        if n.shape != b.shape or n.dtype != b.dtype:
-            raise ValueError(f"tensor {name!r}: {n.dtype}{n.shape} vs base {b.dtype}{b.shape}")
-        if b.dtype == np.bool_:
-            out[name] = np.logical_xor(n, b)
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                out[name] = np.subtract(n, b, dtype=b.dtype)
-    return out
-
-
-def apply_delta(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``base + delta`` per tensor, in ``base``'s dtype and order (inverse of :func:`model_delta`)."""
-    out = {}
-    for name, b in base.items():
-        d = np.asarray(delta[name])
-        if d.shape != b.shape:
-            raise ValueError(f"tensor {name!r}: delta shape {d.shape} vs base {b.shape}")
-        if b.dtype == np.bool_:
-            out[name] = np.logical_xor(b, d.astype(np.bool_))
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                out[name] = np.add(b, d.astype(b.dtype, copy=False), dtype=b.dtype)
-    return out
-
-
-def quantisation_residual(
-    delta: Mapping[str, np.ndarray], decoded: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Error feedback: ``delta - decoded`` for floating tensors, in ``delta``'s dtype.
-
-    Integer and boolean tensors are coded exactly and carry none; a non-finite residual (diverged
-    training) is dropped rather than carried into later rounds.
-    """
-    out = {}
-    for name, d in delta.items():
-        if np.issubdtype(d.dtype, np.floating):
-            r = (d - np.asarray(decoded[name]).astype(d.dtype)).astype(d.dtype)
-            if np.all(np.isfinite(r)):
-                out[name] = r
-    return out
-
-
-def cast_like(
-    tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """``tensors`` in ``reference``'s names order and dtypes (integers rounded, booleans >= 0.5).
-
-    Aggregators may return float64 (``FedAdam``) or floats for integer buffers (``FedAvg`` on
-    ``num_batches_tracked``); this brings them back to the model's dtypes. Raises ``ValueError`` on a
-    missing or extra name or a shape mismatch.
-    """
-    if set(tensors) != set(reference):
-        missing, extra = set(reference) - set(tensors), set(tensors) - set(reference)
-        raise ValueError(f"tensor names differ: missing {sorted(missing)}, extra {sorted(extra)}")
-    out = {}
-    for name, ref in reference.items():
-        arr = np.asarray(tensors[name])
-        if arr.shape != ref.shape:
-            raise ValueError(f"tensor {name!r}: shape {arr.shape} vs {ref.shape}")
-        if arr.dtype == ref.dtype:
-            out[name] = arr
-        elif ref.dtype == np.bool_:
-            out[name] = arr >= 0.5
-        elif np.issubdtype(ref.dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
-            info = np.iinfo(ref.dtype)
-            out[name] = np.clip(np.rint(np.nan_to_num(arr)), info.min, info.max).astype(ref.dtype)
-        else:
-            out[name] = arr.astype(ref.dtype)
-    return out
+    return record_type({name: array_type(np.asarray(value)) for name, value in tensors.items()})
 
 
 __all__ = [
     "ACK",
     "DELTA",
     "KEYFRAME",
+    "MAX_CHAIN",
     "PAYLOAD_KEY",
     "PROTOCOL",
     "RECORD_KEY",
@@ -403,17 +380,18 @@ __all__ = [
     "SAME",
     "STYPE",
     "UPDATE",
+    "CodecSpec",
     "Downlink",
     "ProtocolError",
     "Uplink",
-    "apply_delta",
-    "cast_like",
+    "chain_key",
     "check_base",
-    "choose_downlink",
     "decode_params",
     "encode_params",
-    "model_delta",
     "pack_payload",
     "payload_of",
+    "payloads_of",
+    "tensors_of",
+    "to_record",
     "unpack_payload",
 ]

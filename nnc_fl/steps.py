@@ -69,8 +69,7 @@ def resolve_step(
 
     The result is rounded to float32, the precision the bitstream carries.
     """
-    if sum(v is not None for v in (step, qp, rel_step)) > 1:
-        raise ValueError("give at most one of step, qp and rel_step")
+    check_step_choice(step, qp, rel_step)
     chosen: float | None = None
     if rel_step is not None:
         chosen = relative_step(x, check_rel_step(rel_step))
@@ -85,6 +84,12 @@ def resolve_step(
     if chosen is None:
         chosen = default_step(x)
     return float(np.float32(chosen))
+
+
+def check_step_choice(step: object, qp: object, rel_step: object) -> None:
+    """Refuse more than one of ``step``, ``qp`` and ``rel_step`` (``ValueError``)."""
+    if sum(v is not None for v in (step, qp, rel_step)) > 1:
+        raise ValueError("give at most one of step, qp and rel_step")
 
 
 def _bounded(value: object, what: str, low: float, high: float, *, open_low: bool = False) -> float:

@@ -46,14 +46,6 @@ def decode_update(codec: UpdateCodec, data: bytes) -> dict[str, np.ndarray]:
     return dict(tensors)
 
 
-def check_base(version: int, fingerprint: bytes, expected_version: int, expected_fingerprint: bytes) -> None:
-    """Refuse an update computed against another model than the current global one."""
-    if version != expected_version:
-        raise UpdateRejected("base", f"update is against version {version}, current is {expected_version}")
-    if fingerprint != expected_fingerprint:
-        raise UpdateRejected("base", f"update's base fingerprint differs from version {expected_version}")
-
-
 def check_schema(tensors: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> None:
     """Refuse unless ``tensors`` has exactly the names, shapes and dtypes of ``reference``."""
     if set(tensors) != set(reference):
@@ -133,7 +125,6 @@ def outlier_rejection(norm: float, score: float, threshold: float) -> UpdateReje
 __all__ = [
     "REJECT_CODES",
     "UpdateRejected",
-    "check_base",
     "check_finite",
     "check_norm_bound",
     "check_schema",

@@ -2,5 +2,6 @@
 
 from .bandwidth import FIELDS as BANDWIDTH_FIELDS
 from .compressed import CompressedStrategy
+from .settings import CodecSettings, DownlinkSettings, ValidationSettings
 
-__all__ = ["BANDWIDTH_FIELDS", "CompressedStrategy"]
+__all__ = ["BANDWIDTH_FIELDS", "CodecSettings", "CompressedStrategy", "DownlinkSettings", "ValidationSettings"]

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from nnc_fl import protocol
 from nnc_fl.validation import REJECT_CODES
 
 #: Columns of a bandwidth row, in file order.
@@ -60,26 +59,89 @@ FIELDS: tuple[str, ...] = (
 METRIC_PREFIX = "nnc-fl."
 
 
-def raw_nbytes(tensors: Mapping[str, np.ndarray]) -> int:
-    """fp32 size of ``tensors``: 4 bytes per element."""
-    return 4 * sum(int(np.asarray(t).size) for t in tensors.values())
+class RoundStats:
+    """One round's traffic and outcome: the arithmetic behind one bandwidth row (:data:`FIELDS`)."""
 
+    def __init__(self, server_round: int, codec: str) -> None:
+        self._row: dict[str, Any] = {name: 0 for name in FIELDS}
+        self._row.update(round=server_round, codec=codec)
+        for name in ("encode_s", "decode_s", "client_encode_s", "client_decode_s"):
+            self._row[name] = 0.0
 
-def new_row(server_round: int, codec: str) -> dict[str, Any]:
-    """An all-zero row for ``server_round``."""
-    row: dict[str, Any] = {name: 0 for name in FIELDS}
-    row.update(round=server_round, codec=codec, encode_s=0.0, decode_s=0.0)
-    row.update(client_encode_s=0.0, client_decode_s=0.0)
-    return row
+    @property
+    def round(self) -> int:
+        """The server round."""
+        return self._row["round"]
 
+    def __getitem__(self, name: str) -> Any:
+        return self._row[name]
 
-def metrics_of(row: Mapping[str, Any]) -> dict[str, int | float]:
-    """The numeric entries of ``row`` under :data:`METRIC_PREFIX` (for a ``MetricRecord``)."""
-    return {
-        METRIC_PREFIX + k: (float(v) if isinstance(v, float) else int(v))
-        for k, v in row.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"
-    }
+    def as_row(self) -> dict[str, Any]:
+        """The row as a plain dict, columns in :data:`FIELDS` order."""
+        return dict(self._row)
+
+    def metrics(self) -> dict[str, int | float]:
+        """The numeric entries under :data:`METRIC_PREFIX` (for a ``MetricRecord``)."""
+        return {
+            METRIC_PREFIX + k: (float(v) if isinstance(v, float) else int(v))
+            for k, v in self._row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"
+        }
+
+    # -- events --------------------------------------------------------------------------------
+
+    def sent(self, kind: str, sizes: list[int], raw_bytes: int, *, train: bool, encode_s: float) -> None:
+        """A downlink message of ``kind`` with payloads of ``sizes`` bytes (``raw_bytes``: fp32 size
+        of the model it delivers, 0 without payload) went to one node."""
+        prefix = "" if train else "eval_"
+        nbytes = sum(sizes)
+        self._row[prefix + "down_bytes"] += nbytes
+        self._row[prefix + "down_raw_bytes"] += raw_bytes
+        self._row["keyframes"] += kind == protocol.KEYFRAME
+        self._row["keyframe_bytes"] += nbytes if kind == protocol.KEYFRAME else 0
+        self._row["deltas"] += kind == protocol.DELTA
+        self._row["encode_s"] += encode_s
+
+    def configured(self, clients: int) -> None:
+        """``clients`` nodes were asked to train."""
+        self._row["clients"] = clients
+
+    def replied(self, opened: Iterable[Any], raw_bytes: int) -> None:
+        """The round's train replies after validation (``strategies.uplink.Opened``); ``raw_bytes``
+        is the fp32 size of the model, the raw size of every update that carried a payload."""
+        opened = list(opened)
+        r = self._row
+        for o in opened:
+            r["up_bytes"] += o.payload_bytes
+            r["up_raw_bytes"] += raw_bytes if o.payload_bytes else 0
+            r["decode_s"] += o.decode_s
+            if o.uplink is not None:
+                r["client_encode_s"] += o.uplink.encode_s
+                r["client_decode_s"] += o.uplink.decode_s
+            r["resyncs"] += o.kind == "resync"
+            r["failures"] += o.kind == "error"
+            if o.rejection is not None:
+                r["rejected"] += 1
+                r["rejected_" + o.rejection.code] += 1
+        r["accepted"] = sum(o.kind == "update" for o in opened)
+        r["failures"] += max(0, r["clients"] - len(opened))  # no reply at all
+
+    def resynced(self) -> None:
+        """An evaluate reply asked for a keyframe."""
+        self._row["resyncs"] += 1
+
+    def aggregate_failed(self) -> None:
+        """The inner strategy failed, or its aggregate was unusable: the model did not move."""
+        self._row["aggregate_failed"] = 1
+
+    def advanced(self, encode_s: float, decode_s: float) -> None:
+        """The server coded the global increment in ``encode_s`` and decoded it in ``decode_s``."""
+        self._row["encode_s"] += encode_s
+        self._row["decode_s"] += decode_s
+
+    def closed(self, version: int) -> None:
+        """The round's aggregation ended with the model at ``version``."""
+        self._row["version"] = version
 
 
 class BandwidthLog:
@@ -112,4 +174,4 @@ class BandwidthLog:
                 fh.write(json.dumps({name: row.get(name) for name in FIELDS}) + "\n")
 
 
-__all__ = ["FIELDS", "METRIC_PREFIX", "BandwidthLog", "metrics_of", "new_row", "raw_nbytes"]
+__all__ = ["FIELDS", "METRIC_PREFIX", "BandwidthLog", "RoundStats"]

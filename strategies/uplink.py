@@ -13,9 +13,9 @@ from flwr.supercore import log
 
 from nnc_fl import protocol
 from nnc_fl.codecs import UpdateCodec
+from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
     UpdateRejected,
-    check_base,
     check_finite,
     check_norm_bound,
     check_schema,
@@ -26,7 +26,7 @@ from nnc_fl.validation import (
     update_norm,
 )
 
-from .model_state import ServerModel
+from .server_model import ServerModel
 
 
 @dataclass
@@ -65,21 +65,32 @@ def _payload_of(msg: Message) -> tuple[str, bytes]:
         raise UpdateRejected("protocol", str(exc)) from exc
 
 
+def _check_base(up: protocol.Uplink, model: ServerModel) -> None:
+    try:
+        protocol.check_base(up.version, up.fingerprint, model.version, model.fingerprint)
+    except protocol.ProtocolError as exc:
+        raise UpdateRejected("base", f"update {exc}") from exc
+
+
 def open_reply(msg: Message, model: ServerModel, codec: UpdateCodec, max_norm: float | None) -> Opened:
     """Run every per-reply check on a train reply and reconstruct ``G_v + deq(delta)``.
 
     Never raises for bad client input: a failed check yields ``kind="rejected"`` with its
-    :class:`UpdateRejected`. Also records in ``model`` which version the node holds.
+    :class:`UpdateRejected`. Tells ``model`` what the reply says about the node's model.
     """
     node = msg.metadata.src_node_id
     if msg.has_error():
-        model.mark(node, None)
+        model.lost(node)
         return Opened(msg, node, "error")
     out = Opened(msg, node, "rejected")
     try:
-        out.uplink = up = _uplink_of(msg)
+        try:
+            out.uplink = up = _uplink_of(msg)
+        except UpdateRejected:
+            model.lost(node)
+            raise
         if up.kind == protocol.RESYNC:
-            model.mark(node, None)
+            model.lost(node)
             log(WARNING, "nnc-fl: node %s asks for a keyframe (%s)", node, up.reason)
             out.kind = "resync"
             return out
@@ -87,8 +98,12 @@ def open_reply(msg: Message, model: ServerModel, codec: UpdateCodec, max_norm: f
             raise UpdateRejected("protocol", f"train reply of kind {up.kind!r} carries no update")
         out.arrays_key, data = _payload_of(msg)
         out.payload_bytes = len(data)
-        check_base(up.version, up.fingerprint, model.version, model.fingerprint)
-        model.mark(node, model.version)  # it decoded and verified G_v
+        try:
+            _check_base(up, model)
+        except UpdateRejected:
+            model.lost(node)
+            raise
+        model.acknowledged(node, up.version, up.fingerprint)  # it decoded and verified G_v
         if up.codec != codec.name:
             raise UpdateRejected("protocol", f"update coded with {up.codec!r}, round uses {codec.name!r}")
         t0 = time.perf_counter()
@@ -98,12 +113,10 @@ def open_reply(msg: Message, model: ServerModel, codec: UpdateCodec, max_norm: f
         check_finite(delta)
         out.norm = update_norm(delta)
         check_norm_bound(out.norm, max_norm)
-        out.tensors = protocol.apply_delta(model.tensors, delta)
+        out.tensors = apply_delta(model.tensors, delta)
         check_finite(out.tensors)
         out.kind = "update"
     except UpdateRejected as exc:
-        if exc.code == "base" or out.uplink is None:
-            model.mark(node, None)
         out.rejection = exc
     return out
 
@@ -145,10 +158,11 @@ def reject_inconsistent_metrics(opened: Iterable[Opened]) -> None:
             o.kind, o.rejection, o.tensors = "rejected", UpdateRejected("schema", reason), {}
 
 
-def log_rejection(o: Opened, server_round: int) -> None:
-    """Log why a reply was refused."""
-    assert o.rejection is not None
-    log(WARNING, "nnc-fl round %s: rejected update from node %s (%s)", server_round, o.node_id, o.rejection)
+def log_rejections(opened: Iterable[Opened], server_round: int) -> None:
+    """Log why each refused reply was refused."""
+    for o in opened:
+        if o.rejection is not None:
+            log(WARNING, "nnc-fl round %s: rejected update from node %s (%s)", server_round, o.node_id, o.rejection)
 
 
 def to_plain_reply(o: Opened) -> Message:
@@ -161,7 +175,7 @@ def to_plain_reply(o: Opened) -> Message:
         if key == protocol.RECORD_KEY:
             continue
         if key == o.arrays_key:
-            record = ArrayRecord({k: Array(np.asarray(v)) for k, v in o.tensors.items()})
+            record = protocol.to_record(o.tensors, ArrayRecord, Array)
         content[key] = record
     o.msg.content = content
     return o.msg

@@ -19,7 +19,7 @@ if str(APP_DIR) not in sys.path:
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from experiments.inprocess import InProcessGrid  # noqa: E402
+from strategies.inprocess import InProcessGrid  # noqa: E402
 
 from nnc_fl import FormatError, protocol  # noqa: E402
 from nnc_fl.codecs import make_codec, register_codec, registered_codecs  # noqa: E402
@@ -170,9 +170,9 @@ def set_uplink(reply: Message, **changes) -> Message:
 
 
 def node_base(grid: LocalGrid, node: int) -> dict[str, np.ndarray]:
-    from clients.state import load_state
+    from clients.state import NodeState
 
-    return load_state(grid.contexts[node].state).base
+    return NodeState(grid.contexts[node].state).base
 
 
 def run_federation(strategy, grid: LocalGrid, initial_arrays, rounds: int, on_round=None):

@@ -8,10 +8,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.common.constant import ErrorCode
 
 from clients import nnc_mod
-from clients.state import load_state
+from clients.state import NodeState
 from nnc_fl import protocol
 from nnc_fl.codecs import make_codec
 from nnc_fl.fingerprint import fingerprint
+from nnc_fl.updates import model_delta
 
 STEP = 0.01
 G1 = {"w": np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), "n": np.array(3, np.int64)}
@@ -31,7 +32,7 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         if kind == protocol.KEYFRAME:
             payload = c.encode(model, exact=True)
         elif kind == protocol.DELTA:
-            payload = c.encode(protocol.model_delta(model, base), exact=True)
+            payload = c.encode(model_delta(model, base), exact=True)
         else:
             payload = b""
     fp = fingerprint(model)
@@ -116,7 +117,7 @@ def test_keyframe_gives_the_user_the_plain_model_and_codes_the_reply(context):
     assert reply.content["metrics"]["num-examples"] == 5
     assert delta["n"] == 1  # the integer buffer's increment, exact
     np.testing.assert_allclose(delta["w"], 0.0137, atol=STEP / 2 + 1e-7)
-    state = load_state(context.state)
+    state = NodeState(context.state)
     assert (state.version, state.fingerprint) == (1, fingerprint(G1))
     np.testing.assert_allclose(state.residual["w"], 0.0137 - delta["w"], atol=1e-6)  # error feedback
     assert "n" not in state.residual
@@ -124,11 +125,11 @@ def test_keyframe_gives_the_user_the_plain_model_and_codes_the_reply(context):
 
 def test_error_feedback_carries_the_residual_into_the_next_update(context):
     nnc_mod(_message(protocol.KEYFRAME, G1, 1), context, User())
-    residual = load_state(context.state).residual["w"].copy()
+    residual = NodeState(context.state).residual["w"].copy()
     g2 = {"w": (G1["w"] + 0.05).astype(np.float32), "n": np.array(4, np.int64)}
     reply = nnc_mod(_message(protocol.DELTA, g2, 2, base=G1, base_version=1), context, User(shift=0.02))
     _, delta = _decode_reply(reply)
-    new_residual = load_state(context.state).residual["w"]
+    new_residual = NodeState(context.state).residual["w"]
     np.testing.assert_allclose(delta["w"] + new_residual, 0.02 + residual, atol=1e-6)
     assert np.max(np.abs(new_residual)) <= STEP / 2 + 1e-6
 

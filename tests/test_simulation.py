@@ -52,7 +52,7 @@ def test_ray_simulation_compressed_fedavg(sim_env):
             min_available_nodes=NODES,
             evaluate_metrics_aggr_fn=check,
         )
-        strategy = check.strategy = CompressedStrategy(inner, codec="nnc", step=0.002, bandwidth_log=log_path)
+        strategy = check.strategy = CompressedStrategy(inner, codec="nnc", codec_params={"step": 0.002}, bandwidth_log=log_path)
         initial = ArrayRecord({k: Array(v) for k, v in initial_model().items()})
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=ROUNDS)
         seen["strategy"], seen["result"] = strategy, result

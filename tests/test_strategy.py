@@ -13,7 +13,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Krum, Strategy
 
 from nnc_fl import protocol
-from strategies import BANDWIDTH_FIELDS, CompressedStrategy
+from nnc_fl.protocol import CodecSpec
+from nnc_fl.updates import cast_like
+from strategies import BANDWIDTH_FIELDS, CodecSettings, CompressedStrategy, DownlinkSettings
+
+from strategies.server_model import ServerModel
 
 from conftest import LocalGrid, run_federation
 
@@ -56,11 +60,11 @@ def test_drop_in_for_inner_strategies(name, make_grid, initial_arrays):
         grid=LocalGrid(_plain_app(), 4), initial_arrays=initial_arrays, num_rounds=ROUNDS
     )
     random.seed(1)
-    strategy = CompressedStrategy(INNER[name](), codec="nnc", step=0.0005)
+    strategy = CompressedStrategy(INNER[name](), codec="nnc", codec_params={"step": 0.0005})
     result, _ = run_federation(strategy, make_grid(4), initial_arrays, ROUNDS)
 
     final = _final(result)
-    reference = protocol.cast_like(_final(plain), final)  # aggregators may turn int buffers to float
+    reference = cast_like(_final(plain), final)  # aggregators may turn int buffers to float
     assert final["bn.num_batches_tracked"].dtype == np.int64
     for key, value in reference.items():
         np.testing.assert_allclose(final[key], value, atol=0.02)
@@ -94,7 +98,7 @@ def test_uncompressed_baseline_runs_the_same_path(make_grid, initial_arrays):
 
 
 def test_any_registered_codec_name_works(make_grid, initial_arrays):
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec="npz-test", step=0.001)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec="npz-test", codec_params={"step": 0.001})
     result, _ = run_federation(strategy, make_grid(4), initial_arrays, 2)
     assert strategy.model.version == 3 and strategy.bandwidth[-1]["codec"] == "npz-test"
 
@@ -104,7 +108,7 @@ def test_partial_participation_late_joiner_and_keyframes(make_grid, initial_arra
     grid = make_grid(5)
     grid.online.discard(105)  # joins later
     inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
-    strategy = CompressedStrategy(inner, step=0.001)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.001})
 
     def join(server_round):
         if server_round == 2:
@@ -122,7 +126,7 @@ def test_partial_participation_late_joiner_and_keyframes(make_grid, initial_arra
 
 def test_node_that_lost_its_state_asks_for_a_keyframe(make_grid, initial_arrays):
     grid = make_grid(3)
-    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), step=0.001)
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), codec_params={"step": 0.001})
 
     def lose_state(server_round):
         if server_round == 2:
@@ -137,7 +141,7 @@ def test_node_that_lost_its_state_asks_for_a_keyframe(make_grid, initial_arrays)
 
 def test_node_whose_reply_was_lost_gets_a_keyframe(make_grid, initial_arrays):
     grid = make_grid(3)
-    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), step=0.001)
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), codec_params={"step": 0.001})
 
     def lose_reply(server_round):
         if server_round == 1:
@@ -154,7 +158,7 @@ def test_node_whose_reply_was_lost_gets_a_keyframe(make_grid, initial_arrays):
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_bandwidth_log_file(tmp_path, suffix, make_grid, initial_arrays):
     path = tmp_path / "logs" / f"bw{suffix}"
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.001, bandwidth_log=path)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, bandwidth_log=path)
     run_federation(strategy, make_grid(4), initial_arrays, 2)
     if suffix == ".csv":
         rows = list(csv.DictReader(path.open()))
@@ -168,9 +172,8 @@ def test_bandwidth_log_file(tmp_path, suffix, make_grid, initial_arrays):
 
 def test_codec_schedule_sets_the_rate_per_round(make_grid, initial_arrays):
     grid = make_grid(3)
-    strategy = CompressedStrategy(
-        FedAvg(min_available_nodes=3), step=0.001, codec_schedule=lambda r: {"step": 0.001 * r}
-    )
+    codec = CodecSettings("nnc", {"step": 0.001}, schedule=lambda r: {"step": 0.001 * r})
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec)
     run_federation(strategy, grid, initial_arrays, 3)
     train = [m.content[protocol.RECORD_KEY] for m in grid.sent if m.metadata.message_type == "train"]
     steps = [protocol.decode_params(c["codec_params"])["step"] for c in train]
@@ -179,7 +182,7 @@ def test_codec_schedule_sets_the_rate_per_round(make_grid, initial_arrays):
 
 def test_wrapper_basics(caplog):
     inner = FedAvg(fraction_train=0.25)
-    strategy = CompressedStrategy(inner, step=0.01)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.01})
     assert isinstance(strategy, Strategy)
     assert strategy.fraction_train == 0.25 and strategy.inner is inner  # attribute pass-through
     assert "nnc" in repr(strategy)
@@ -208,32 +211,30 @@ def test_nodes_that_missed_rounds_catch_up_with_a_chain_of_increments(make_grid,
     random.seed(3)
     grid = make_grid(6)
     inner = FedAvg(fraction_train=0.34, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
-    strategy = CompressedStrategy(inner, step=0.05)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.05})
     run_federation(strategy, grid, initial_arrays, 8)  # checks bit-identical models every round
     assert max(_chains(grid)) >= 2  # some node skipped rounds and got several increments at once
 
 
 def test_server_model_chains_increments_while_smaller_than_a_keyframe():
-    from strategies.model_state import CodecSpec, ServerModel
-
     spec = CodecSpec("nnc", {"step": 0.01})
     rng = np.random.default_rng(0)
-    model = ServerModel(max_chain=4)
+    model = ServerModel(DownlinkSettings(max_chain=4))
     model.adopt({"w": np.zeros(5000, np.float32), "n": np.zeros((), np.int64)})
-    model.mark(7, 1)  # node 7 holds the first version
+    model.acknowledged(7, 1, model.fingerprint)  # node 7 holds the first version
     for _ in range(3):
         target = {"w": model.tensors["w"] + rng.normal(0, 0.01, 5000).astype(np.float32), "n": model.tensors["n"] + 1}
-        model.advance(target, spec, exact=False)
-    down, payloads, _ = model.downlink(7, spec, spec, "arrays", 4)
+        model.advance(target, spec)
+    down, payloads, _ = model.downlink(7, spec, "arrays", 4)
     assert down.kind == protocol.DELTA and down.base_version == 1 and len(payloads) == 3
     for _ in range(3):  # node 7 now lags 6 versions, beyond max_chain: keyframe
-        model.advance({"w": model.tensors["w"] + 0.5, "n": model.tensors["n"]}, spec, exact=False)
-    down, payloads, _ = model.downlink(7, spec, spec, "arrays", 5)
+        model.advance({"w": model.tensors["w"] + 0.5, "n": model.tensors["n"]}, spec)
+    down, payloads, _ = model.downlink(7, spec, "arrays", 5)
     assert down.kind == protocol.KEYFRAME and len(payloads) == 1
-    model.mark(7, model.version - 1)
+    model.acknowledged(7, model.version, model.fingerprint)  # node 7 holds the version before the next
     huge = {"w": rng.normal(0, 100, 5000).astype(np.float32), "n": model.tensors["n"]}
-    model.advance(huge, CodecSpec("nnc", {"step": 1e-6}), exact=False)  # an increment bigger than the model
-    down, _, _ = model.downlink(7, spec, spec, "arrays", 6)
+    model.advance(huge, CodecSpec("nnc", {"step": 1e-6}))  # an increment bigger than the model
+    down, _, _ = model.downlink(7, spec, "arrays", 6)
     assert down.kind == protocol.KEYFRAME
 
 
@@ -241,38 +242,36 @@ def test_chains_are_bounded_by_max_chain(make_grid, initial_arrays):
     random.seed(3)
     grid = make_grid(6)
     inner = FedAvg(fraction_train=0.34, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
-    strategy = CompressedStrategy(inner, step=0.001, max_chain=1)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.001}, downlink=DownlinkSettings(max_chain=1))
     run_federation(strategy, grid, initial_arrays, 8)
     assert set(_chains(grid)) <= {1}
     assert sum(r["keyframes"] for r in strategy.bandwidth[1:]) > 0
     with pytest.raises(ValueError, match="max_chain"):
-        CompressedStrategy(FedAvg(), max_chain=0)
+        CompressedStrategy(FedAvg(), downlink=DownlinkSettings(max_chain=0))
 
 
 def test_downlink_params_set_the_increment_rate(make_grid, initial_arrays):
     import nnc_fl
 
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.001, downlink_params={"step": 0.004})
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, downlink=DownlinkSettings({"step": 0.004}))
     run_federation(strategy, make_grid(4), initial_arrays, 2)
     v = strategy.model.version
     steps = {t.step for t in nnc_fl.inspect(strategy.model.increments[v].data).tensors if t.step is not None}
     assert steps == {np.float32(0.004)}
     with pytest.raises(ValueError):
-        CompressedStrategy(FedAvg(), step=0.001, downlink_params={"step": -1.0})
+        CompressedStrategy(FedAvg(), codec_params={"step": 0.001}, downlink=DownlinkSettings({"step": -1.0}))
 
 
 def test_downlink_error_feedback_makes_the_rounding_average_out():
-    from strategies.model_state import CodecSpec, ServerModel
-
     spec = CodecSpec("nnc", {"step": 0.1})
     target = {"w": np.array([0.04, -0.13, 0.26, 0.0], np.float32)}
     errors = {}
     for ef in (True, False):
-        model = ServerModel(error_feedback=ef)
+        model = ServerModel(DownlinkSettings(error_feedback=ef))
         model.adopt({"w": np.zeros(4, np.float32)})
         seen = []
         for _ in range(40):
-            model.advance(target, spec, exact=False)
+            model.advance(target, spec)
             seen.append(model.tensors["w"].astype(np.float64))
         errors[ef] = np.abs(np.mean(seen, axis=0) - target["w"]).max()
     assert errors[False] >= 0.03  # plain rounding leaves G stuck up to step/2 away
@@ -297,7 +296,8 @@ def test_shared_initial_model_replaces_first_contact_keyframes(initial_arrays):
     random.seed(5)
     grid = LocalGrid(_shared_app(lambda context: initial_model()), 6)
     inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
-    strategy = CompressedStrategy(inner, step=0.05, shared_initial_model=True, max_chain=32)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.05},
+                                  downlink=DownlinkSettings(shared_initial_model=True, max_chain=32))
     run_federation(strategy, grid, initial_arrays, 6)  # bit-identical models every round
     rows = strategy.bandwidth
     assert sum(r["keyframes"] for r in rows) == 0 and all(r["resyncs"] == 0 for r in rows)
@@ -315,7 +315,9 @@ def test_node_without_the_shared_model_resyncs_and_gets_a_keyframe(initial_array
         return None if pid == 1 else initial_model()
 
     grid = LocalGrid(_shared_app(shared), 4)
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.05, shared_initial_model=True)
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=4), codec_params={"step": 0.05}, downlink=DownlinkSettings(shared_initial_model=True)
+    )
     run_federation(strategy, grid, initial_arrays, 4)
     rows = strategy.bandwidth
     # round 1 sends no payload ("same"); the two nodes without the right model cannot confirm it

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
-from strategies import CompressedStrategy
+from strategies import CompressedStrategy, ValidationSettings
 
 from conftest import recode, reply_payload, run_federation, set_payload, set_uplink
 
@@ -89,7 +89,7 @@ def _run(codec: str, make_grid, initial_arrays, attack=None, attacker_online=Tru
         grid.online.discard(ATTACKER)
     if attack is not None:
         grid.tamper[ATTACKER] = attack
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=HONEST), codec=codec, step=STEP)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=HONEST), codec=codec, codec_params={"step": STEP})
     result, _ = run_federation(strategy, grid, initial_arrays, ROUNDS)
     return strategy, {k: a.numpy() for k, a in result.arrays.items()}
 
@@ -115,7 +115,7 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
     grid = make_grid(3)
     for node in grid.contexts:
         grid.tamper[node] = _flip
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), step=0.001)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec_params={"step": 0.001})
     result, _ = run_federation(strategy, grid, initial_arrays, 2)
     assert strategy.model.version == 1 and [r["rejected_format"] for r in strategy.bandwidth] == [3, 3]
     for key, value in initial_arrays.items():
@@ -126,12 +126,12 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
 def test_outlier_test_can_be_switched_off(make_grid, initial_arrays):
     grid = make_grid(4)
     grid.tamper[104] = lambda r: recode(r, _scale)
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), step=0.001, outlier_threshold=None)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, validation=ValidationSettings(outlier_threshold=None))
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected"] == 0
 
 
 def test_norm_bound(make_grid, initial_arrays):
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), step=0.001, max_update_norm=1e-9)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec_params={"step": 0.001}, validation=ValidationSettings(max_update_norm=1e-9))
     run_federation(strategy, make_grid(3), initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected_norm"] == 3 and strategy.model.version == 1

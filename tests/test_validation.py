@@ -44,14 +44,6 @@ def test_decode_update_turns_any_decoder_failure_into_format():
     assert issubclass(FormatError, ValueError)
 
 
-def test_check_base():
-    v.check_base(3, b"a" * 32, 3, b"a" * 32)
-    with _rejected("base"):
-        v.check_base(2, b"a" * 32, 3, b"a" * 32)
-    with _rejected("base"):
-        v.check_base(3, b"b" * 32, 3, b"a" * 32)
-
-
 @pytest.mark.parametrize(
     "tensors",
     [

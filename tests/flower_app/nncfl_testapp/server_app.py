@@ -34,7 +34,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = CompressedStrategy(
         inner,
         codec=codec,
-        step=float(cfg.get("step", 0.002)) if codec == "nnc" else None,
+        codec_params={"step": float(cfg.get("step", 0.002))} if codec == "nnc" else None,
         bandwidth_log=str(cfg.get("bandwidth-log", "")) or None,
     )
     check.strategy = strategy

@@ -1,0 +1,165 @@
+"""Update arithmetic every party computes the same way: deltas, their application, error feedback.
+
+Model tensors are plain ``Mapping[str, np.ndarray]``. All arithmetic keeps each tensor's dtype, so a
+client and the server that apply the same decoded delta to the same base get the same bits.
+
+:func:`code_update` is the one error-feedback path: the client codes its update with it and the
+server codes the global increment with it, so both links carry their rounding error into the next
+message the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codecs import UpdateCodec
+
+Tensors = Mapping[str, np.ndarray]
+
+
+def model_delta(new: Tensors, base: Tensors) -> dict[str, np.ndarray]:
+    """``new - base`` per tensor in ``base``'s dtype and order.
+
+    Floating tensors subtract in their own dtype; integer tensors wrap modulo their width (so
+    :func:`apply_delta` restores them exactly); booleans use XOR. ``new`` must hold the same names
+    and shapes (see :func:`cast_like`).
+    """
+    out = {}
+    for name, b in base.items():
+        n = np.asarray(new[name])
+        if n.shape != b.shape or n.dtype != b.dtype:
+            raise ValueError(f"tensor {name!r}: {n.dtype}{n.shape} vs base {b.dtype}{b.shape}")
+        if b.dtype == np.bool_:
+            out[name] = np.logical_xor(n, b)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[name] = np.subtract(n, b, dtype=b.dtype)
+    return out
+
+
+def apply_delta(base: Tensors, delta: Tensors) -> dict[str, np.ndarray]:
+    """``base + delta`` per tensor, in ``base``'s dtype and order (inverse of :func:`model_delta`)."""
+    out = {}
+    for name, b in base.items():
+        d = np.asarray(delta[name])
+        if d.shape != b.shape:
+            raise ValueError(f"tensor {name!r}: delta shape {d.shape} vs base {b.shape}")
+        if b.dtype == np.bool_:
+            out[name] = np.logical_xor(b, d.astype(np.bool_))
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[name] = np.add(b, d.astype(b.dtype, copy=False), dtype=b.dtype)
+    return out
+
+
+def cast_like(tensors: Tensors, reference: Tensors) -> dict[str, np.ndarray]:
+    """``tensors`` in ``reference``'s names order and dtypes (integers rounded, booleans >= 0.5).
+
+    Aggregators may return float64 (``FedAdam``) or floats for integer buffers (``FedAvg`` on
+    ``num_batches_tracked``); this brings them back to the model's dtypes. Raises ``ValueError`` on a
+    missing or extra name or a shape mismatch.
+    """
+    if set(tensors) != set(reference):
+        missing, extra = set(reference) - set(tensors), set(tensors) - set(reference)
+        raise ValueError(f"tensor names differ: missing {sorted(missing)}, extra {sorted(extra)}")
+    out = {}
+    for name, ref in reference.items():
+        arr = np.asarray(tensors[name])
+        if arr.shape != ref.shape:
+            raise ValueError(f"tensor {name!r}: shape {arr.shape} vs {ref.shape}")
+        if arr.dtype == ref.dtype:
+            out[name] = arr
+        elif ref.dtype == np.bool_:
+            out[name] = arr >= 0.5
+        elif np.issubdtype(ref.dtype, np.integer) and not np.issubdtype(arr.dtype, np.integer):
+            info = np.iinfo(ref.dtype)
+            out[name] = np.clip(np.rint(np.nan_to_num(arr)), info.min, info.max).astype(ref.dtype)
+        else:
+            out[name] = arr.astype(ref.dtype)
+    return out
+
+
+# -- error feedback -------------------------------------------------------------------------------
+
+
+def usable_residual(residual: Tensors, model: Tensors) -> dict[str, np.ndarray]:
+    """The residual entries that still fit ``model`` (same name, shape and dtype, finite)."""
+    out = {}
+    for name, r in residual.items():
+        m = model.get(name)
+        if m is not None and r.shape == m.shape and r.dtype == m.dtype and np.all(np.isfinite(r)):
+            out[name] = r
+    return out
+
+
+def quantisation_residual(delta: Tensors, decoded: Tensors) -> dict[str, np.ndarray]:
+    """Error feedback: ``delta - decoded`` for floating tensors, in ``delta``'s dtype.
+
+    Integer and boolean tensors are coded exactly and carry none; a non-finite residual (diverged
+    training) is dropped rather than carried into later rounds.
+    """
+    out = {}
+    for name, d in delta.items():
+        if np.issubdtype(d.dtype, np.floating):
+            r = (d - np.asarray(decoded[name]).astype(d.dtype)).astype(d.dtype)
+            if np.all(np.isfinite(r)):
+                out[name] = r
+    return out
+
+
+@dataclass(frozen=True)
+class CodedUpdate:
+    """A coded delta, what every receiver decodes from it, and the error left for next time."""
+
+    data: bytes
+    decoded: dict[str, np.ndarray]
+    residual: dict[str, np.ndarray]
+    encode_s: float
+    decode_s: float
+
+
+def code_update(
+    delta: Tensors,
+    codec: UpdateCodec,
+    *,
+    residual: Tensors | None = None,
+    fingerprint: bytes | None = None,
+    exact: bool = False,
+) -> CodedUpdate:
+    """Code ``delta`` plus the usable part of ``residual`` (error feedback) with ``codec``.
+
+    The stream is decoded again, as every receiver will decode it, and the new residual is what
+    the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
+    or ``exact=True`` (lossless coding) no feedback is added or kept. Raises ``ValueError`` if the
+    codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
+    """
+    delta = dict(delta)
+    feedback = residual is not None and not exact
+    if feedback:
+        for name, r in usable_residual(residual, delta).items():
+            delta[name] = delta[name] + r
+    t0 = time.perf_counter()
+    data = codec.encode(delta, fingerprint=fingerprint, exact=exact)
+    t1 = time.perf_counter()
+    decoded = dict(codec.decode(data))
+    t2 = time.perf_counter()
+    if set(decoded) != set(delta):
+        raise ValueError(f"codec {codec.name!r} did not round-trip the tensor names")
+    kept = quantisation_residual(delta, decoded) if feedback else {}
+    return CodedUpdate(data, decoded, kept, t1 - t0, t2 - t1)
+
+
+__all__ = [
+    "CodedUpdate",
+    "Tensors",
+    "apply_delta",
+    "cast_like",
+    "code_update",
+    "model_delta",
+    "quantisation_residual",
+    "usable_residual",
+]

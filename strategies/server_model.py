@@ -1,0 +1,219 @@
+"""The server's model and its downlink policy: ``G_v``, the increments that lead to it, who holds what.
+
+How the server decides what a node gets lives here, and only here (:meth:`ServerModel.downlink`):
+
+- a node known to hold ``G_v`` gets no payload (``same``);
+- a node known to hold an older ``G_u`` whose increments ``u+1 .. v`` the server still keeps (at most
+  ``max_chain``), all coded with one codec and together smaller than the model, gets that chain
+  (``delta``);
+- any other node (first contact, state unknown or lost, too far behind) gets a keyframe.
+
+The strategy tells the model what happened through event methods -- :meth:`~ServerModel.adopt`,
+:meth:`~ServerModel.advance`, :meth:`~ServerModel.downlink` (sent), :meth:`~ServerModel.acknowledged`,
+:meth:`~ServerModel.lost` (resync, error, wrong base), :meth:`~ServerModel.went_silent` -- and never
+edits the record of who holds what itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnc_fl import protocol
+from nnc_fl.fingerprint import fingerprint
+from nnc_fl.protocol import CodecSpec
+from nnc_fl.updates import apply_delta, code_update, model_delta
+
+from .settings import DownlinkSettings
+
+
+def choose_downlink(held_version: int | None, version: int, increments_from: int | None) -> str:
+    """Which downlink kind a node holding ``held_version`` (``None``: unknown) gets for ``version``.
+
+    ``increments_from`` is the oldest version ``u`` whose increment ``G_u - G_{u-1}`` the server
+    still has together with all later ones (``None``: none). ``SAME`` if the node holds
+    ``version``; ``DELTA`` (a chain of increments) if it holds a version in
+    ``[increments_from - 1, version)`` within :data:`nnc_fl.protocol.MAX_CHAIN`; otherwise ``KEYFRAME``.
+    """
+    if held_version == version:
+        return protocol.SAME
+    if (
+        held_version is not None
+        and increments_from is not None
+        and increments_from - 1 <= held_version < version
+        and version - held_version <= protocol.MAX_CHAIN
+    ):
+        return protocol.DELTA
+    return protocol.KEYFRAME
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A coded downlink stream and what it decodes with."""
+
+    data: bytes
+    spec: CodecSpec
+    raw_bytes: int
+
+
+class ServerModel:
+    """The global model ``G_v`` and the downlink streams that bring a node to it.
+
+    Versions count global models: every model produced by :meth:`advance` or adopted by
+    :meth:`adopt` gets the next version. ``increments[u]`` is the coded ``G_u - G_{u-1}`` for the
+    last ``max_chain`` versions that came from :meth:`advance` (an adopted model clears them, so
+    only keyframes can deliver it).
+    """
+
+    def __init__(self, settings: DownlinkSettings | None = None) -> None:
+        self.settings = settings if settings is not None else DownlinkSettings()
+        self.tensors: dict[str, np.ndarray] = {}
+        self.version = 0
+        self.fingerprint = b""
+        #: version u -> coded G_u - G_{u-1}; fingerprints of the versions those apply to
+        self.increments: dict[int, Payload] = {}
+        self._fingerprints: dict[int, bytes] = {}
+        self._residual: dict[str, np.ndarray] = {}
+        self._keyframe: Payload | None = None
+        #: node id -> version that node is known to hold (None: unknown, it gets a keyframe)
+        self.node_versions: dict[int, int | None] = {}
+        #: version every node holds before first contact (a model shipped with the app), if any
+        self.shared_version: int | None = None
+        #: nodes sent a model whose reply is outstanding
+        self._pending: set[int] = set()
+
+    @property
+    def raw_bytes(self) -> int:
+        """fp32 size of the model (4 bytes x elements)."""
+        return 4 * sum(int(t.size) for t in self.tensors.values())
+
+    def matches(self, tensors: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``tensors`` is bit-identical to ``G_v``."""
+        return bool(self.tensors) and fingerprint(tensors) == self.fingerprint
+
+    # -- the model moves -------------------------------------------------------------------------
+
+    def adopt(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Make ``tensors`` (coming from outside, e.g. ``initial_arrays``) the next version.
+
+        The first model is the one every node holds already if ``shared_initial_model`` is set.
+        """
+        first = self.version == 0
+        self.tensors = {k: np.array(v, copy=True) for k, v in tensors.items()}
+        self.version += 1
+        self.fingerprint = fingerprint(self.tensors)
+        self.increments.clear()
+        self._fingerprints = {self.version: self.fingerprint}
+        self._residual = {}
+        self._keyframe = None
+        self.shared_version = self.version if first and self.settings.shared_initial_model else None
+
+    def advance(self, target: Mapping[str, np.ndarray], spec: CodecSpec) -> tuple[float, float]:
+        """Move to ``G_{v+1} = G_v + deq(Q(target - G_v [+ residual]))``; returns (encode s, decode s).
+
+        ``target`` must already have ``G_v``'s names, shapes and dtypes (see
+        :func:`nnc_fl.updates.cast_like`). Raises ``ValueError`` if the codec's own output does
+        not decode to that schema (a codec bug, never client input).
+        """
+        s = self.settings
+        coded = code_update(
+            model_delta(target, self.tensors),
+            spec.make(),
+            residual=self._residual if s.error_feedback else None,
+            fingerprint=self.fingerprint,
+            exact=s.exact,
+        )
+        self._residual = coded.residual
+        self.tensors = apply_delta(self.tensors, coded.decoded)
+        self.version += 1
+        self.fingerprint = fingerprint(self.tensors)
+        self.increments[self.version] = Payload(coded.data, spec, self.raw_bytes)
+        self._fingerprints[self.version] = self.fingerprint
+        for old in [u for u in self.increments if u <= self.version - s.max_chain]:
+            del self.increments[old]
+        for old in [u for u in self._fingerprints if u < self.version - s.max_chain]:
+            del self._fingerprints[old]
+        self._keyframe = None
+        return coded.encode_s, coded.decode_s
+
+    # -- what a node gets ------------------------------------------------------------------------
+
+    def _chain(self, held: int) -> list[Payload] | None:
+        """Increments ``held+1 .. v`` if they share one codec spec and beat a keyframe, else None."""
+        chain = [self.increments[u] for u in range(held + 1, self.version + 1)]
+        if len({p.spec for p in chain}) != 1 or sum(len(p.data) for p in chain) >= self.raw_bytes:
+            return None
+        return chain
+
+    def _keyframe_payload(self, spec: CodecSpec) -> tuple[Payload, float]:
+        """The exact coding of ``G_v`` (cached per version) and the seconds spent encoding it."""
+        if self._keyframe is not None and self._keyframe.spec == spec:
+            return self._keyframe, 0.0
+        t0 = time.perf_counter()
+        data = spec.make().encode(self.tensors, fingerprint=self.fingerprint, exact=True)
+        self._keyframe = Payload(data, spec, self.raw_bytes)
+        return self._keyframe, time.perf_counter() - t0
+
+    def downlink(
+        self, node_id: int, spec: CodecSpec, arrays_key: str, server_round: int
+    ) -> tuple[protocol.Downlink, list[Payload], float]:
+        """The protocol record and payloads that bring ``node_id`` to ``G_v``; plus encode seconds.
+
+        ``spec`` is the round's codec: it codes a keyframe, and the node codes its reply with it.
+        The node's reply is expected next (see :meth:`went_silent`).
+        """
+        held = self.node_versions.get(node_id, self.shared_version)
+        kind = choose_downlink(held, self.version, min(self.increments) if self.increments else None)
+        chain = self._chain(held) if kind == protocol.DELTA else None
+        if kind == protocol.DELTA and chain is None:
+            kind = protocol.KEYFRAME
+        payloads: list[Payload] = []
+        seconds, base_v, base_fp = 0.0, -1, b""
+        if kind == protocol.KEYFRAME:
+            keyframe, seconds = self._keyframe_payload(spec)
+            payloads = [keyframe]
+        elif kind == protocol.DELTA:
+            payloads, base_v, base_fp = chain, held, self._fingerprints[held]
+        else:
+            base_v, base_fp = self.version, self.fingerprint
+        pspec = payloads[0].spec if payloads else spec
+        down = protocol.Downlink(
+            kind=kind,
+            version=self.version,
+            fingerprint=self.fingerprint,
+            base_version=base_v,
+            base_fingerprint=base_fp,
+            payload_codec=pspec.name,
+            payload_codec_params=pspec.params_json,
+            codec=spec.name,
+            codec_params=spec.params_json,
+            arrays_key=arrays_key,
+            server_round=server_round,
+        )
+        self._pending.add(node_id)
+        return down, payloads, seconds
+
+    # -- what the server learns about a node -----------------------------------------------------
+
+    def acknowledged(self, node_id: int, version: int, fingerprint_: bytes) -> bool:
+        """The node says it holds ``(version, fingerprint)``: true if that is ``G_v``, which it
+        then gets no payload for; otherwise its state counts as unknown (keyframe next)."""
+        holds = (version, fingerprint_) == (self.version, self.fingerprint)
+        self.node_versions[node_id] = self.version if holds else None
+        return holds
+
+    def lost(self, node_id: int) -> None:
+        """The node's model is unknown (it asked for a resync, failed, or sent a wrong base)."""
+        self.node_versions[node_id] = None
+
+    def went_silent(self, answered: Iterable[int]) -> None:
+        """Nodes sent a model that did not reply may or may not have applied it: keyframe next."""
+        for node in self._pending - set(answered):
+            self.lost(node)
+        self._pending.clear()
+
+
+__all__ = ["Payload", "ServerModel", "choose_downlink"]

@@ -1,0 +1,162 @@
+"""The settings of :class:`strategies.CompressedStrategy`, grouped and checked at construction.
+
+Three frozen dataclasses, each refusing an impossible value with a ``ValueError`` or ``TypeError``
+when it is built, so a mistake shows up in the ServerApp's first line rather than in round 5:
+
+- :class:`CodecSettings`: which codec codes the updates, its parameters, a per-round schedule;
+- :class:`DownlinkSettings`: how the global model reaches the nodes;
+- :class:`ValidationSettings`: what an update must pass before it may touch the global model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from nnc_fl.codecs import ParamValue
+from nnc_fl.protocol import MAX_CHAIN, CodecSpec
+
+CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
+
+
+def _frozen_mapping(obj: object, name: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of parameter names to values, got {type(value).__name__}")
+    object.__setattr__(obj, name, MappingProxyType(dict(value)))
+
+
+def _positive(value: object, what: str, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
+
+
+def describe(settings: object) -> str:
+    """``name=value`` for every field of a settings dataclass, for logs."""
+    parts = []
+    for f in fields(settings):  # type: ignore[arg-type]
+        value = getattr(settings, f.name)
+        parts.append(f"{f.name}={dict(value) if isinstance(value, Mapping) else value!r}")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    """Which codec codes the model transfers, and with which parameters.
+
+    Parameters
+    ----------
+    name : str
+        A codec registered in :mod:`nnc_fl.codecs` (``"nnc"``, ``"fp32"``, or a baseline).
+    params : mapping
+        The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``.
+    schedule : callable, optional
+        ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
+        so the server can change the rate per round.
+    """
+
+    name: str = "nnc"
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    schedule: CodecSchedule | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"codec name must be a string, got {self.name!r}")
+        _frozen_mapping(self, "params")
+        if self.schedule is not None and not callable(self.schedule):
+            raise TypeError("schedule must be a callable f(server_round) -> codec parameters")
+        CodecSpec(self.name, self.params).make()  # unknown codec or bad parameters: fail now
+
+    def spec(self, server_round: int) -> CodecSpec:
+        """The codec (name and parameters) of ``server_round``."""
+        base = CodecSpec(self.name, self.params)
+        return base if self.schedule is None else base.merged(self.schedule(server_round))
+
+
+@dataclass(frozen=True)
+class DownlinkSettings:
+    """How the global model reaches the nodes.
+
+    Parameters
+    ----------
+    params : mapping
+        Codec parameters for the global increment that override the round's (e.g. a coarser
+        ``rel_step``); the uplink keeps the round's parameters.
+    exact : bool
+        Code the global increment losslessly instead of with the round's rate.
+    error_feedback : bool
+        Add each increment's quantisation error to the next one (server-side error feedback), so
+        downlink rounding does not accumulate in the global model.
+    max_chain : int
+        A node that missed rounds gets at most this many increments chained in one message (only
+        while they are together smaller than the model); further behind, it gets a keyframe.
+        At most :data:`nnc_fl.protocol.MAX_CHAIN`, the bound a node enforces.
+    shared_initial_model : bool
+        Every node already holds ``initial_arrays`` (e.g. shipped with the app; pair with
+        ``clients.make_nnc_mod(shared_model=...)``), so its first message is the chain of
+        increments since then instead of a keyframe. A node that does not hold it (its fingerprint
+        differs) asks for a resync and gets a keyframe.
+    """
+
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    exact: bool = False
+    error_feedback: bool = True
+    max_chain: int = MAX_CHAIN
+    shared_initial_model: bool = False
+
+    def __post_init__(self) -> None:
+        _frozen_mapping(self, "params")
+        if isinstance(self.max_chain, bool) or not isinstance(self.max_chain, int):
+            raise TypeError(f"max_chain must be an integer, got {self.max_chain!r}")
+        if not 1 <= self.max_chain <= MAX_CHAIN:
+            raise ValueError(f"max_chain must be in 1..{MAX_CHAIN}, got {self.max_chain}")
+
+    def spec(self, round_spec: CodecSpec) -> CodecSpec:
+        """The codec that codes a global increment in a round whose uplink codec is ``round_spec``."""
+        return round_spec.merged(self.params)
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """What an uploaded update must pass before it may touch the global model.
+
+    Parameters
+    ----------
+    outlier_threshold : float or None
+        Robust z-score (median/MAD over the round's update norms) above which an update is
+        refused; ``None`` switches the test off. Needs at least ``outlier_min_count`` updates.
+    outlier_min_count : int
+        Fewest updates in a round for the outlier test to run (at least 3: two norms cannot tell
+        which one is odd).
+    max_update_norm : float or None
+        Absolute bound on an update's L2 norm; ``None`` for no bound.
+    """
+
+    outlier_threshold: float | None = 10.0
+    outlier_min_count: int = 3
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self.outlier_threshold, "outlier_threshold", allow_none=True)
+        _positive(self.max_update_norm, "max_update_norm", allow_none=True)
+        if isinstance(self.outlier_min_count, bool) or not isinstance(self.outlier_min_count, int):
+            raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
+        if self.outlier_min_count < 3:
+            raise ValueError(f"outlier_min_count must be at least 3, got {self.outlier_min_count}")
+
+
+def settings_of(kind: type, value: Any, what: str) -> Any:
+    """``value`` if it is a ``kind``; ``kind()`` for ``None``; else a ``TypeError`` naming ``what``."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+__all__ = ["CodecSchedule", "CodecSettings", "DownlinkSettings", "ValidationSettings", "describe", "settings_of"]
