@@ -123,9 +123,10 @@ def _coded_reply(
         coded = node.send(protocol.tensors_of(reply.content[key]), codec)
     except ValueError as exc:  # names or shapes differ from the received model
         return _error_reply(msg, f"cannot code the trained model: {exc}")
+    payload = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(coded.data))})
     content = RecordDict()
     for k, rec in reply.content.items():
-        content[k] = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(coded.data))}) if k == key else rec
+        content[k] = payload if k == key else rec
     up = protocol.Uplink(
         kind=protocol.UPDATE,
         version=down.version,

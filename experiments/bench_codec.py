@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ["small", "medium"] if args.quick else args.sizes.split(",")
     repeat = 2 if args.quick else args.repeat
 
-    header = f"{'delta':>8} {'params':>9} {'step':>9} {'method':<14} {'bytes':>9} {'bits/par':>8} {'%fp32':>7} {'RMSE':>9} {'enc MB/s':>9} {'dec MB/s':>9}"
+    header = (f"{'delta':>8} {'params':>9} {'step':>9} {'method':<14} {'bytes':>9} {'bits/par':>8} {'%fp32':>7} "
+              f"{'RMSE':>9} {'enc MB/s':>9} {'dec MB/s':>9}")
     print(header)
     print("-" * len(header))
     summary = []
@@ -130,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ours = rows[0]["bytes"]
             best_generic = min(r["bytes"] for r in rows if r["method"].startswith("levels+"))
-            summary.append((size, rows[0]["params"], step, rows[0]["bpp"], ours / best_generic, rows[0]["enc_mbs"], rows[0]["dec_mbs"]))
+            first = rows[0]
+            summary.append((size, first["params"], step, first["bpp"], ours / best_generic, first["enc_mbs"],
+                            first["dec_mbs"]))
         print()
     print("nnc size / best of (levels+zstd19, levels+lzma), same levels so equal RMSE:")
     for size, n, step, bpp, ratio, enc, dec in summary:
-        print(f"  {size:>7} ({n} params) step {step:.3g}: {bpp:.3f} bits/param, ratio {ratio:.3f}, enc {enc:.0f} MB/s, dec {dec:.0f} MB/s")
+        print(f"  {size:>7} ({n} params) step {step:.3g}: {bpp:.3f} bits/param, ratio {ratio:.3f}, "
+              f"enc {enc:.0f} MB/s, dec {dec:.0f} MB/s")
     return 0
 
 

@@ -90,14 +90,16 @@ def _run_with_progress(cfg, out_dir):
 
 
 def _print_rounds(out: dict[str, Any]) -> None:
-    print(f"\n{'round':>5} {'clients':>7} {'up bytes':>10} {'up %':>7} {'down bytes':>11} {'down %':>7} {'rej':>4} {'acc %':>7}")
+    print(f"\n{'round':>5} {'clients':>7} {'up bytes':>10} {'up %':>7} {'down bytes':>11} {'down %':>7} "
+          f"{'rej':>4} {'acc %':>7}")
     for r in out["rounds"]:
         print(f"{r['round']:5d} {r['clients']:7d} {r['up_bytes']:10d} {r['up_pct']:7.3f} {r['down_bytes']:11d} "
               f"{r['down_pct']:7.3f} {r['rejected']:4d} {100 * r['test_accuracy']:7.2f}")
     s = out["summary"]
     print(f"\n{s['task']} on {s['data_source']} ({s['parameters']} parameters), codec {s['name']}: final accuracy "
           f"{100 * s['final_accuracy']:.2f} %, uplink {s['up_pct']:.3f} % and downlink {s['down_pct']:.3f} % of fp32 "
-          f"({s['down_pct_increments']:.3f} % for increments, {s['keyframes']} keyframes), {s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
+          f"({s['down_pct_increments']:.3f} % for increments, {s['keyframes']} keyframes), "
+          f"{s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def _cumulative_bytes(rounds: list[dict]) -> list[float]:
@@ -22,9 +22,11 @@ def _cumulative_bytes(rounds: list[dict]) -> list[float]:
 
 def _accuracy_axes(ax_round, ax_bytes, out: dict[str, Any], label: str) -> None:
     rounds = out["rounds"]
-    ax_round.plot([r["round"] for r in rounds], [100 * r["test_accuracy"] for r in rounds], marker="o", ms=3, label=label)
+    accuracy = [100 * r["test_accuracy"] for r in rounds]
+    ax_round.plot([r["round"] for r in rounds], accuracy, marker="o", ms=3, label=label)
     trained = [r for r in rounds if r["round"] > 0]
-    ax_bytes.plot(_cumulative_bytes(trained), [100 * r["test_accuracy"] for r in trained], marker="o", ms=3, label=label)
+    trained_accuracy = [100 * r["test_accuracy"] for r in trained]
+    ax_bytes.plot(_cumulative_bytes(trained), trained_accuracy, marker="o", ms=3, label=label)
 
 
 def _style(ax_round, ax_bytes) -> None:
@@ -66,8 +68,8 @@ def comparison_table(outs: list[dict[str, Any]], reference: str = "fp32") -> str
     """Markdown table, one row per run; accuracy difference against the ``reference`` codec."""
     ref = next((o["summary"] for o in outs if o["summary"]["codec"] == reference), None)
     lines = [
-        "| codec | final acc. (%) | Δ acc. vs fp32 (pp) | last-3 mean acc. (%) | Δ last-3 (pp) | uplink (% of fp32) | downlink (% of fp32) | "
-        "downlink increments (%) | keyframes | total MB | rejected | codec time (s) |",
+        "| codec | final acc. (%) | Δ acc. vs fp32 (pp) | last-3 mean acc. (%) | Δ last-3 (pp) | uplink (% of fp32) "
+        "| downlink (% of fp32) | downlink increments (%) | keyframes | total MB | rejected | codec time (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outs:

@@ -166,8 +166,8 @@ register_codec(Float32Codec.name, Float32Codec)
 
 __all__ = [
     "Float32Codec",
-    "NNCCodec",
     "FormatError",
+    "NNCCodec",
     "ParamValue",
     "UpdateCodec",
     "make_codec",

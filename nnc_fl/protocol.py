@@ -234,7 +234,8 @@ class Downlink:
     ``version``/``fingerprint`` name the model the node holds once it applied the payload;
     ``base_version``/``base_fingerprint`` the model a delta applies to (``-1``/``b""`` for a
     keyframe). A delta chains ``version - base_version`` coded increments, applied in order (see
-    :func:`payloads_of`), so a node that missed rounds catches up without a keyframe. ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
+    :func:`payloads_of`), so a node that missed rounds catches up without a keyframe.
+    ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
     ``arrays_key`` is the ``RecordDict`` key under which the user's function expects the model.
     """
 

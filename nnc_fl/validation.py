@@ -39,7 +39,7 @@ def decode_update(codec: UpdateCodec, data: bytes) -> dict[str, np.ndarray]:
     """
     try:
         tensors = codec.decode(data)
-    except Exception as exc:  # noqa: BLE001 -- hostile input must never escape as a crash
+    except Exception as exc:
         raise UpdateRejected("format", f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(tensors, Mapping):
         raise UpdateRejected("format", "decoder returned no tensor mapping")

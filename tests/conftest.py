@@ -16,14 +16,12 @@ APP_DIR = Path(__file__).parent / "flower_app"
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.inprocess import InProcessGrid  # noqa: E402
-
-from nnc_fl import FormatError, protocol  # noqa: E402
-from nnc_fl.codecs import make_codec, register_codec, registered_codecs  # noqa: E402
-
+from nnc_fl import FormatError, protocol
+from nnc_fl.codecs import make_codec, register_codec, registered_codecs
+from strategies.inprocess import InProcessGrid
 
 # -- a stand-in codec: npz container, optional uniform quantiser, carries NaN -------------------------
 
@@ -52,7 +50,7 @@ class NpzCodec:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 names = [str(n) for n in npz["__names__"]]
                 return {n: npz[f"t{i}"] for i, n in enumerate(names)}
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise FormatError(f"npz-test: {exc}") from exc
 
     def params(self):

@@ -13,7 +13,7 @@ from experiments import data as D
 def _check_images(x, y, num_classes):
     assert x.dtype == np.float32 and x.ndim == 4 and x.shape[1:] == (1, 28, 28)
     assert y.dtype == np.int64 and y.shape == (len(x),)
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
     assert set(np.unique(y)) <= set(range(num_classes))
 
 

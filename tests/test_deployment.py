@@ -6,6 +6,7 @@ in its own session and its whole process group is killed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import APP_DIR
 
 NODES = 3
@@ -45,10 +45,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 10
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             time.sleep(0.2)

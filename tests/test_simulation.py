@@ -9,13 +9,12 @@ import tempfile
 
 import numpy as np
 import pytest
+from conftest import APP_DIR
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import CompressedStrategy
-
-from conftest import APP_DIR
 
 NODES, ROUNDS = 3, 3
 
@@ -34,6 +33,7 @@ def sim_env(tmp_path, monkeypatch):
     shutil.rmtree(short, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_simulation_compressed_fedavg(sim_env):
     from flwr.simulation import run_simulation
     from nncfl_testapp.client_app import app as client_app
@@ -52,7 +52,9 @@ def test_ray_simulation_compressed_fedavg(sim_env):
             min_available_nodes=NODES,
             evaluate_metrics_aggr_fn=check,
         )
-        strategy = check.strategy = CompressedStrategy(inner, codec="nnc", codec_params={"step": 0.002}, bandwidth_log=log_path)
+        strategy = check.strategy = CompressedStrategy(
+            inner, codec="nnc", codec_params={"step": 0.002}, bandwidth_log=log_path
+        )
         initial = ArrayRecord({k: Array(v) for k, v in initial_model().items()})
         result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=ROUNDS)
         seen["strategy"], seen["result"] = strategy, result

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import LocalGrid, run_federation
 from flwr.app import RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Krum, Strategy
@@ -16,10 +17,7 @@ from nnc_fl import protocol
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
 from strategies import BANDWIDTH_FIELDS, CodecSettings, CompressedStrategy, DownlinkSettings
-
 from strategies.server_model import ServerModel
-
-from conftest import LocalGrid, run_federation
 
 ROUNDS = 3
 
@@ -99,7 +97,7 @@ def test_uncompressed_baseline_runs_the_same_path(make_grid, initial_arrays):
 
 def test_any_registered_codec_name_works(make_grid, initial_arrays):
     strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec="npz-test", codec_params={"step": 0.001})
-    result, _ = run_federation(strategy, make_grid(4), initial_arrays, 2)
+    run_federation(strategy, make_grid(4), initial_arrays, 2)
     assert strategy.model.version == 3 and strategy.bandwidth[-1]["codec"] == "npz-test"
 
 
@@ -253,7 +251,9 @@ def test_chains_are_bounded_by_max_chain(make_grid, initial_arrays):
 def test_downlink_params_set_the_increment_rate(make_grid, initial_arrays):
     import nnc_fl
 
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, downlink=DownlinkSettings({"step": 0.004}))
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, downlink=DownlinkSettings({"step": 0.004})
+    )
     run_federation(strategy, make_grid(4), initial_arrays, 2)
     v = strategy.model.version
     steps = {t.step for t in nnc_fl.inspect(strategy.model.increments[v].data).tensors if t.step is not None}

@@ -6,13 +6,12 @@ import random
 
 import numpy as np
 import pytest
+from conftest import recode, reply_payload, run_federation, set_payload, set_uplink
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
 from strategies import CompressedStrategy, ValidationSettings
-
-from conftest import recode, reply_payload, run_federation, set_payload, set_uplink
 
 HONEST, ATTACKER, ROUNDS, STEP = 4, 105, 3, 0.001
 
@@ -126,12 +125,18 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
 def test_outlier_test_can_be_switched_off(make_grid, initial_arrays):
     grid = make_grid(4)
     grid.tamper[104] = lambda r: recode(r, _scale)
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), codec_params={"step": 0.001}, validation=ValidationSettings(outlier_threshold=None))
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=4),
+        codec_params={"step": 0.001},
+        validation=ValidationSettings(outlier_threshold=None),
+    )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected"] == 0
 
 
 def test_norm_bound(make_grid, initial_arrays):
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec_params={"step": 0.001}, validation=ValidationSettings(max_update_norm=1e-9))
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=3), codec_params={"step": 0.001}, validation=ValidationSettings(max_update_norm=1e-9)
+    )
     run_federation(strategy, make_grid(3), initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected_norm"] == 3 and strategy.model.version == 1

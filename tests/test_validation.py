@@ -85,7 +85,7 @@ def test_outlier_mask_flags_a_scaled_update_only():
     honest = [1.0, 1.3, 0.8, 1.1, 1.6]
     mask = v.outlier_mask([*honest, 1000.0], threshold=10.0)
     assert mask.tolist() == [False] * 5 + [True]
-    assert not v.outlier_mask(honest + [3.0], threshold=10.0).any()  # heterogeneity is fine
+    assert not v.outlier_mask([*honest, 3.0], threshold=10.0).any()  # heterogeneity is fine
 
 
 def test_outlier_mask_edge_cases():
