@@ -104,9 +104,14 @@ def _bounded(value: object, what: str, low: float, high: float, *, open_low: boo
     return r
 
 
+#: ``rel_step`` bounds: below 2**-20 a tensor's levels reach millions of times its RMS (a stream
+#: larger than the raw values); above 2**20 every level is zero.
+MIN_REL_STEP, MAX_REL_STEP = 2.0**-20, 2.0**20
+
+
 def check_rel_step(value: object) -> float:
-    """A valid ``rel_step``: in (0, 2**20]."""
-    return _bounded(value, "rel_step", 0.0, 2.0**20, open_low=True)
+    """A valid ``rel_step``: in [2**-20, 2**20]."""
+    return _bounded(value, "rel_step", MIN_REL_STEP, MAX_REL_STEP)
 
 
 def check_rd_lambda(value: object) -> float:

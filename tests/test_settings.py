@@ -1,0 +1,79 @@
+"""CompressedStrategy's settings: grouped, validated at construction, all logged by summary()."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flwr.serverapp.strategy import FedAvg
+
+from nnc_fl import protocol
+from strategies import CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: CodecSettings("nope"), ValueError, "unknown codec"),
+        (lambda: CodecSettings("nnc", {"colour": 3}), ValueError, "bad parameters"),
+        (lambda: CodecSettings("nnc", {"rel_step": 1e-30}), ValueError, "rel_step"),
+        (lambda: CodecSettings("nnc", {"step": 0.1, "qp": -4}), ValueError, "at most one"),
+        (lambda: CodecSettings("nnc", [("step", 1)]), TypeError, "mapping"),
+        (lambda: CodecSettings("nnc", schedule=3), TypeError, "schedule"),
+        (lambda: DownlinkSettings(max_chain=0), ValueError, "max_chain"),
+        (lambda: DownlinkSettings(max_chain=protocol.MAX_CHAIN + 1), ValueError, "max_chain"),
+        (lambda: DownlinkSettings(max_chain=2.5), TypeError, "max_chain"),
+        (lambda: ValidationSettings(outlier_threshold=-1), ValueError, "outlier_threshold"),
+        (lambda: ValidationSettings(outlier_threshold=float("nan")), ValueError, "outlier_threshold"),
+        (lambda: ValidationSettings(max_update_norm=0), ValueError, "max_update_norm"),
+        (lambda: ValidationSettings(outlier_min_count=2), ValueError, "outlier_min_count"),
+    ],
+)
+def test_impossible_settings_are_refused_at_construction(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_settings_are_frozen_and_their_params_immutable():
+    codec = CodecSettings("nnc", {"rel_step": 3.0})
+    with pytest.raises(AttributeError):
+        codec.name = "fp32"
+    with pytest.raises(TypeError):
+        codec.params["rel_step"] = 1.0
+
+
+def test_the_drop_in_and_the_grouped_form_build_the_same_strategy():
+    a = CompressedStrategy(FedAvg(), "nnc", {"rel_step": 3.0})
+    b = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"rel_step": 3.0}))
+    assert a.spec_for(1) == b.spec_for(1)
+    with pytest.raises(ValueError, match="inside CodecSettings"):
+        CompressedStrategy(FedAvg(), CodecSettings("nnc"), {"rel_step": 3.0})
+    with pytest.raises(TypeError, match="DownlinkSettings"):
+        CompressedStrategy(FedAvg(), downlink={"exact": True})
+
+
+def test_schedule_and_downlink_params_merge_over_the_codec_params():
+    codec = CodecSettings("nnc", {"rel_step": 3.0, "rd_lambda": 0.05}, schedule=lambda r: {"rel_step": float(r)})
+    strategy = CompressedStrategy(FedAvg(), codec, downlink=DownlinkSettings({"rel_step": 8.0}))
+    assert dict(strategy.spec_for(2).params) == {"rel_step": 2.0, "rd_lambda": 0.05}
+    assert dict(strategy.downlink_spec(2).params) == {"rel_step": 8.0, "rd_lambda": 0.05}
+
+
+def test_summary_logs_every_setting(caplog):
+    strategy = CompressedStrategy(
+        FedAvg(),
+        CodecSettings("nnc", {"rel_step": 3.0}),
+        downlink=DownlinkSettings({"rel_step": 4.0}, max_chain=7),
+        validation=ValidationSettings(outlier_threshold=12.5, max_update_norm=3.0),
+    )
+    logger = logging.getLogger("flwr")
+    logger.addHandler(caplog.handler)
+    try:
+        strategy.summary()
+    finally:
+        logger.removeHandler(caplog.handler)
+    text = caplog.text
+    for setting in (CodecSettings, DownlinkSettings, ValidationSettings):
+        for name in setting.__dataclass_fields__:
+            assert f"{name}=" in text, name
+    assert "max_chain=7" in text and "outlier_threshold=12.5" in text and "'rel_step': 4.0" in text
