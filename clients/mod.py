@@ -24,11 +24,27 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from nnc_fl import protocol
+from nnc_fl.auth import authentication_tag, check_key, read_key_file
 from nnc_fl.codecs import UpdateCodec
 
 from .state import NodeState, Resync
 
 SharedModel = Callable[[Context], "Mapping[str, np.ndarray] | None"]
+AuthKey = tuple[str, bytes]
+#: ``node_config`` keys naming a node's authentication key: its id, and a file of hex text.
+KEY_ID_CONFIG, KEY_FILE_CONFIG = "nnc-fl-key-id", "nnc-fl-key-file"
+
+
+def _auth_key(context: Context, explicit: AuthKey | None) -> AuthKey | None:
+    """The node's key: given to :func:`make_nnc_mod`, or named in its ``node_config``."""
+    if explicit is not None:
+        return explicit
+    key_id, path = context.node_config.get(KEY_ID_CONFIG), context.node_config.get(KEY_FILE_CONFIG)
+    if key_id is None and path is None:
+        return None
+    if key_id is None or path is None:
+        raise ValueError(f"node_config needs both {KEY_ID_CONFIG!r} and {KEY_FILE_CONFIG!r}")
+    return check_key(str(key_id), read_key_file(str(path)))
 
 
 def _uplink_record(up: protocol.Uplink) -> ConfigRecord:
@@ -56,7 +72,7 @@ def _model_record_key(reply: RecordDict, expected: str) -> str | None:
     return expected if expected in keys else None
 
 
-def make_nnc_mod(shared_model: SharedModel | None = None) -> Mod:
+def make_nnc_mod(shared_model: SharedModel | None = None, auth_key: AuthKey | None = None) -> Mod:
     """The nnc-fl client mod; ``nnc_mod = make_nnc_mod()``.
 
     ``shared_model(context)`` may return the model the node holds before first contact (e.g. the
@@ -64,7 +80,13 @@ def make_nnc_mod(shared_model: SharedModel | None = None) -> Mod:
     downlink=DownlinkSettings(shared_initial_model=True))``: the server then starts the node with
     increments instead of a keyframe. The model is used only if its fingerprint is the one the
     server names.
+
+    ``auth_key = (key_id, key)`` tags every update for a server that requires authentication
+    (``ValidationSettings(auth_keys=...)``); without it, a node whose ``node_config`` names
+    ``nnc-fl-key-id`` and ``nnc-fl-key-file`` (hex text) uses that key.
     """
+    if auth_key is not None:
+        auth_key = check_key(*auth_key)
 
     def nnc_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Flower client mod: decode the coded model for the user's function, code its trained reply.
@@ -72,12 +94,12 @@ def make_nnc_mod(shared_model: SharedModel | None = None) -> Mod:
         Messages without the nnc-fl protocol record pass through untouched. Use as
         ``ClientApp(mods=[nnc_mod])`` together with :class:`strategies.CompressedStrategy`.
         """
-        return _run_mod(msg, context, call_next, shared_model)
+        return _run_mod(msg, context, call_next, shared_model, auth_key)
 
     return nnc_mod
 
 
-def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, shared_model) -> Message:
+def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, shared_model, auth_key) -> Message:
     if not msg.has_content() or protocol.RECORD_KEY not in msg.content:
         return call_next(msg, context)
     try:
@@ -86,6 +108,10 @@ def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, share
         uplink_codec = protocol.CodecSpec.from_wire(down.codec, down.codec_params).make()
     except (protocol.ProtocolError, ValueError) as exc:
         return _error_reply(msg, f"cannot read the server's instruction: {exc}")
+    try:
+        key = _auth_key(context, auth_key)
+    except (OSError, ValueError, TypeError) as exc:
+        return _error_reply(msg, f"cannot read this node's authentication key: {exc}")
     node = NodeState(context.state)
     if shared_model is not None:
         node.adopt_shared(down, lambda: shared_model(context))
@@ -109,24 +135,34 @@ def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, share
         up = protocol.Uplink(kind=protocol.ACK, version=down.version, fingerprint=down.fingerprint, decode_s=decode_s)
         reply.content[protocol.RECORD_KEY] = _uplink_record(up)
         return reply
-    return _coded_reply(msg, reply, node, down, uplink_codec, decode_s)
+    return _coded_reply(msg, reply, node, down, uplink_codec, decode_s, key)
 
 
 def _coded_reply(
-    msg: Message, reply: Message, node: NodeState, down: protocol.Downlink, codec: UpdateCodec, decode_s: float
+    msg: Message,
+    reply: Message,
+    node: NodeState,
+    down: protocol.Downlink,
+    codec: UpdateCodec,
+    decode_s: float,
+    key: AuthKey | None,
 ) -> Message:
-    """Replace the trained model in the user's train reply by its coded update."""
-    key = _model_record_key(reply.content, down.arrays_key)
-    if key is None:
+    """Replace the trained model in the user's train reply by its coded update (tagged with ``key``)."""
+    record_key = _model_record_key(reply.content, down.arrays_key)
+    if record_key is None:
         return _error_reply(msg, "the train reply must carry exactly one ArrayRecord (the trained model)")
     try:
-        coded = node.send(protocol.tensors_of(reply.content[key]), codec)
+        coded = node.send(protocol.tensors_of(reply.content[record_key]), codec, down.nonce)
     except ValueError as exc:  # names or shapes differ from the received model
         return _error_reply(msg, f"cannot code the trained model: {exc}")
     payload = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(coded.data))})
     content = RecordDict()
     for k, rec in reply.content.items():
-        content[k] = payload if k == key else rec
+        content[k] = payload if k == record_key else rec
+    key_id, tag = "", b""
+    if key is not None:
+        key_id = key[0]
+        tag = authentication_tag(key[1], key_id, protocol.binding(down.fingerprint, down.nonce), coded.data)
     up = protocol.Uplink(
         kind=protocol.UPDATE,
         version=down.version,
@@ -134,6 +170,8 @@ def _coded_reply(
         codec=codec.name,
         encode_s=coded.encode_s,
         decode_s=decode_s + coded.decode_s,
+        key_id=key_id,
+        tag=tag,
     )
     content[protocol.RECORD_KEY] = _uplink_record(up)
     reply.content = content

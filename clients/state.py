@@ -131,12 +131,14 @@ class NodeState:
 
     # -- send ------------------------------------------------------------------------------------
 
-    def send(self, trained: Mapping[str, np.ndarray], codec: UpdateCodec) -> CodedUpdate:
-        """Code ``trained - G_v`` plus the residual with ``codec``, bound to ``G_v``; keep the new residual.
+    def send(self, trained: Mapping[str, np.ndarray], codec: UpdateCodec, nonce: bytes) -> CodedUpdate:
+        """Code ``trained - G_v`` plus the residual with ``codec``, bound to ``G_v`` and the ``nonce``
+        of the message it answers (:func:`nnc_fl.protocol.binding`); keep the new residual.
 
         Raises ``ValueError`` if ``trained`` does not have ``G_v``'s tensor names and shapes.
         """
         delta = model_delta(cast_like(trained, self.base), self.base)
-        coded = code_update(delta, codec, residual=self.residual, fingerprint=self.fingerprint)
+        binding = protocol.binding(self.fingerprint, nonce)
+        coded = code_update(delta, codec, residual=self.residual, fingerprint=binding)
         self.keep_residual(coded.residual)
         return coded

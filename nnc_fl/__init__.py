@@ -7,13 +7,15 @@ Public API:
 - :func:`inspect`: the header table, for humans (``str()``) and tools (``.as_rows()``)
 - :func:`fingerprint`: 32-byte digest binding an update to the model it applies to
 - :func:`qp_to_step`: NNC's QP -> quantisation step
+- :func:`read_fingerprint`: the fingerprint a stream carries, checking only its header
 - :class:`FormatError`: raised for every malformed, truncated, corrupted or over-limit stream
+  (:class:`SchemaError`: a stream describing other tensors than the caller expected)
 - :class:`Limits`: the bounds a decoder enforces
 """
 
-from .api import decode, decode_tensor, encode, inspect
+from .api import DEFAULT_MEMORY_BUDGET, decode, decode_tensor, encode, inspect, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
-from .errors import FormatError
+from .errors import FormatError, SchemaError
 from .fingerprint import fingerprint
 from .steps import qp_to_step
 
@@ -21,8 +23,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_MEMORY_BUDGET",
     "FormatError",
     "Limits",
+    "SchemaError",
     "StreamInfo",
     "TensorInfo",
     "decode",
@@ -31,4 +35,5 @@ __all__ = [
     "fingerprint",
     "inspect",
     "qp_to_step",
+    "read_fingerprint",
 ]

@@ -15,7 +15,7 @@ from . import bitstream as bs
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
-from .errors import FormatError
+from .errors import FormatError, LimitError, SchemaError
 from .steps import check_rd_lambda, check_step_choice, resolve_step
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
@@ -31,6 +31,7 @@ def encode(
     rd_lambda: float = 0.0,
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
     """Code named tensors into one self-contained stream.
 
@@ -57,6 +58,8 @@ def encode(
         Names of float tensors to code exactly instead of quantising.
     fingerprint
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
+    limits
+        The limits the stream's decoders enforce: a stream they would refuse is not written.
 
     Returns
     -------
@@ -67,7 +70,11 @@ def encode(
     ------
     ValueError
         A tensor holds NaN/Inf, has an unsupported dtype, or its step would give levels beyond
-        2**62; the message names the tensor.
+        2**62; the stream would exceed ``limits``. The message names the tensor or the limit.
+
+    A reconstruction never leaves the dtype's finite range: where rounding at the step would
+    overflow it (float16 values near 65504 with a coarse step), the tensor's step is halved until
+    it does not, which keeps every error within half a step.
     """
     rd_lambda = check_rd_lambda(rd_lambda)
     if not isinstance(tensors, Mapping):
@@ -78,28 +85,105 @@ def encode(
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
     records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless) for name, value in tensors.items()
+        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
+        for name, value in tensors.items()
     ]
-    return bs.write_stream(records, fingerprint)
+    return bs.write_stream(records, fingerprint, limits)
 
 
-def decode(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+#: Memory a decoder may use by default for what it returns plus its working arrays: 1 GiB. A stream
+#: that needs more is refused before anything is allocated; pass ``memory_budget`` for larger models.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+#: Working bytes per element of a coded tensor while it decodes (int64 levels, float64 values).
+_WORK_BYTES_PER_ELEMENT = 16
+
+
+def decoding_memory(tensors: Collection[TensorInfo]) -> int:
+    """Upper bound of the bytes :func:`decode` allocates for ``tensors``: every output, plus the
+    working arrays of the largest one."""
+    out = sum(t.numel * t.dtype.itemsize for t in tensors)
+    work = max((t.numel * _WORK_BYTES_PER_ELEMENT for t in tensors if t.mode != bs.MODE_ZERO), default=0)
+    return out + work
+
+
+def _check_memory(tensors: Collection[TensorInfo], budget: int) -> None:
+    need = decoding_memory(tensors)
+    if need > budget:
+        raise FormatError(f"decoding needs up to {need} bytes, above the memory budget of {budget}")
+
+
+def _check_schema(info: StreamInfo, expect: Mapping[str, object]) -> None:
+    """Refuse (:class:`SchemaError`) a table whose names, shapes or dtypes are not ``expect``'s."""
+    names = [t.name for t in info.tensors]
+    if set(names) != set(expect):
+        missing = sorted(set(expect) - set(names))[:5]
+        extra = sorted(set(names) - set(expect))[:5]
+        raise SchemaError(f"tensor names differ (missing {missing}, unexpected {extra})")
+    for t in info.tensors:
+        ref = expect[t.name]
+        shape, dtype = tuple(np.shape(ref)), np.dtype(getattr(ref, "dtype", None))
+        if t.shape != shape:
+            raise SchemaError(f"tensor {t.name!r} has shape {t.shape}, expected {shape}")
+        if t.dtype.newbyteorder("=") != dtype.newbyteorder("="):
+            raise SchemaError(f"tensor {t.name!r} has dtype {t.dtype.name}, expected {dtype.name}")
+
+
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, np.ndarray]:
     """Decode every tensor of a stream, in stream order (same names, shapes and dtypes).
+
+    Parameters
+    ----------
+    limits
+        Bounds on the header (see :class:`Limits`).
+    expect
+        The tensors the stream must describe (any arrays, or objects with ``shape`` and ``dtype``):
+        ``limits`` are replaced by theirs (:meth:`Limits.for_schema`) and the table is checked
+        against them before any payload is decoded (:class:`SchemaError` otherwise).
+    memory_budget
+        Bytes the decoder may allocate (outputs and working arrays); a stream that claims more
+        is refused before anything is allocated.
 
     Raises :class:`FormatError` for any malformed, truncated, corrupted, unsupported or over-limit
     stream.
     """
-    info = bs.read_table(data, limits)
+    if expect is not None:
+        limits = Limits.for_schema(expect)
+    try:
+        info = bs.read_table(data, limits)
+    except LimitError as exc:
+        if expect is not None:  # the schema's limits are exact: a larger table is another schema
+            raise SchemaError(f"the stream describes more than the expected tensors ({exc})") from exc
+        raise
+    if expect is not None:
+        _check_schema(info, expect)
+    _check_memory(info.tensors, memory_budget)
     view = memoryview(data).cast("B")
     return {t.name: _decode_one(view, t) for t in info.tensors}
 
 
 def decode_tensor(
-    data: bytes | bytearray | memoryview, name: str, *, limits: Limits = DEFAULT_LIMITS
+    data: bytes | bytearray | memoryview,
+    name: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> np.ndarray:
     """Decode only tensor ``name``; other payloads are not read. ``KeyError`` if it is absent."""
     info = bs.read_table(data, limits)
-    return _decode_one(memoryview(data).cast("B"), info.tensor(name))
+    t = info.tensor(name)
+    _check_memory([t], memory_budget)
+    return _decode_one(memoryview(data).cast("B"), t)
+
+
+def read_fingerprint(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
+    """The fingerprint a stream carries (``None`` if none), checking the header's integrity only."""
+    return bs.read_fingerprint(data, limits)
 
 
 def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
@@ -113,11 +197,11 @@ def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LI
 # --- encoding one tensor -------------------------------------------------------------------------
 
 
-def _as_array(name: object, value: object) -> np.ndarray:
+def _as_array(name: object, value: object, limits: Limits) -> np.ndarray:
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, got {name!r}")
-    if len(name.encode("utf-8")) > DEFAULT_LIMITS.max_name_bytes:
-        raise ValueError(f"tensor name {name[:40]!r}... is longer than {DEFAULT_LIMITS.max_name_bytes} bytes")
+    if len(name.encode("utf-8")) > limits.max_name_bytes:
+        raise ValueError(f"tensor name {name[:40]!r}... is longer than {limits.max_name_bytes} bytes")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # e.g. a torch bfloat16 tensor numpy cannot view
@@ -125,8 +209,10 @@ def _as_array(name: object, value: object) -> np.ndarray:
     native = arr.dtype.newbyteorder("=")
     if native.newbyteorder("<") not in bs.DTYPE_CODES:
         raise TypeError(f"tensor {name!r}: unsupported dtype {arr.dtype} (bool, int, uint and float16/32/64 are)")
-    if arr.ndim > DEFAULT_LIMITS.max_ndim:
-        raise ValueError(f"tensor {name!r}: rank {arr.ndim} above {DEFAULT_LIMITS.max_ndim}")
+    if arr.ndim > limits.max_ndim:
+        raise ValueError(f"tensor {name!r}: rank {arr.ndim} above {limits.max_ndim}")
+    if arr.size > limits.max_tensor_elements:
+        raise ValueError(f"tensor {name!r}: {arr.size} elements, above the limit {limits.max_tensor_elements}")
     return np.asarray(arr, dtype=native, order="C")
 
 
@@ -135,8 +221,21 @@ def _cols(shape: tuple[int, ...], numel: int) -> int:
     return numel // shape[0] if len(shape) >= 2 else numel
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact) -> bs.TensorRecord:
-    arr = _as_array(name, value)
+def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtype) -> tuple[np.ndarray, float]:
+    """Levels of ``flat`` at step ``s``, halving ``s`` while a reconstruction would overflow ``dtype``."""
+    top = float(np.finfo(dtype).max)
+    while True:
+        levels, status = quantise(flat, s, MAX_LEVEL)
+        if status != OK:
+            why = "holds NaN or Inf values" if status == NOT_FINITE else f"step {s:g} gives levels beyond 2**62"
+            raise ValueError(f"tensor {name!r}: {why}")
+        if not levels.size or float(np.abs(levels).max()) * s <= top:
+            return levels, s
+        s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
+
+
+def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs.TensorRecord:
+    arr = _as_array(name, value, limits)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
         return bs.TensorRecord(name, dtype, shape, bs.MODE_ZERO)
@@ -146,12 +245,8 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact) -> bs.TensorR
                 raise ValueError(f"tensor {name!r} holds NaN or Inf values")
             # bitwise test: -0.0 is not zero for a lossless tensor
             return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
-        s = resolve_step(name, arr, step, qp, rel_step)
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
-        levels, status = quantise(flat, s, MAX_LEVEL)
-        if status != OK:
-            why = "holds NaN or Inf values" if status == NOT_FINITE else f"step {s:g} gives levels beyond 2**62"
-            raise ValueError(f"tensor {name!r}: {why}")
+        levels, s = _quantise_within_range(name, flat, resolve_step(name, arr, step, qp, rel_step), dtype)
         mode = bs.MODE_QUANT
     else:
         if arr.dtype.itemsize == 8 and (arr.max() > MAX_LEVEL or (dtype.kind == "i" and arr.min() < -MAX_LEVEL)):
@@ -200,6 +295,8 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     if status == SHORT_PAYLOAD:
         raise FormatError(f"tensor {t.name!r}: payload ends before all {numel} elements are coded")
     if t.mode == bs.MODE_QUANT:
+        if float(np.abs(levels).max()) * t.step > float(np.finfo(native).max):
+            raise FormatError(f"tensor {t.name!r}: a reconstruction overflows {native.name}")
         return dequantise(levels, np.float64(t.step)).astype(native).reshape(t.shape)
     info = np.iinfo(native) if native.kind != "b" else np.iinfo(np.uint8)
     lo, hi = (0, 1) if native.kind == "b" else (info.min, info.max)

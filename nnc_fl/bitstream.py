@@ -8,13 +8,16 @@ problem raises :class:`FormatError` with its own reason.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, LimitError
 
 MAGIC = b"NNCF"
 VERSION = 1
@@ -59,7 +62,11 @@ _ELEMENTS_PER_BYTE_SHIFT = 14
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds a decoder enforces before trusting a stream. Raise them for very large models."""
+    """Bounds a decoder enforces before trusting a stream, and an encoder before writing one.
+
+    Raise them for very large models, or derive them from the model a stream must describe with
+    :meth:`for_schema` (what a server does with its clients' updates).
+    """
 
     max_header_bytes: int = 16 << 20
     max_tensors: int = 1 << 16
@@ -67,6 +74,25 @@ class Limits:
     max_ndim: int = 16
     max_tensor_elements: int = 1 << 31
     max_total_elements: int = 1 << 31
+
+    @classmethod
+    def for_schema(cls, schema: Mapping[str, Any]) -> Limits:
+        """The tightest limits a stream of exactly ``schema``'s tensors (objects with ``.shape``)
+        passes: its tensor count, longest name, highest rank, largest tensor and total size."""
+        shapes = [tuple(np.shape(v)) for v in schema.values()]
+        names = [len(n.encode("utf-8")) for n in schema]
+        sizes = [math.prod(s) for s in shapes]
+        return cls(
+            # table entry: name, dtype, rank, <= 10 bytes per dimension, mode, step, tools, length, CRC
+            max_header_bytes=64
+            + MAX_FINGERPRINT_BYTES
+            + sum(n + 10 * len(s) + 32 for n, s in zip(names, shapes, strict=True)),
+            max_tensors=len(shapes),
+            max_name_bytes=max(names, default=0),
+            max_ndim=max((len(s) for s in shapes), default=0),
+            max_tensor_elements=max(sizes, default=0),
+            max_total_elements=sum(sizes),
+        )
 
 
 DEFAULT_LIMITS = Limits()
@@ -193,7 +219,7 @@ class _Reader:
                 if byte == 0 and i > 0:
                     raise FormatError(f"non-minimal varint in {what}")
                 if value > maximum:
-                    raise FormatError(f"{what} is {value}, above the limit {maximum}")
+                    raise LimitError(f"{what} is {value}, above the limit {maximum}")
                 return value
             shift += 7
         raise FormatError(f"varint too long in {what}")
@@ -215,8 +241,37 @@ class TensorRecord:
     payload: bytes = b""
 
 
-def write_stream(records: list[TensorRecord], fingerprint: bytes | None = None) -> bytes:
-    """Serialise ``records`` (in order) with an optional base-model ``fingerprint``."""
+def check_writable(records: list[TensorRecord], limits: Limits) -> None:
+    """Refuse (``ValueError``) what a decoder with the same ``limits`` would refuse, so an encoder
+    never writes a stream its own decoder rejects."""
+    if len(records) > limits.max_tensors:
+        raise ValueError(f"{len(records)} tensors, above the limit {limits.max_tensors} a decoder enforces")
+    total = 0
+    for r in records:
+        if len(r.shape) > 255:
+            raise ValueError(f"tensor {r.name!r}: rank {len(r.shape)}; the format carries at most 255")
+        if len(r.name.encode("utf-8")) > limits.max_name_bytes:
+            raise ValueError(f"tensor name {r.name[:40]!r}... is longer than {limits.max_name_bytes} bytes")
+        if len(r.shape) > limits.max_ndim:
+            raise ValueError(f"tensor {r.name!r}: rank {len(r.shape)} above the limit {limits.max_ndim}")
+        numel = math.prod(r.shape)
+        if numel > limits.max_tensor_elements:
+            raise ValueError(f"tensor {r.name!r}: {numel} elements, above the limit {limits.max_tensor_elements}")
+        total += numel
+        if r.mode in _CODED_MODES and numel > (len(r.payload) + 16) << _ELEMENTS_PER_BYTE_SHIFT:
+            raise ValueError(f"tensor {r.name!r}: {numel} elements in a {len(r.payload)}-byte payload")
+    if total > limits.max_total_elements:
+        raise ValueError(f"{total} elements in all, above the limit {limits.max_total_elements}")
+
+
+def write_stream(
+    records: list[TensorRecord], fingerprint: bytes | None = None, limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """Serialise ``records`` (in order) with an optional base-model ``fingerprint``.
+
+    Raises ``ValueError`` for a stream a decoder with the same ``limits`` would refuse.
+    """
+    check_writable(records, limits)
     flags = 0
     table = bytearray()
     if fingerprint is not None:
@@ -243,6 +298,8 @@ def write_stream(records: list[TensorRecord], fingerprint: bytes | None = None) 
         if r.mode != MODE_ZERO:
             _put_varint(table, len(r.payload))
             table += struct.pack("<I", zlib.crc32(r.payload))
+    if len(table) > limits.max_header_bytes:
+        raise ValueError(f"tensor table of {len(table)} bytes, above the limit {limits.max_header_bytes}")
     head = bytearray(MAGIC)
     head.append(VERSION)
     head.append(flags)
@@ -255,8 +312,9 @@ def write_stream(records: list[TensorRecord], fingerprint: bytes | None = None) 
 # --- reading -------------------------------------------------------------------------------------
 
 
-def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
-    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem."""
+def _open_header(data: bytes | bytearray | memoryview, limits: Limits) -> tuple[memoryview, int, _Reader, bytes | None]:
+    """Check magic, version, flags, header length and CRC; read the fingerprint. Returns the view,
+    the end of the table, a reader positioned after the fingerprint, and the fingerprint."""
     try:
         view = memoryview(data).cast("B")
     except TypeError as exc:
@@ -287,6 +345,20 @@ def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
         if not 1 <= n <= MAX_FINGERPRINT_BYTES:
             raise FormatError(f"fingerprint length {n} outside 1..{MAX_FINGERPRINT_BYTES}")
         fingerprint = r.take(n, "fingerprint")
+    return view, table_end, r, fingerprint
+
+
+def read_fingerprint(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
+    """The fingerprint of a stream (``None`` if it has none), after checking the header's integrity
+    but without parsing the tensor table."""
+    return _open_header(data, limits)[3]
+
+
+def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem."""
+    view, table_end, r, fingerprint = _open_header(data, limits)
+    total = len(view)
+    version = view[4]
     count = r.varint("tensor count", limits.max_tensors)
     tensors: list[TensorInfo] = []
     index: dict[str, int] = {}
@@ -298,7 +370,7 @@ def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
             raise FormatError(f"duplicate tensor name {t.name!r}")
         total_elements += t.numel
         if total_elements > limits.max_total_elements:
-            raise FormatError(f"stream declares over {limits.max_total_elements} elements in all")
+            raise LimitError(f"stream declares over {limits.max_total_elements} elements in all")
         index[t.name] = i
         tensors.append(t)
         offset += t.length
@@ -324,13 +396,13 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits) -> TensorInfo:
     dtype = DTYPES[code]
     ndim = r.u8(f"{what} rank")
     if ndim > limits.max_ndim:
-        raise FormatError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
+        raise LimitError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
     shape = tuple(r.varint(f"{what} dimension", limits.max_tensor_elements) for _ in range(ndim))
     numel = 1
     for d in shape:
         numel *= d
     if numel > limits.max_tensor_elements:
-        raise FormatError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
+        raise LimitError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
     mode = r.u8(f"{what} mode")
     if mode not in MODE_NAMES:
         raise FormatError(f"{what}: unknown coding mode {mode}")

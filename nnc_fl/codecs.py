@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .api import decode, encode
+from .api import decode, encode, read_fingerprint
 from .errors import FormatError
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
 
@@ -41,8 +41,18 @@ class UpdateCodec(Protocol):
         """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes)."""
         ...
 
-    def decode(self, data: bytes) -> dict[str, np.ndarray]:
-        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input."""
+    def decode(self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input.
+
+        With ``expect`` (the tensors the stream must describe), a stream describing other names,
+        shapes or dtypes raises :class:`nnc_fl.SchemaError` before any payload is decoded, and the
+        decoder allocates no more than those tensors need.
+        """
+        ...
+
+    def fingerprint_of(self, data: bytes) -> bytes | None:
+        """The fingerprint :meth:`encode` bound into ``data`` (``None`` if none); checks only as
+        much of the stream as it needs, raising :class:`FormatError` if that is malformed."""
         ...
 
     def params(self) -> dict[str, ParamValue]:
@@ -124,8 +134,11 @@ class NNCCodec:
             fingerprint=fingerprint,
         )
 
-    def decode(self, data: bytes) -> dict[str, np.ndarray]:
-        return decode(data)
+    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
+        return decode(data, expect=expect)
+
+    def fingerprint_of(self, data: bytes) -> bytes | None:
+        return read_fingerprint(data)
 
     def params(self) -> dict[str, ParamValue]:
         out: dict[str, ParamValue] = {}
@@ -151,8 +164,11 @@ class Float32Codec:
     def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
         return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint)
 
-    def decode(self, data: bytes) -> dict[str, np.ndarray]:
-        return decode(data)
+    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
+        return decode(data, expect=expect)
+
+    def fingerprint_of(self, data: bytes) -> bytes | None:
+        return read_fingerprint(data)
 
     def params(self) -> dict[str, ParamValue]:
         return {}

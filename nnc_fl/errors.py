@@ -6,3 +6,12 @@ class FormatError(ValueError):
 
     Every decoding path raises this (and only this) for bad input; ``str(exc)`` names the reason.
     """
+
+
+class LimitError(FormatError):
+    """A stream declares more (bytes, tensors, elements, rank) than the decoder's limits allow."""
+
+
+class SchemaError(FormatError):
+    """A well-formed stream whose tensor table is not the one the caller expected (names, shapes,
+    dtypes); raised before any payload is decoded."""

@@ -28,13 +28,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .auth import TAG_SIZE
 from .codecs import ParamValue, UpdateCodec, make_codec
 from .fingerprint import FINGERPRINT_SIZE
 
 R = TypeVar("R")
 
 #: Protocol name and major version; a peer speaking another one is refused.
-PROTOCOL = "nnc-fl/1"
+PROTOCOL = "nnc-fl/2"
 #: ``Array.stype`` of a coded payload.
 STYPE = "nnc-fl/1"
 #: Name of the payload ``Array`` inside its ``ArrayRecord``.
@@ -52,6 +53,12 @@ UPDATE, RESYNC, ACK = "update", "resync", "ack"
 #: Most increments one downlink message may chain: the bound a node enforces when it reads one.
 MAX_CHAIN = 64
 _MAX_PARAMS_CHARS = 4096
+#: Longest text field a peer's record may hold (codec names, keys, reasons); longer is refused.
+MAX_TEXT_CHARS = 1024
+#: Bytes of the fresh random value the server puts in every downlink message; the node's update
+#: must carry it (see :func:`binding`), so an update cannot be replayed in another round or by
+#: another node.
+NONCE_SIZE = 16
 
 
 class ProtocolError(ValueError):
@@ -89,7 +96,7 @@ def unpack_payload(array: Any) -> bytes:
     """
     stype = getattr(array, "stype", None)
     if stype != STYPE:
-        raise ProtocolError(f"payload stype is {stype!r}, expected {STYPE!r}")
+        raise ProtocolError(f"payload stype is {printable(stype)}, expected {STYPE!r}")
     data = getattr(array, "data", None)
     if not isinstance(data, bytes):
         raise ProtocolError("payload data is not bytes")
@@ -203,12 +210,26 @@ class CodecSpec:
 # -- protocol records -----------------------------------------------------------------------------
 
 
+def printable(value: object, limit: int = 120) -> str:
+    """``value`` as a short, single-line, escaped text for a log line (peer text is never logged raw).
+
+    Control characters and non-ASCII are escaped (``repr`` style) and the result is cut at ``limit``
+    characters, so a peer cannot forge log lines or flood the log.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in escaped)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
 def _field(record: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     if name not in record:
         raise ProtocolError(f"protocol record lacks field {name!r}")
     value = record[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ProtocolError(f"protocol field {name!r} has type {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"protocol field {name!r} holds {len(value)} characters, more than {MAX_TEXT_CHARS}")
     return value
 
 
@@ -217,14 +238,18 @@ def _check_protocol(record: Mapping[str, Any]) -> None:
         raise ProtocolError("protocol record is not a mapping")
     proto = record.get("protocol")
     if proto != PROTOCOL:
-        raise ProtocolError(f"peer speaks protocol {proto!r}, expected {PROTOCOL!r}")
+        raise ProtocolError(f"peer speaks protocol {printable(proto)}, expected {PROTOCOL!r}")
+
+
+def _bytes_field(record: Mapping[str, Any], name: str, sizes: tuple[int, ...]) -> bytes:
+    value = _field(record, name, bytes)
+    if len(value) not in sizes:
+        raise ProtocolError(f"protocol field {name!r} must hold {' or '.join(map(str, sizes))} bytes")
+    return value
 
 
 def _fingerprint_field(record: Mapping[str, Any], name: str) -> bytes:
-    value = _field(record, name, bytes)
-    if len(value) not in (0, FINGERPRINT_SIZE):
-        raise ProtocolError(f"protocol field {name!r} must hold {FINGERPRINT_SIZE} bytes")
-    return value
+    return _bytes_field(record, name, (0, FINGERPRINT_SIZE))
 
 
 @dataclass(frozen=True)
@@ -237,6 +262,7 @@ class Downlink:
     :func:`payloads_of`), so a node that missed rounds catches up without a keyframe.
     ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
     ``arrays_key`` is the ``RecordDict`` key under which the user's function expects the model.
+    ``nonce`` is fresh per message: a train reply binds its update to it (:func:`binding`).
     """
 
     kind: str
@@ -250,6 +276,7 @@ class Downlink:
     codec_params: str
     arrays_key: str
     server_round: int
+    nonce: bytes
 
     def to_config(self) -> dict[str, Any]:
         """Fields for a Flower ``ConfigRecord``."""
@@ -289,6 +316,7 @@ class Downlink:
             codec_params=_field(record, "codec_params", str),
             arrays_key=_field(record, "arrays_key", str),
             server_round=_field(record, "server_round", int),
+            nonce=_bytes_field(record, "nonce", (NONCE_SIZE,)),
         )
         if len(out.fingerprint) != FINGERPRINT_SIZE:
             raise ProtocolError("downlink fingerprint must hold 32 bytes")
@@ -304,6 +332,8 @@ class Uplink:
     ``version``/``fingerprint`` name the model the update was computed against (for ``ack``: the
     model the node now holds; for ``resync``: ``-1``/``b""``). ``codec`` is the codec the client
     used. Timings are the client's own encode/decode seconds; ``reason`` explains a resync.
+    ``key_id`` and ``tag`` authenticate an update when the operator provisioned keys
+    (:func:`nnc_fl.auth.authentication_tag`; empty otherwise).
     """
 
     kind: str
@@ -313,6 +343,8 @@ class Uplink:
     encode_s: float = 0.0
     decode_s: float = 0.0
     reason: str = ""
+    key_id: str = ""
+    tag: bytes = b""
 
     def to_config(self) -> dict[str, Any]:
         """Fields for a Flower ``ConfigRecord``."""
@@ -332,7 +364,9 @@ class Uplink:
             codec=_field(record, "codec", str),
             encode_s=float(_field(record, "encode_s", (int, float))),
             decode_s=float(_field(record, "decode_s", (int, float))),
-            reason=_field(record, "reason", str)[:500],
+            reason=_field(record, "reason", str),
+            key_id=_field(record, "key_id", str),
+            tag=_bytes_field(record, "tag", (0, TAG_SIZE)),
         )
 
 
@@ -350,6 +384,21 @@ def check_base(version: int | None, fingerprint: bytes | None, want_version: int
             f"needs model version {want_version} but the peer holds version {version}"
             + ("" if version != want_version else " with another fingerprint")
         )
+
+
+# -- binding an update to its round ------------------------------------------------------------------
+
+
+def binding(fingerprint: bytes, nonce: bytes) -> bytes:
+    """What a node's update stream carries in its fingerprint field: the base model's fingerprint
+    followed by the nonce of the message it answers (48 bytes).
+
+    The server refuses a stream whose binding is not ``(G_v, the nonce it sent that node)``, so a
+    stale or copied stream is refused even when its protocol record is relabelled.
+    """
+    if len(fingerprint) != FINGERPRINT_SIZE or len(nonce) != NONCE_SIZE:
+        raise ValueError(f"binding needs a {FINGERPRINT_SIZE}-byte fingerprint and a {NONCE_SIZE}-byte nonce")
+    return bytes(fingerprint) + bytes(nonce)
 
 
 # -- named tensors <-> Flower ArrayRecord -----------------------------------------------------------
@@ -374,6 +423,8 @@ __all__ = [
     "DELTA",
     "KEYFRAME",
     "MAX_CHAIN",
+    "MAX_TEXT_CHARS",
+    "NONCE_SIZE",
     "PAYLOAD_KEY",
     "PROTOCOL",
     "RECORD_KEY",
@@ -385,6 +436,7 @@ __all__ = [
     "Downlink",
     "ProtocolError",
     "Uplink",
+    "binding",
     "chain_key",
     "check_base",
     "decode_params",
@@ -392,6 +444,7 @@ __all__ = [
     "pack_payload",
     "payload_of",
     "payloads_of",
+    "printable",
     "tensors_of",
     "to_record",
     "unpack_payload",

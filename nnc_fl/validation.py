@@ -1,20 +1,41 @@
 """Checks an uploaded update must pass before it may touch the global model.
 
-Small pure functions over numpy arrays. Each check raises :class:`UpdateRejected` -- and nothing
+Small functions over numpy arrays. Each check raises :class:`UpdateRejected` -- and nothing
 else -- with a short machine-readable ``code`` (one of :data:`REJECT_CODES`, used to count rejections
 per round) and a human-readable ``reason`` for the log.
+
+Two checks look across rounds, because a cohort of two cannot tell on its own which update is odd:
+:class:`NormReference` learns the scale of honest updates from the accepted ones, and
+:class:`DirectionReference` follows the direction the global model has been moving in.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .codecs import UpdateCodec
+from .errors import SchemaError
 
-#: Why an update can be refused, in the order the server checks.
-REJECT_CODES = ("protocol", "format", "base", "schema", "nonfinite", "norm", "outlier")
+#: Why an update can be refused, in the order the server checks: the reply's protocol record, its
+#: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
+#: the values, the weighting metric; then, across the round's updates, scale, direction, outliers.
+REJECT_CODES = (
+    "protocol",
+    "auth",
+    "base",
+    "replay",
+    "schema",
+    "format",
+    "nonfinite",
+    "weight",
+    "norm",
+    "direction",
+    "outlier",
+)
 
 #: ``1 / Phi^-1(3/4)``: makes the MAD a consistent estimator of a normal standard deviation.
 _MAD_SCALE = 1.4826
@@ -31,15 +52,20 @@ class UpdateRejected(ValueError):
         self.reason = reason
 
 
-def decode_update(codec: UpdateCodec, data: bytes) -> dict[str, np.ndarray]:
-    """Decode an uploaded stream, turning any decoder failure into a ``format`` rejection.
+def decode_update(
+    codec: UpdateCodec, data: bytes, expect: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Decode an uploaded stream, turning a table that does not describe ``expect`` into a
+    ``schema`` rejection (before any payload is decoded) and any decoder failure into ``format``.
 
     A codec should raise only :class:`nnc_fl.FormatError`; any other exception a hostile stream
     provokes is refused the same way so that it cannot stop the server.
     """
     try:
-        tensors = codec.decode(data)
-    except Exception as exc:
+        tensors = codec.decode(data) if expect is None else codec.decode(data, expect=expect)
+    except SchemaError as exc:
+        raise UpdateRejected("schema", str(exc)) from exc
+    except Exception as exc:  # hostile input must never escape as a crash
         raise UpdateRejected("format", f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(tensors, Mapping):
         raise UpdateRejected("format", "decoder returned no tensor mapping")
@@ -122,13 +148,158 @@ def outlier_rejection(norm: float, score: float, threshold: float) -> UpdateReje
     )
 
 
+# -- the weighting metric --------------------------------------------------------------------------
+
+
+def check_weight(value: object, key: str) -> float:
+    """A reply's weighting metric (e.g. ``num-examples``) as a float: a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UpdateRejected("weight", f"metric {key!r} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise UpdateRejected("weight", f"metric {key!r} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+def cap_weights(weights: Sequence[float], previous: Sequence[float | None], ratio: float) -> np.ndarray:
+    """Each weight capped at ``ratio`` times the median of the *other* weights of the round, and at
+    ``ratio`` times what the same node was credited with before (``previous[i]``, ``None``: new node).
+
+    A client can thus claim at most ``ratio`` times the others' weight: in a cohort of two it
+    cannot buy more than ``ratio / (1 + ratio)`` of the aggregate, and a tiny claim only lowers its
+    own share. A single weight is capped by its history only.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    out = w.copy()
+    for i in range(w.size):
+        others = np.delete(w, i)
+        if others.size:
+            out[i] = min(out[i], ratio * float(np.median(others)))
+        if previous[i] is not None:
+            out[i] = min(out[i], ratio * float(previous[i]))
+    return out
+
+
+# -- scale and direction across rounds --------------------------------------------------------------
+
+
+def float_dot(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """Sum over the floating tensors of ``a`` of the float64 dot product with ``b``'s same tensor."""
+    total = 0.0
+    for name, x in a.items():
+        if np.issubdtype(x.dtype, np.floating):
+            total += float(np.dot(x.ravel().astype(np.float64), np.asarray(b[name]).ravel().astype(np.float64)))
+    return total
+
+
+def cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], norm_a: float, norm_b: float) -> float | None:
+    """Cosine of two updates over their floating tensors (``None`` if either is zero)."""
+    if not (norm_a > 0 and norm_b > 0):
+        return None
+    return float_dot(a, b) / (norm_a * norm_b)
+
+
+def _level(norms: Sequence[float]) -> float:
+    """The scale an honest update of a round has: the median of three or more norms, else the
+    smallest (with two updates the larger may be the attacker's; a smaller one cannot hurt)."""
+    arr = np.asarray(norms, dtype=np.float64)
+    return float(np.median(arr)) if arr.size >= 3 else float(arr.min())
+
+
+class NormReference:
+    """The scale of honest updates, learned from the accepted ones of the last ``window`` rounds.
+
+    :meth:`bound` is ``ratio`` times the larger of the current round's level and the largest level
+    of the remembered rounds (each round's level is the median of three or more norms, or the
+    smallest of fewer). One client can neither raise the bound (it would need every update of a
+    round to be large) nor hold it down for long (a round without it brings the honest level back).
+    """
+
+    def __init__(self, ratio: float, window: int = 8) -> None:
+        self.ratio = ratio
+        self._levels: deque[float] = deque(maxlen=window)
+
+    def bound(self, round_norms: Sequence[float]) -> float | None:
+        """Largest norm an update of this round may have (``None``: no update to measure)."""
+        levels = list(self._levels)
+        positive = [n for n in round_norms if n > 0]
+        if positive:
+            levels.append(_level(positive))
+        return self.ratio * max(levels) if levels else None
+
+    def record(self, accepted_norms: Sequence[float]) -> None:
+        """Remember the level of a round's accepted updates (rounds without any are skipped)."""
+        positive = [n for n in accepted_norms if n > 0]
+        if positive:
+            self._levels.append(_level(positive))
+
+
+class DirectionReference:
+    """The direction the global model has recently moved in: an exponential average of its increments.
+
+    An update pointing against it (cosine below ``-threshold``) pulls the model back where it came
+    from, which is what a sign-flipping client does. Before the model has moved, updates are
+    compared with the sum of the round's other updates instead (a cohort of two that disagrees
+    that strongly cannot tell who is right, and both are refused).
+    """
+
+    def __init__(self, threshold: float, decay: float = 0.5) -> None:
+        self.threshold = threshold
+        self.decay = decay
+        self._direction: dict[str, np.ndarray] = {}
+        self._norm = 0.0
+
+    def record(self, increment: Mapping[str, np.ndarray]) -> None:
+        """Fold a global increment ``G_{v+1} - G_v`` into the direction."""
+        floats = {k: np.asarray(v, np.float64) for k, v in increment.items() if np.issubdtype(v.dtype, np.floating)}
+        if not self._direction:
+            self._direction = floats
+        else:
+            for name, value in floats.items():
+                self._direction[name] = self.decay * self._direction[name] + value
+        self._norm = math.sqrt(float_dot(self._direction, self._direction)) if self._direction else 0.0
+
+    def reset(self) -> None:
+        """Forget the direction (the model was replaced from outside)."""
+        self._direction, self._norm = {}, 0.0
+
+    def cosines(self, deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]) -> list[float | None]:
+        """Each update's cosine with the direction, or with the sum of the other updates before the
+        model has moved (``None`` where there is nothing to compare with)."""
+        if self._norm > 0:
+            return [cosine(d, self._direction, n, self._norm) for d, n in zip(deltas, norms, strict=True)]
+        out: list[float | None] = []
+        for i, (d, n) in enumerate(zip(deltas, norms, strict=True)):
+            others = [deltas[j] for j in range(len(deltas)) if j != i]
+            if not others:
+                out.append(None)
+                continue
+            total = {k: sum(np.asarray(o[k], np.float64) for o in others) for k, v in d.items()
+                     if np.issubdtype(v.dtype, np.floating)}
+            out.append(cosine(d, total, n, math.sqrt(float_dot(total, total))))
+        return out
+
+    def rejection(self, cos: float | None) -> UpdateRejected | None:
+        """The ``direction`` rejection for an update of cosine ``cos``, or ``None`` if it passes."""
+        if cos is None or cos >= -self.threshold:
+            return None
+        return UpdateRejected(
+            "direction", f"update points against the model's recent direction (cosine {cos:.3f} < {-self.threshold:g})"
+        )
+
+
 __all__ = [
     "REJECT_CODES",
+    "DirectionReference",
+    "NormReference",
     "UpdateRejected",
+    "cap_weights",
     "check_finite",
     "check_norm_bound",
     "check_schema",
+    "check_weight",
+    "cosine",
     "decode_update",
+    "float_dot",
     "outlier_mask",
     "outlier_rejection",
     "outlier_scores",

@@ -7,14 +7,18 @@ are the same with and without compression.
 
 - ``up_bytes`` / ``up_raw_bytes``: train replies that carried a payload (rejected ones included:
   they crossed the wire); raw = 4 bytes x elements of the model the client coded.
-- ``down_bytes`` / ``down_raw_bytes``: train instructions of the round (keyframes and deltas; a node
-  that already holds the model gets no payload and counts 0; a chain of increments counts all its
-  payloads against one model's raw size).
-- ``keyframes`` / ``keyframe_bytes``: how many of those were exact keyframes (a node's first contact,
+- ``down_bytes`` / ``down_raw_bytes``: every model the server sent in the round, to train and to
+  evaluate (keyframes and deltas; a node that already holds the model gets no payload and counts
+  0; a chain of increments counts all its payloads against one model's raw size).
+- ``eval_down_bytes`` / ``eval_down_raw_bytes``: the part of those sent with evaluate instructions.
+- ``keyframes`` / ``keyframe_bytes``: how many of all those were keyframes (a node's first contact,
   or a node too far behind) and their bytes, included in ``down_bytes``.
-- ``eval_down_bytes`` / ``eval_down_raw_bytes``: evaluate instructions of the same round, which ship
-  the new model the same way. Total downlink of a round = ``down_bytes + eval_down_bytes``.
 - ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
+- ``clipped`` / ``weights_capped``: accepted updates whose norm was clipped, or whose weighting
+  metric was capped (see :class:`strategies.settings.ValidationSettings`).
+- ``rejected_<code>``: refused updates by rejection code (:data:`nnc_fl.validation.REJECT_CODES`).
+- ``aggregate_failed``: 1 if the inner strategy failed or its aggregate could not be coded; the
+  global model then stayed as it was.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ FIELDS: tuple[str, ...] = (
     "decode_s",
     "client_encode_s",
     "client_decode_s",
+    "clipped",
+    "weights_capped",
     "aggregate_failed",
     *(f"rejected_{code}" for code in REJECT_CODES),
 )
@@ -92,11 +98,13 @@ class RoundStats:
 
     def sent(self, kind: str, sizes: list[int], raw_bytes: int, *, train: bool, encode_s: float) -> None:
         """A downlink message of ``kind`` with payloads of ``sizes`` bytes (``raw_bytes``: fp32 size
-        of the model it delivers, 0 without payload) went to one node."""
-        prefix = "" if train else "eval_"
+        of the model it delivers, 0 without payload) went to one node, to train or to evaluate."""
         nbytes = sum(sizes)
-        self._row[prefix + "down_bytes"] += nbytes
-        self._row[prefix + "down_raw_bytes"] += raw_bytes
+        self._row["down_bytes"] += nbytes
+        self._row["down_raw_bytes"] += raw_bytes
+        if not train:
+            self._row["eval_down_bytes"] += nbytes
+            self._row["eval_down_raw_bytes"] += raw_bytes
         self._row["keyframes"] += kind == protocol.KEYFRAME
         self._row["keyframe_bytes"] += nbytes if kind == protocol.KEYFRAME else 0
         self._row["deltas"] += kind == protocol.DELTA
@@ -120,6 +128,8 @@ class RoundStats:
                 r["client_decode_s"] += o.uplink.decode_s
             r["resyncs"] += o.kind == "resync"
             r["failures"] += o.kind == "error"
+            r["clipped"] += o.clipped and o.kind == "update"
+            r["weights_capped"] += o.weight_capped and o.kind == "update"
             if o.rejection is not None:
                 r["rejected"] += 1
                 r["rejected_" + o.rejection.code] += 1

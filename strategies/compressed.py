@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
@@ -81,11 +81,13 @@ class CompressedStrategy(Strategy):
         self.validation: ValidationSettings = settings_of(ValidationSettings, validation, "validation")
         self.downlink.spec(self.codec.spec(1)).make()  # fail now on bad downlink parameters
         self.model = ServerModel(self.downlink)
+        self.checks = up.UplinkChecks(self.validation, getattr(inner, "weighted_by_key", None))
         self._rounds: list[RoundStats] = []
         self._log = BandwidthLog(bandwidth_log)
         self._global: ArrayRecord | None = None
         self._round_spec: dict[int, CodecSpec] = {}
         self._written: set[int] = set()
+        self._nonces: dict[int, bytes] = {}  # node -> nonce of the train message sent to it this round
 
     # -- pass-through --------------------------------------------------------------------------
 
@@ -146,7 +148,8 @@ class CompressedStrategy(Strategy):
         tensors = _tensors(arrays)
         if not self.model.matches(tensors):
             self.model.adopt(tensors)
-            log(INFO, "nnc-fl: new global model v%s from outside; keyframes for all", self.model.version)
+            self.checks.model_replaced()
+            log(INFO, "nnc-fl: new global model v%s from outside", self.model.version)
         self._global = arrays
 
     def _encode_messages(
@@ -165,7 +168,11 @@ class CompressedStrategy(Strategy):
             if len(keys) != 1:
                 out.append(msg)  # the inner strategy sent no model: nothing to code
                 continue
-            down, payloads, seconds = self.model.downlink(msg.metadata.dst_node_id, spec, keys[0], server_round)
+            node = msg.metadata.dst_node_id
+            nonce = secrets.token_bytes(protocol.NONCE_SIZE)
+            if train:
+                self._nonces[node] = nonce
+            down, payloads, seconds = self.model.downlink(node, spec, keys[0], server_round, nonce)
             datas = [p.data for p in payloads] or [b""]
             content = RecordDict(dict(msg.content.items()))
             content[keys[0]] = ArrayRecord(
@@ -193,6 +200,8 @@ class CompressedStrategy(Strategy):
         self._sync(arrays)
         self._round_spec[server_round] = spec = self.spec_for(server_round)
         spec.make()  # a schedule giving bad parameters fails here, before anything is sent
+        self.model.forget_absent(grid.get_node_ids())
+        self._nonces.clear()
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         out = self._encode_messages(messages, arrays, server_round, train=True)
         self.stats(server_round).configured(len(out))
@@ -205,17 +214,18 @@ class CompressedStrategy(Strategy):
 
         Refused updates are logged with their reason and counted; the round goes on with the rest.
         If nothing is left, or the inner strategy fails on the replies, ``G`` stays unchanged.
-        Returns ``G_{v+1}`` and the inner metrics plus the round's bandwidth entries.
+        Nothing a client sends raises out of here. Returns ``G_{v+1}`` and the inner metrics plus
+        the round's bandwidth entries.
         """
         stats = self.stats(server_round)
         spec = self._round_spec.get(server_round, self.spec_for(server_round))
         codec = spec.make()
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)
-        checks = self.validation
-        opened = [up.open_reply(m, self.model, codec, checks.max_update_norm) for m in replies]
-        up.reject_inconsistent_metrics(opened)
-        up.reject_outliers(opened, checks.outlier_threshold, checks.outlier_min_count)
+        opened = [
+            self.checks.open(m, self.model, codec, self._nonces.pop(m.metadata.src_node_id, None)) for m in replies
+        ]
+        self.checks.review(opened, self.model)
         up.log_rejections(opened, server_round)
         stats.replied(opened, self.model.raw_bytes)
         accepted = [up.to_plain_reply(o) for o in opened if o.kind == "update"]
@@ -234,8 +244,9 @@ class CompressedStrategy(Strategy):
             return None
         try:
             agg, metrics = self.inner.aggregate_train(server_round, replies)
-        except (InconsistentMessageReplies, AggregationError) as exc:
-            log(ERROR, "nnc-fl round %s: inner aggregation failed (%s); global model unchanged", server_round, exc)
+        except Exception as exc:  # noqa: BLE001 -- whatever replies make the inner strategy fail, the run goes on
+            log(ERROR, "nnc-fl round %s: inner aggregation failed (%s: %s); global model unchanged",
+                server_round, type(exc).__name__, protocol.printable(str(exc), 300))
             stats.aggregate_failed()
             return None
         if agg is None:
@@ -243,11 +254,14 @@ class CompressedStrategy(Strategy):
         try:
             target = cast_like(_tensors(agg), self.model.tensors)
             check_finite(target)
+            coded = self.model.advance(target, self.downlink_spec(server_round))
         except (ValueError, TypeError, UpdateRejected) as exc:
-            log(ERROR, "nnc-fl round %s: unusable aggregate (%s); global model unchanged", server_round, exc)
+            log(ERROR, "nnc-fl round %s: unusable aggregate (%s); global model unchanged",
+                server_round, protocol.printable(str(exc), 300))
             stats.aggregate_failed()
             return metrics
-        stats.advanced(*self.model.advance(target, self.downlink_spec(server_round)))
+        stats.advanced(coded.encode_s, coded.decode_s)
+        self.checks.model_moved(coded.decoded)
         return metrics
 
     def configure_evaluate(
@@ -255,6 +269,7 @@ class CompressedStrategy(Strategy):
     ) -> Iterable[Message]:
         """Let the inner strategy configure evaluation, then code the model per sampled node."""
         self._sync(arrays)
+        self.model.forget_absent(grid.get_node_ids())
         messages = list(self.inner.configure_evaluate(server_round, arrays, config, grid))
         return self._encode_messages(messages, arrays, server_round, train=False)
 
@@ -282,9 +297,15 @@ class CompressedStrategy(Strategy):
                 self.model.lost(node)
             if ack is not None and ack.kind == protocol.RESYNC:
                 self.stats(server_round).resynced()
-                log(WARNING, "nnc-fl round %s: node %s asks for a keyframe (%s)", server_round, node, ack.reason)
+                log(WARNING, "nnc-fl round %s: node %s asks for a keyframe (%s)", server_round, node,
+                    protocol.printable(ack.reason))
                 continue  # the node evaluated nothing; it gets a keyframe next time
             plain.append(up.strip_protocol(msg))
         self.stats(server_round)
         self._flush()
-        return self.inner.aggregate_evaluate(server_round, plain)
+        try:
+            return self.inner.aggregate_evaluate(server_round, plain)
+        except Exception as exc:  # noqa: BLE001 -- a client's evaluate reply must not stop the run
+            log(ERROR, "nnc-fl round %s: inner evaluate aggregation failed (%s: %s)",
+                server_round, type(exc).__name__, protocol.printable(str(exc), 300))
+            return None

@@ -25,7 +25,7 @@ import numpy as np
 from nnc_fl import protocol
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.updates import apply_delta, code_update, model_delta
+from nnc_fl.updates import CodedUpdate, apply_delta, code_update, model_delta
 
 from .settings import DownlinkSettings
 
@@ -111,8 +111,8 @@ class ServerModel:
         self._keyframe = None
         self.shared_version = self.version if first and self.settings.shared_initial_model else None
 
-    def advance(self, target: Mapping[str, np.ndarray], spec: CodecSpec) -> tuple[float, float]:
-        """Move to ``G_{v+1} = G_v + deq(Q(target - G_v [+ residual]))``; returns (encode s, decode s).
+    def advance(self, target: Mapping[str, np.ndarray], spec: CodecSpec) -> CodedUpdate:
+        """Move to ``G_{v+1} = G_v + deq(Q(target - G_v [+ residual]))``; returns the coded increment.
 
         ``target`` must already have ``G_v``'s names, shapes and dtypes (see
         :func:`nnc_fl.updates.cast_like`). Raises ``ValueError`` if the codec's own output does
@@ -137,7 +137,7 @@ class ServerModel:
         for old in [u for u in self._fingerprints if u < self.version - s.max_chain]:
             del self._fingerprints[old]
         self._keyframe = None
-        return coded.encode_s, coded.decode_s
+        return coded
 
     # -- what a node gets ------------------------------------------------------------------------
 
@@ -158,12 +158,13 @@ class ServerModel:
         return self._keyframe, time.perf_counter() - t0
 
     def downlink(
-        self, node_id: int, spec: CodecSpec, arrays_key: str, server_round: int
+        self, node_id: int, spec: CodecSpec, arrays_key: str, server_round: int, nonce: bytes
     ) -> tuple[protocol.Downlink, list[Payload], float]:
         """The protocol record and payloads that bring ``node_id`` to ``G_v``; plus encode seconds.
 
-        ``spec`` is the round's codec: it codes a keyframe, and the node codes its reply with it.
-        The node's reply is expected next (see :meth:`went_silent`).
+        ``spec`` is the round's codec: it codes a keyframe, and the node codes its reply with it;
+        ``nonce`` is the message's fresh nonce. The node's reply is expected next (see
+        :meth:`went_silent`).
         """
         held = self.node_versions.get(node_id, self.shared_version)
         kind = choose_downlink(held, self.version, min(self.increments) if self.increments else None)
@@ -192,6 +193,7 @@ class ServerModel:
             codec_params=spec.params_json,
             arrays_key=arrays_key,
             server_round=server_round,
+            nonce=nonce,
         )
         self._pending.add(node_id)
         return down, payloads, seconds
@@ -208,6 +210,12 @@ class ServerModel:
     def lost(self, node_id: int) -> None:
         """The node's model is unknown (it asked for a resync, failed, or sent a wrong base)."""
         self.node_versions[node_id] = None
+
+    def forget_absent(self, present: Iterable[int]) -> None:
+        """Drop what is known of nodes that are no longer connected (they get a keyframe if they return)."""
+        present = set(present)
+        for node in [n for n in self.node_versions if n not in present]:
+            del self.node_versions[node]
 
     def went_silent(self, answered: Iterable[int]) -> None:
         """Nodes sent a model that did not reply may or may not have applied it: keyframe next."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from nnc_fl.auth import check_key, read_keyring
 from nnc_fl.codecs import ParamValue
 from nnc_fl.protocol import MAX_CHAIN, CodecSpec
 
@@ -27,6 +29,10 @@ def _frozen_mapping(obj: object, name: str) -> None:
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a mapping of parameter names to values, got {type(value).__name__}")
     object.__setattr__(obj, name, MappingProxyType(dict(value)))
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _positive(value: object, what: str, *, allow_none: bool) -> None:
@@ -41,7 +47,13 @@ def describe(settings: object) -> str:
     parts = []
     for f in fields(settings):  # type: ignore[arg-type]
         value = getattr(settings, f.name)
-        parts.append(f"{f.name}={dict(value) if isinstance(value, Mapping) else value!r}")
+        if f.name == "auth_keys":  # never log keys
+            shown = "None" if value is None else f"<{len(value)} keys: {', '.join(sorted(value))}>"
+        elif isinstance(value, Mapping):
+            shown = repr(dict(value))
+        else:
+            shown = repr(value)
+        parts.append(f"{f.name}={shown}")
     return ", ".join(parts)
 
 
@@ -125,29 +137,72 @@ class DownlinkSettings:
 class ValidationSettings:
     """What an uploaded update must pass before it may touch the global model.
 
+    Every check works from the first round and with two updates per round; see the README's
+    "Threat model and defences" for the order of the checks and the rejection codes.
+
     Parameters
     ----------
-    outlier_threshold : float or None
-        Robust z-score (median/MAD over the round's update norms) above which an update is
-        refused; ``None`` switches the test off. Needs at least ``outlier_min_count`` updates.
-    outlier_min_count : int
-        Fewest updates in a round for the outlier test to run (at least 3: two norms cannot tell
-        which one is odd).
+    norm_ratio : float or None
+        An update whose L2 norm exceeds ``norm_ratio`` times the scale of the accepted updates
+        (learned across the last rounds, see :class:`nnc_fl.validation.NormReference`) is refused
+        (``norm``) or clipped, by ``norm_action``. ``None`` switches the bound off.
+    norm_action : {"reject", "clip"}
+        Refuse an update over the bound, or scale it down to the bound (as Flower's DP clipping
+        wrappers do) and accept it.
+    direction_threshold : float or None
+        Refuse an update whose cosine with the model's recent direction is below
+        ``-direction_threshold`` (``direction``; a sign-flipped update). ``None`` switches it off.
+    weight_ratio : float or None
+        Cap each reply's weighting metric (``num-examples`` for FedAvg) at ``weight_ratio`` times
+        the median of the other replies' and times what the node was credited before; ``None``:
+        no cap. Non-finite, zero or negative weights are always refused (``weight``).
     max_update_norm : float or None
         Absolute bound on an update's L2 norm; ``None`` for no bound.
+    outlier_threshold : float or None
+        Robust z-score (median/MAD over the round's update norms) above which an update is
+        refused; ``None`` (the default) switches the test off: the norm bound replaces it and,
+        unlike it, did not refuse honest non-IID updates in the measured runs.
+    outlier_min_count : int
+        Fewest updates in a round for the outlier test to run (at least 3).
+    auth_keys : mapping or str or Path, optional
+        Keys the operator provisioned, ``key_id -> key bytes``, or a keyring file
+        (:func:`nnc_fl.auth.read_keyring`). With keys, every update must carry a valid
+        HMAC-SHA256 tag under one of them (``auth``), and a key id serves one node only.
     """
 
-    outlier_threshold: float | None = 10.0
-    outlier_min_count: int = 3
+    norm_ratio: float | None = 4.0
+    norm_action: str = "reject"
+    direction_threshold: float | None = 0.2
+    weight_ratio: float | None = 10.0
     max_update_norm: float | None = None
+    outlier_threshold: float | None = None
+    outlier_min_count: int = 3
+    auth_keys: Mapping[str, bytes] | str | Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _positive(self.outlier_threshold, "outlier_threshold", allow_none=True)
         _positive(self.max_update_norm, "max_update_norm", allow_none=True)
+        _positive(self.weight_ratio, "weight_ratio", allow_none=True)
+        if self.norm_ratio is not None and not (_is_number(self.norm_ratio) and self.norm_ratio > 1):
+            raise ValueError(f"norm_ratio must be a finite number > 1 or None, got {self.norm_ratio!r}")
+        if self.norm_action not in ("reject", "clip"):
+            raise ValueError(f"norm_action must be 'reject' or 'clip', got {self.norm_action!r}")
+        if self.direction_threshold is not None and not (
+            _is_number(self.direction_threshold) and 0 <= self.direction_threshold < 1
+        ):
+            raise ValueError(f"direction_threshold must be in [0, 1) or None, got {self.direction_threshold!r}")
         if isinstance(self.outlier_min_count, bool) or not isinstance(self.outlier_min_count, int):
             raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
         if self.outlier_min_count < 3:
             raise ValueError(f"outlier_min_count must be at least 3, got {self.outlier_min_count}")
+        keys = self.auth_keys
+        if isinstance(keys, (str, Path)):
+            keys = read_keyring(keys)
+        if keys is not None:
+            if not isinstance(keys, Mapping) or not keys:
+                raise ValueError("auth_keys must be a non-empty mapping key_id -> key, or a keyring file")
+            keys = MappingProxyType(dict(check_key(k, v) for k, v in keys.items()))
+        object.__setattr__(self, "auth_keys", keys)
 
 
 def settings_of(kind: type, value: Any, what: str) -> Any:

@@ -1,24 +1,38 @@
-"""Server side of the uplink: open, validate and reconstruct the clients' coded train replies."""
+"""Server side of the uplink: open, validate and reconstruct the clients' coded train replies.
+
+:meth:`UplinkChecks.open` runs the checks of one reply, cheapest and most fundamental first -- the
+protocol record, the authentication tag, the model and round the stream is bound to, the stream's
+tensor table against the model's schema (before a single payload is decoded, so a small stream
+cannot make the server allocate what it claims), the payloads, finite values, the weighting metric
+-- and :meth:`UplinkChecks.review` the checks across the round's updates: scale against the norm
+the honest updates have had, direction against where the model has been moving, robust outliers.
+Nothing a client sends raises out of here: every failure is an :class:`UpdateRejected` with a code.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from nnc_fl import protocol
+from nnc_fl.auth import tag_matches
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
+    DirectionReference,
+    NormReference,
     UpdateRejected,
+    cap_weights,
     check_finite,
     check_norm_bound,
     check_schema,
+    check_weight,
     decode_update,
     outlier_mask,
     outlier_rejection,
@@ -27,11 +41,12 @@ from nnc_fl.validation import (
 )
 
 from .server_model import ServerModel
+from .settings import ValidationSettings
 
 
 @dataclass
 class Opened:
-    """One train reply after :func:`open_reply`."""
+    """One train reply after :meth:`UplinkChecks.open`."""
 
     msg: Message
     node_id: int
@@ -39,10 +54,18 @@ class Opened:
     uplink: protocol.Uplink | None = None
     payload_bytes: int = 0
     arrays_key: str = ""
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # reconstructed G_v + deq(delta)
+    delta: dict[str, np.ndarray] = field(default_factory=dict)  # the decoded update
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # reconstructed G_v + delta
     norm: float = 0.0
+    weight: float | None = None  # the weighting metric, as credited
+    clipped: bool = False
+    weight_capped: bool = False
     rejection: UpdateRejected | None = None
     decode_s: float = 0.0
+
+    def reject(self, rejection: UpdateRejected) -> None:
+        """Refuse this update after it was opened (a cohort check)."""
+        self.kind, self.rejection, self.delta, self.tensors = "rejected", rejection, {}, {}
 
 
 def _uplink_of(msg: Message) -> protocol.Uplink:
@@ -72,97 +95,234 @@ def _check_base(up: protocol.Uplink, model: ServerModel) -> None:
         raise UpdateRejected("base", f"update {exc}") from exc
 
 
-def open_reply(msg: Message, model: ServerModel, codec: UpdateCodec, max_norm: float | None) -> Opened:
-    """Run every per-reply check on a train reply and reconstruct ``G_v + deq(delta)``.
-
-    Never raises for bad client input: a failed check yields ``kind="rejected"`` with its
-    :class:`UpdateRejected`. Tells ``model`` what the reply says about the node's model.
-    """
-    node = msg.metadata.src_node_id
-    if msg.has_error():
-        model.lost(node)
-        return Opened(msg, node, "error")
-    out = Opened(msg, node, "rejected")
+def _check_binding(codec: UpdateCodec, data: bytes, expected: bytes) -> None:
+    """The stream itself (not only its protocol record) must name ``G_v`` and this round's nonce."""
     try:
-        try:
-            out.uplink = up = _uplink_of(msg)
-        except UpdateRejected:
-            model.lost(node)
-            raise
-        if up.kind == protocol.RESYNC:
-            model.lost(node)
-            log(WARNING, "nnc-fl: node %s asks for a keyframe (%s)", node, up.reason)
-            out.kind = "resync"
-            return out
-        if up.kind != protocol.UPDATE:
-            raise UpdateRejected("protocol", f"train reply of kind {up.kind!r} carries no update")
-        out.arrays_key, data = _payload_of(msg)
-        out.payload_bytes = len(data)
-        try:
-            _check_base(up, model)
-        except UpdateRejected:
-            model.lost(node)
-            raise
-        model.acknowledged(node, up.version, up.fingerprint)  # it decoded and verified G_v
-        if up.codec != codec.name:
-            raise UpdateRejected("protocol", f"update coded with {up.codec!r}, round uses {codec.name!r}")
-        t0 = time.perf_counter()
-        delta = decode_update(codec, data)
-        out.decode_s = time.perf_counter() - t0
-        check_schema(delta, model.tensors)
-        check_finite(delta)
-        out.norm = update_norm(delta)
-        check_norm_bound(out.norm, max_norm)
-        out.tensors = apply_delta(model.tensors, delta)
-        check_finite(out.tensors)
-        out.kind = "update"
-    except UpdateRejected as exc:
-        out.rejection = exc
-    return out
+        carried = codec.fingerprint_of(data)
+    except Exception as exc:
+        raise UpdateRejected("format", f"{type(exc).__name__}: {protocol.printable(exc)}") from exc
+    if carried is None or len(carried) != len(expected):
+        raise UpdateRejected("base", "the stream does not carry the model and round it was computed for")
+    size = len(expected) - protocol.NONCE_SIZE
+    if carried[:size] != expected[:size]:
+        raise UpdateRejected("base", "the stream was computed against another model than the current one")
+    if carried[size:] != expected[size:]:
+        raise UpdateRejected("replay", "the stream answers another message (a replayed or copied update)")
 
 
-def reject_outliers(opened: Iterable[Opened], threshold: float | None, min_count: int = 3) -> None:
-    """Turn updates whose norm is a robust outlier among the round's accepted ones into rejections."""
-    updates = [o for o in opened if o.kind == "update"]
-    norms = [o.norm for o in updates]
-    mask = outlier_mask(norms, threshold, min_count=min_count)
-    if not mask.any():
-        return
-    scores = outlier_scores(norms)
-    for o, bad, score in zip(updates, mask, scores, strict=True):
-        if bad:
-            o.kind, o.rejection, o.tensors = "rejected", outlier_rejection(o.norm, score, threshold), {}
+def _one_metric_record(msg: Message, key: str) -> MetricRecord:
+    records = list(msg.content.metric_records.values())
+    if len(records) != 1:
+        raise UpdateRejected("weight", f"expected one MetricRecord holding {key!r}, found {len(records)} records")
+    if key not in records[0]:
+        raise UpdateRejected("weight", f"the MetricRecord lacks the weighting metric {key!r}")
+    return records[0]
 
 
-def _metrics_signature(msg: Message) -> tuple:
-    return tuple(
-        (name, tuple(sorted((k, isinstance(v, list)) for k, v in record.items())))
-        for name, record in sorted(msg.content.metric_records.items())
-    )
+class UplinkChecks:
+    """Every check a train reply must pass, and what the server learns across rounds to check them.
 
-
-def reject_inconsistent_metrics(opened: Iterable[Opened]) -> None:
-    """Refuse updates whose MetricRecords differ in names or keys from the round's majority.
-
-    Inner strategies refuse a whole round when replies disagree here; one client must not be able
-    to cancel everybody's round that way.
+    ``weight_key`` is the metric the inner strategy weights updates by (``None``: it weights by
+    none); it must be a finite number > 0 in every reply, and is capped (see
+    :func:`nnc_fl.validation.cap_weights`).
     """
-    updates = [o for o in opened if o.kind == "update"]
-    signatures = [_metrics_signature(o.msg) for o in updates]
-    if len(set(signatures)) <= 1:
+
+    def __init__(self, settings: ValidationSettings, weight_key: str | None) -> None:
+        self.settings = settings
+        self.weight_key = weight_key
+        self.norms = NormReference(settings.norm_ratio) if settings.norm_ratio is not None else None
+        self.direction = (
+            DirectionReference(settings.direction_threshold) if settings.direction_threshold is not None else None
+        )
+        self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
+        self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
+
+    # -- one reply -------------------------------------------------------------------------------
+
+    def open(self, msg: Message, model: ServerModel, codec: UpdateCodec, nonce: bytes | None) -> Opened:
+        """Run every per-reply check on a train reply; ``nonce`` is the one sent to that node.
+
+        Never raises for bad client input: a failed check yields ``kind="rejected"`` with its
+        :class:`UpdateRejected`. Tells ``model`` what the reply says about the node's model.
+        """
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            model.lost(node)
+            return Opened(msg, node, "error")
+        out = Opened(msg, node, "rejected")
+        try:
+            try:
+                out.uplink = up = _uplink_of(msg)
+            except UpdateRejected:
+                model.lost(node)
+                raise
+            if up.kind == protocol.RESYNC:
+                model.lost(node)
+                log(WARNING, "nnc-fl: node %s asks for a keyframe (%s)", node, protocol.printable(up.reason))
+                out.kind = "resync"
+                return out
+            if up.kind != protocol.UPDATE:
+                raise UpdateRejected("protocol", f"train reply of kind {up.kind!r} carries no update")
+            out.arrays_key, data = _payload_of(msg)
+            out.payload_bytes = len(data)
+            try:
+                _check_base(up, model)
+            except UpdateRejected:
+                model.lost(node)
+                raise
+            model.acknowledged(node, up.version, up.fingerprint)  # it decoded and verified G_v
+            if up.codec != codec.name:
+                raise UpdateRejected(
+                    "protocol", f"update coded with {protocol.printable(up.codec)}, round uses {codec.name!r}"
+                )
+            if nonce is None:
+                raise UpdateRejected("replay", "no train message of this round went to this node")
+            expected = protocol.binding(model.fingerprint, nonce)
+            self._check_auth(node, up, expected, data)
+            _check_binding(codec, data, expected)
+            t0 = time.perf_counter()
+            delta = decode_update(codec, data, expect=model.tensors)
+            out.decode_s = time.perf_counter() - t0
+            check_schema(delta, model.tensors)
+            check_finite(delta)
+            out.norm = update_norm(delta)
+            check_norm_bound(out.norm, self.settings.max_update_norm)
+            if self.weight_key is not None:
+                out.weight = check_weight(_one_metric_record(msg, self.weight_key)[self.weight_key], self.weight_key)
+            out.delta = delta
+            out.kind = "update"
+        except UpdateRejected as exc:
+            out.rejection = exc
+        return out
+
+    def _check_auth(self, node: int, up: protocol.Uplink, binding: bytes, data: bytes) -> None:
+        keys = self.settings.auth_keys
+        if keys is None:
+            return
+        key = keys.get(up.key_id)
+        if key is None or not up.tag:
+            raise UpdateRejected("auth", f"no valid key id or tag (key id {protocol.printable(up.key_id)})")
+        if not tag_matches(up.tag, key, up.key_id, binding, data):
+            raise UpdateRejected("auth", f"wrong authentication tag for key id {up.key_id!r}")
+        owner = self._key_owner.setdefault(up.key_id, node)
+        if owner != node:
+            raise UpdateRejected("auth", f"key id {up.key_id!r} belongs to node {owner}")
+
+    # -- the round's updates together -----------------------------------------------------------
+
+    def review(self, opened: list[Opened], model: ServerModel) -> None:
+        """The checks across the round's updates, then the reconstruction ``G_v + delta`` of the
+        accepted ones (and the weighting metric as credited)."""
+        s = self.settings
+        updates = [o for o in opened if o.kind == "update"]
+        if self.norms is not None:
+            bound = self.norms.bound([o.norm for o in updates])
+            for o in updates:
+                if bound is not None and o.norm > bound:
+                    if s.norm_action == "clip":
+                        _clip(o, bound)
+                    else:
+                        o.reject(
+                            UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {bound:.6g}, "
+                                           f"{s.norm_ratio:g}x the norm of the accepted updates")
+                        )
+            updates = [o for o in updates if o.kind == "update"]
+        if self.direction is not None and updates:
+            cosines = self.direction.cosines([o.delta for o in updates], [o.norm for o in updates])
+            for o, cos in zip(updates, cosines, strict=True):
+                rejection = self.direction.rejection(cos)
+                if rejection is not None:
+                    o.reject(rejection)
+            updates = [o for o in updates if o.kind == "update"]
+        mask = outlier_mask([o.norm for o in updates], s.outlier_threshold, min_count=s.outlier_min_count)
+        if mask.any():
+            scores = outlier_scores([o.norm for o in updates])
+            for o, bad, score in zip(updates, mask, scores, strict=True):
+                if bad:
+                    o.reject(outlier_rejection(o.norm, score, s.outlier_threshold))
+            updates = [o for o in updates if o.kind == "update"]
+        for o in updates:
+            o.tensors = apply_delta(model.tensors, o.delta)
+            try:
+                check_finite(o.tensors)
+            except UpdateRejected as exc:
+                o.reject(exc)
+        updates = [o for o in updates if o.kind == "update"]
+        self._credit_weights(updates)
+        _common_metrics(updates, self.weight_key)
+        if self.norms is not None:
+            self.norms.record([o.norm for o in updates])
+
+    def _credit_weights(self, updates: list[Opened]) -> None:
+        if self.weight_key is None or not updates or self.settings.weight_ratio is None:
+            return
+        previous = [self._weights.get(o.node_id) for o in updates]
+        credited = cap_weights([o.weight for o in updates], previous, self.settings.weight_ratio)
+        for o, w in zip(updates, credited, strict=True):
+            if w < o.weight:
+                o.weight, o.weight_capped = float(w), True
+            self._weights[o.node_id] = o.weight
+
+    # -- what the model did ------------------------------------------------------------------------
+
+    def model_moved(self, increment: Mapping[str, np.ndarray]) -> None:
+        """The global model moved by ``increment``: the direction updates are compared with."""
+        if self.direction is not None:
+            self.direction.record(increment)
+
+    def model_replaced(self) -> None:
+        """The global model was replaced from outside: forget its direction."""
+        if self.direction is not None:
+            self.direction.reset()
+
+
+def _clip(o: Opened, bound: float) -> None:
+    """Scale an update's floating tensors so its norm is ``bound`` (norm clipping)."""
+    scale = bound / o.norm
+    o.delta = {k: (v * v.dtype.type(scale)) if np.issubdtype(v.dtype, np.floating) else v for k, v in o.delta.items()}
+    o.norm, o.clipped = bound, True
+
+
+def _common_metrics(updates: list[Opened], weight_key: str | None) -> None:
+    """Give every accepted reply the same metric records and keys: those all of them carry, with the
+    same kind of value (scalar or list). One client's extra, missing or odd metric can thus change
+    what the metrics aggregate to at most, and cannot make the inner strategy refuse the round.
+    A capped weighting metric becomes what the server credits."""
+    if not updates:
         return
-    majority = max(set(signatures), key=signatures.count)
-    for o, sig in zip(updates, signatures, strict=True):
-        if sig != majority:
-            reason = "metric records differ in names or keys from the other replies of the round"
-            o.kind, o.rejection, o.tensors = "rejected", UpdateRejected("schema", reason), {}
+    names = set.intersection(*(set(o.msg.content.metric_records) for o in updates))
+    kinds: dict[tuple[str, str], set[bool]] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for o in updates:
+        for name in names:
+            for key, value in o.msg.content[name].items():
+                kinds.setdefault((name, key), set()).add(isinstance(value, list))
+                counts[(name, key)] = counts.get((name, key), 0) + 1
+    keep = {nk for nk, k in kinds.items() if len(k) == 1 and counts[nk] == len(updates)}
+    for o in updates:
+        content = RecordDict()
+        for name, record in o.msg.content.items():
+            if isinstance(record, MetricRecord):
+                if name not in names:
+                    continue
+                record = MetricRecord({k: v for k, v in record.items() if (name, k) in keep})
+                if o.weight_capped and weight_key in record:
+                    record[weight_key] = o.weight
+            content[name] = record
+        o.msg.content = content
 
 
 def log_rejections(opened: Iterable[Opened], server_round: int) -> None:
-    """Log why each refused reply was refused."""
+    """Log why each refused reply was refused (peer text escaped and cut short)."""
     for o in opened:
         if o.rejection is not None:
-            log(WARNING, "nnc-fl round %s: rejected update from node %s (%s)", server_round, o.node_id, o.rejection)
+            log(
+                WARNING,
+                "nnc-fl round %s: rejected update from node %s (%s)",
+                server_round,
+                o.node_id,
+                protocol.printable(str(o.rejection), 300),
+            )
 
 
 def to_plain_reply(o: Opened) -> Message:

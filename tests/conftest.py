@@ -36,6 +36,8 @@ class NpzCodec:
 
     def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
         arrays = {"__names__": np.array(list(tensors), dtype=np.str_)}
+        if fingerprint is not None:
+            arrays["__fingerprint__"] = np.frombuffer(fingerprint, np.uint8)
         for i, value in enumerate(tensors.values()):
             arr = np.asarray(value)
             if self.step and not exact and np.issubdtype(arr.dtype, np.floating):
@@ -45,11 +47,18 @@ class NpzCodec:
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> dict[str, np.ndarray]:
+    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 names = [str(n) for n in npz["__names__"]]
                 return {n: npz[f"t{i}"] for i, n in enumerate(names)}
+        except Exception as exc:
+            raise FormatError(f"npz-test: {exc}") from exc
+
+    def fingerprint_of(self, data: bytes) -> bytes | None:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                return npz["__fingerprint__"].tobytes() if "__fingerprint__" in npz.files else None
         except Exception as exc:
             raise FormatError(f"npz-test: {exc}") from exc
 
@@ -154,7 +163,8 @@ def recode(
     """Decode the reply's update, transform it with ``fn`` and re-encode it (a forging client)."""
     c = make_codec(codec, **params)
     _, data = reply_payload(reply)
-    return set_payload(reply, c.encode(dict(fn(c.decode(data)))))
+    # a client knows the model and round it answers: its forged stream carries their binding
+    return set_payload(reply, c.encode(dict(fn(c.decode(data))), fingerprint=c.fingerprint_of(data)))
 
 
 def set_uplink(reply: Message, **changes) -> Message:

@@ -15,6 +15,7 @@ from nnc_fl.fingerprint import fingerprint
 from nnc_fl.updates import model_delta
 
 STEP = 0.01
+NONCE = bytes(range(16))
 G1 = {"w": np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6), "n": np.array(3, np.int64)}
 
 
@@ -50,6 +51,7 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         codec_params=protocol.encode_params({"step": STEP}) if codec == "nnc" else "{}",
         arrays_key="arrays",
         server_round=1,
+        nonce=NONCE,
     )
     content = RecordDict(
         {

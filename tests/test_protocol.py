@@ -24,6 +24,7 @@ def _down(**changes) -> p.Downlink:
         codec_params='{"step": 0.02}',
         arrays_key="arrays",
         server_round=3,
+        nonce=bytes(16),
     )
     fields.update(changes)
     return p.Downlink(**fields)
@@ -64,7 +65,9 @@ def test_uplink_round_trips_through_a_config_record():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"protocol": "nnc-fl/2"}, "protocol"),
+        ({"protocol": "nnc-fl/1"}, "protocol"),
+        ({"nonce": b"short"}, "nonce"),
+        ({"codec": "x" * 5000}, "characters"),
         ({"kind": "bogus"}, "kind"),
         ({"version": "5"}, "version"),
         ({"version": True}, "version"),

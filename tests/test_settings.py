@@ -69,7 +69,8 @@ def test_summary_logs_every_setting(caplog):
     logger = logging.getLogger("flwr")
     logger.addHandler(caplog.handler)
     try:
-        strategy.summary()
+        with caplog.at_level(logging.INFO, logger="flwr"):  # the CLI tests quiet Flower's logger
+            strategy.summary()
     finally:
         logger.removeHandler(caplog.handler)
     text = caplog.text

@@ -223,16 +223,16 @@ def test_server_model_chains_increments_while_smaller_than_a_keyframe():
     for _ in range(3):
         target = {"w": model.tensors["w"] + rng.normal(0, 0.01, 5000).astype(np.float32), "n": model.tensors["n"] + 1}
         model.advance(target, spec)
-    down, payloads, _ = model.downlink(7, spec, "arrays", 4)
+    down, payloads, _ = model.downlink(7, spec, "arrays", 4, bytes(16))
     assert down.kind == protocol.DELTA and down.base_version == 1 and len(payloads) == 3
     for _ in range(3):  # node 7 now lags 6 versions, beyond max_chain: keyframe
         model.advance({"w": model.tensors["w"] + 0.5, "n": model.tensors["n"]}, spec)
-    down, payloads, _ = model.downlink(7, spec, "arrays", 5)
+    down, payloads, _ = model.downlink(7, spec, "arrays", 5, bytes(16))
     assert down.kind == protocol.KEYFRAME and len(payloads) == 1
     model.acknowledged(7, model.version, model.fingerprint)  # node 7 holds the version before the next
     huge = {"w": rng.normal(0, 100, 5000).astype(np.float32), "n": model.tensors["n"]}
     model.advance(huge, CodecSpec("nnc", {"step": 1e-6}))  # an increment bigger than the model
-    down, _, _ = model.downlink(7, spec, "arrays", 6)
+    down, _, _ = model.downlink(7, spec, "arrays", 6, bytes(16))
     assert down.kind == protocol.KEYFRAME
 
 
@@ -321,6 +321,7 @@ def test_node_without_the_shared_model_resyncs_and_gets_a_keyframe(initial_array
     run_federation(strategy, grid, initial_arrays, 4)
     rows = strategy.bandwidth
     # round 1 sends no payload ("same"); the two nodes without the right model cannot confirm it
-    assert rows[0]["resyncs"] == 2 and rows[0]["accepted"] == 2 and rows[0]["down_bytes"] == 0
+    train_down = rows[0]["down_bytes"] - rows[0]["eval_down_bytes"]
+    assert rows[0]["resyncs"] == 2 and rows[0]["accepted"] == 2 and train_down == 0
     assert sum(r["resyncs"] for r in rows) == 2 and sum(r["keyframes"] for r in rows) == 2
     assert rows[-1]["accepted"] == 4

@@ -74,10 +74,9 @@ ATTACKS = {
         lambda r: recode(r, lambda t: {**t, "fc.bias": t["fc.bias"] * np.nan}, codec="npz-test"),
         "nonfinite",
     ),
-    "scaled-1000x": ("nnc", lambda r: recode(r, _scale), "outlier"),
+    "scaled-1000x": ("nnc", lambda r: recode(r, _scale), "norm"),
     "no-protocol-record": ("nnc", _no_record, "protocol"),
     "uncoded-arrays": ("nnc", _plain_arrays, "protocol"),
-    "odd-metrics": ("nnc", _odd_metrics, "schema"),
 }
 
 
@@ -122,16 +121,31 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
     assert result.train_metrics_clientapp[2]["nnc-fl.accepted"] == 0
 
 
-def test_outlier_test_can_be_switched_off(make_grid, initial_arrays):
+def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, initial_arrays):
     grid = make_grid(4)
     grid.tamper[104] = lambda r: recode(r, _scale)
     strategy = CompressedStrategy(
         FedAvg(min_available_nodes=4),
         codec_params={"step": 0.001},
-        validation=ValidationSettings(outlier_threshold=None),
+        validation=ValidationSettings(norm_ratio=None, direction_threshold=None),
     )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected"] == 0
+    grid = make_grid(4)
+    grid.tamper[104] = lambda r: recode(r, _scale)
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=4),
+        codec_params={"step": 0.001},
+        validation=ValidationSettings(norm_ratio=None, direction_threshold=None, outlier_threshold=10.0),
+    )
+    run_federation(strategy, grid, initial_arrays, 1)
+    assert strategy.bandwidth[0]["rejected_outlier"] == 1
+
+
+def test_odd_metrics_reject_nobody_and_drop_out_of_the_aggregate(make_grid, initial_arrays):
+    strategy, final = _run("nnc", make_grid, initial_arrays, _odd_metrics)
+    assert all(r["rejected"] == 0 and r["accepted"] == HONEST + 1 for r in strategy.bandwidth)
+    assert strategy.model.version == ROUNDS + 1
 
 
 def test_norm_bound(make_grid, initial_arrays):
