@@ -32,6 +32,7 @@ def test_make_codec_loads_an_entry_point_for_an_unregistered_name(monkeypatch):
     assert "topk" not in C._REGISTRY
     codec = make_codec("topk", ratio=0.5)
     assert type(codec) is B.TopKCodec and C._REGISTRY["topk"] is B.TopKCodec
+    B.register_baselines()  # the same factories: no conflict
     with pytest.raises(ValueError, match="entry point 'experiments.no_such_module:Codec' failed to load"):
         make_codec("broken")
     with pytest.raises(ValueError, match="unknown codec 'nope'"):
@@ -41,7 +42,8 @@ def test_make_codec_loads_an_entry_point_for_an_unregistered_name(monkeypatch):
 
 def test_pyproject_declares_the_baselines_and_a_fresh_process_finds_them(tmp_path):
     """A process that never imports experiments builds "topk" from the installed entry points (a
-    stand-in dist-info carrying pyproject's declarations)."""
+    stand-in dist-info carrying pyproject's declarations); importing the module registers nothing
+    (only the name looked up is registered)."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["nnc_fl.codecs"]
     assert declared == {n: f"experiments.baselines:{cls.__name__}" for n, cls in B.BASELINE_CODECS.items()}
     dist = tmp_path / "nnc_fl_entry_probe-0.dist-info"
@@ -54,6 +56,7 @@ def test_pyproject_declares_the_baselines_and_a_fresh_process_finds_them(tmp_pat
         assert "experiments.baselines" not in sys.modules
         codec = c.make_codec("topk", ratio=0.5)
         assert type(codec).__module__ == "experiments.baselines", codec
+        assert sorted(c._REGISTRY) == ["fp32", "nnc", "topk"], sorted(c._REGISTRY)
         print("ok")
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
