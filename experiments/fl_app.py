@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
 from clients import make_nnc_mod
 
+from .baselines import register_baselines
 from .data import ImageDataset, load_dataset
 from .models import get_weights, make_model, set_weights
 from .partition import dirichlet_partition, iid_partition
@@ -65,6 +67,13 @@ def initial_model(fed: Federation) -> torch.nn.Module:
     return make_model(fed.model, num_classes=dataset(fed).num_classes, seed=fed.seed)
 
 
+def baselines_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Register the baseline codecs in the process running the ClientApp (a Ray worker, say), so
+    nnc_mod can build them even where the package's entry points are not installed."""
+    register_baselines()
+    return call_next(msg, context)
+
+
 def make_client_app(fed: Federation, shared_initial_model: bool = False) -> ClientApp:
     """A ClientApp training on partition ``node_config['partition-id']``, compressed by nnc_mod.
 
@@ -72,7 +81,7 @@ def make_client_app(fed: Federation, shared_initial_model: bool = False) -> Clie
     (as if shipped with the app), so the server can start it with increments instead of a keyframe.
     """
     shared = (lambda context: get_weights(initial_model(fed))) if shared_initial_model else None
-    app = ClientApp(mods=[make_nnc_mod(shared_model=shared)])
+    app = ClientApp(mods=[baselines_mod, make_nnc_mod(shared_model=shared)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 from strategies import CompressedStrategy, DownlinkSettings
 from strategies.inprocess import InProcessGrid
 
-from . import baselines  # noqa: F401  (registers the baseline codecs)
+from .baselines import register_baselines
 from .fl_app import Federation, central_evaluator, dataset, initial_model, make_client_app
 from .models import count_parameters
 
@@ -121,6 +121,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, progress=None) -> dic
 
     ``progress(server_round, metrics)`` is called after each central evaluation (round 0 included).
     """
+    register_baselines()  # the server side builds cfg.codec by name (clients: fl_app.baselines_mod)
     torch.manual_seed(cfg.federation.seed)
     np.random.seed(cfg.federation.seed)
     sink: dict[str, Any] = {}

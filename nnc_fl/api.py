@@ -1,7 +1,9 @@
 """Public codec API: encode / decode / decode_tensor / inspect.
 
 Validates and converts inputs in Python, then calls the jitted kernels of ``_quantise`` and
-``_levels``; the container layout lives in :mod:`nnc_fl.bitstream`.
+``_levels``; the container layout lives in :mod:`nnc_fl.bitstream`, the payloads of the float modes
+f16 / int8 / sparse / ternary (written by the baseline codecs of ``experiments/``) in
+:mod:`nnc_fl.payloads`. One decoder reads every mode.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from . import bitstream as bs
+from . import payloads
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
@@ -88,7 +91,7 @@ def encode(
         _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
         for name, value in tensors.items()
     ]
-    return bs.write_stream(records, fingerprint, limits)
+    return bs.write_stream(records, fingerprint, limits=limits)
 
 
 #: Memory a decoder may use by default for what it returns plus its working arrays: 1 GiB. A stream
@@ -285,8 +288,14 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     payload = view[t.offset : t.offset + t.length]
     if zlib.crc32(payload) != t.crc32:
         raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
+    if t.zstd:
+        payload = bs.unzstd_payload(payload, t)
     if t.mode == bs.MODE_RAW:
+        if native.kind == "b" and np.frombuffer(payload, dtype=np.uint8).max(initial=0) > 1:
+            raise FormatError(f"tensor {t.name!r}: raw bool bytes must be 0 or 1")
         return np.frombuffer(payload, dtype=t.dtype).astype(native).reshape(t.shape)
+    if t.mode in bs.FLOAT_MODES:
+        return payloads.decode_payload(payload, t)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
     levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)

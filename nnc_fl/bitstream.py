@@ -4,6 +4,10 @@ See FORMAT.md for the byte layout. Writing is one function (:func:`write_stream`
 function (:func:`read_table`) that distrusts every field: each is bounded before it is used, sizes are
 computed with Python integers (no overflow), payload spans must tile the data exactly and every
 problem raises :class:`FormatError` with its own reason.
+
+Stream flag bit 1 makes the payloads of the modes in :data:`ZSTD_MODES` zstd frames; unwrapping one
+(:func:`unzstd_payload`) checks the frame's declared content size against what the tensor's shape
+allows *before* decompressing. The ``zstandard`` package is imported only for such streams.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from .errors import FormatError, LimitError
 MAGIC = b"NNCF"
 VERSION = 1
 FLAG_FINGERPRINT = 0x01
-_KNOWN_FLAGS = FLAG_FINGERPRINT
+FLAG_ZSTD = 0x02  # payloads of ZSTD_MODES are each one zstd frame of the plain layout
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD
 MAX_FINGERPRINT_BYTES = 64
 
 # modes
@@ -30,8 +35,26 @@ MODE_ZERO = 0  # every element zero (also empty tensors); no payload
 MODE_RAW = 1  # little-endian element bytes, exact
 MODE_QUANT = 2  # float tensor: coded levels, reconstruction level * step
 MODE_INT = 3  # integer/bool tensor: coded levels are the values, exact
-MODE_NAMES = {MODE_ZERO: "zero", MODE_RAW: "raw", MODE_QUANT: "quant", MODE_INT: "int"}
+MODE_F16 = 4  # float tensor: n float16
+MODE_INT8 = 5  # float tensor: f32 scale, n int8 levels in [-127, 127]
+MODE_SPARSE = 6  # float tensor: k, position gaps, k float32 values (top-k)
+MODE_TERNARY = 7  # float tensor: k, Golomb parameter, f32 mu, Golomb-coded positions, signs (STC)
+MODE_NAMES = {
+    MODE_ZERO: "zero",
+    MODE_RAW: "raw",
+    MODE_QUANT: "quant",
+    MODE_INT: "int",
+    MODE_F16: "f16",
+    MODE_INT8: "int8",
+    MODE_SPARSE: "sparse",
+    MODE_TERNARY: "ternary",
+}
 _CODED_MODES = (MODE_QUANT, MODE_INT)
+#: Modes whose payload layouts live in :mod:`nnc_fl.payloads`: float tensors only, never empty.
+FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY)
+#: Modes whose payloads are zstd frames when the stream has FLAG_ZSTD.
+ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
+MAX_ZSTD_LEVEL = 22
 
 # tools byte (coded modes): bits 0-1 probability rate pair, the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
@@ -111,6 +134,7 @@ class TensorInfo:
     offset: int  # absolute offset of the payload in the stream
     length: int
     crc32: int | None
+    zstd: bool = False  # the payload is a zstd frame (stream flag bit 1 and a mode of ZSTD_MODES)
 
     @property
     def numel(self) -> int:
@@ -134,6 +158,7 @@ class StreamInfo:
     header_bytes: int  # everything before the first payload
     total_bytes: int
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    zstd: bool = False  # stream flag bit 1
 
     def tensor(self, name: str) -> TensorInfo:
         """The table row of tensor ``name`` (``KeyError`` if absent)."""
@@ -150,6 +175,7 @@ class StreamInfo:
                 "dtype": t.dtype.name,
                 "shape": list(t.shape),
                 "mode": t.mode_name,
+                "zstd": t.zstd,
                 "step": t.step,
                 "tools": t.tools,
                 "offset": t.offset,
@@ -164,13 +190,15 @@ class StreamInfo:
         head = f"nnc-fl stream v{self.version}, {self.total_bytes} bytes ({self.header_bytes} header)"
         if self.fingerprint is not None:
             head += f", base {self.fingerprint.hex()[:16]}"
+        if self.zstd:
+            head += ", zstd payloads"
         cols = ("name", "dtype", "shape", "mode", "step", "bytes", "bits/elem")
         rows = [
             (
                 r["name"],
                 r["dtype"],
                 "x".join(map(str, r["shape"])) or "()",
-                r["mode"],
+                r["mode"] + ("+zstd" if r["zstd"] else ""),
                 "" if r["step"] is None else f"{r['step']:.4g}",
                 str(r["bytes"]),
                 f"{r['bits_per_element']:.3f}",
@@ -194,15 +222,20 @@ def _put_varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-class _Reader:
-    """Bounds-checked cursor over the header bytes."""
+def varint_len(value: int) -> int:
+    """Bytes of the minimal varint of ``value`` (>= 0)."""
+    return max(1, (value.bit_length() + 6) // 7)
 
-    def __init__(self, data: memoryview, start: int, end: int):
-        self.data, self.pos, self.end = data, start, end
+
+class _Reader:
+    """Bounds-checked cursor over the header bytes (or, with ``where``, over one payload)."""
+
+    def __init__(self, data: memoryview, start: int, end: int, where: str = "header"):
+        self.data, self.pos, self.end, self.where = data, start, end, where
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > self.end:
-            raise FormatError(f"header truncated while reading {what}")
+            raise FormatError(f"{self.where} truncated while reading {what}")
         b = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return b
@@ -225,12 +258,35 @@ class _Reader:
         raise FormatError(f"varint too long in {what}")
 
 
+# --- payload sizes -------------------------------------------------------------------------------
+
+
+def plain_payload_size(mode: int, dtype: np.dtype, numel: int) -> tuple[int, bool]:
+    """``(size, exact)``: the size of a mode's plain (uncompressed) payload for ``numel`` elements.
+
+    Exact for raw, f16 and int8; for sparse and ternary an upper bound no valid payload exceeds
+    (k <= n kept positions, gaps < n, Golomb parameter <= 31; see FORMAT.md).
+    """
+    n = numel
+    if mode == MODE_RAW:
+        return n * dtype.itemsize, True
+    if mode == MODE_F16:
+        return 2 * n, True
+    if mode == MODE_INT8:
+        return 4 + n, True
+    if mode == MODE_SPARSE:
+        return varint_len(n) + n * (varint_len(max(n - 1, 0)) + 4), False
+    if mode == MODE_TERNARY:
+        return varint_len(n) + 1 + 4 + (33 * n + 7) // 8 + (n + 7) // 8, False
+    raise ValueError(f"mode {mode} has no plain payload size")
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """What the encoder hands the container for one tensor."""
+    """What the encoder hands the container for one tensor (``payload`` in its plain layout)."""
 
     name: str
     dtype: np.dtype
@@ -265,11 +321,18 @@ def check_writable(records: list[TensorRecord], limits: Limits) -> None:
 
 
 def write_stream(
-    records: list[TensorRecord], fingerprint: bytes | None = None, limits: Limits = DEFAULT_LIMITS
+    records: list[TensorRecord],
+    fingerprint: bytes | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    zstd_level: int | None = None,
 ) -> bytes:
     """Serialise ``records`` (in order) with an optional base-model ``fingerprint``.
 
-    Raises ``ValueError`` for a stream a decoder with the same ``limits`` would refuse.
+    With ``zstd_level`` (1..22) the stream gets flag bit 1 and the payload of every record whose
+    mode is in :data:`ZSTD_MODES` is stored as one zstd frame (content size declared) of the
+    record's plain payload; that needs the ``zstandard`` package. Raises ``ValueError`` for a
+    stream a decoder with the same ``limits`` would refuse.
     """
     check_writable(records, limits)
     flags = 0
@@ -281,8 +344,21 @@ def write_stream(
         flags |= FLAG_FINGERPRINT
         table.append(len(fingerprint))
         table += fingerprint
-    _put_varint(table, len(records))
     for r in records:
+        _check_record(r)
+    payloads = [r.payload for r in records]
+    if zstd_level is not None:
+        if isinstance(zstd_level, bool) or not isinstance(zstd_level, int) or not 1 <= zstd_level <= MAX_ZSTD_LEVEL:
+            raise ValueError(f"zstd level must be an integer in 1..{MAX_ZSTD_LEVEL}, got {zstd_level!r}")
+        import zstandard  # only streams with flag bit 1 need it
+
+        flags |= FLAG_ZSTD
+        compressor = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True)
+        payloads = [
+            compressor.compress(p) if r.mode in ZSTD_MODES else p for r, p in zip(records, payloads, strict=True)
+        ]
+    _put_varint(table, len(records))
+    for r, payload in zip(records, payloads, strict=True):
         name = r.name.encode("utf-8")
         _put_varint(table, len(name))
         table += name
@@ -296,8 +372,8 @@ def write_stream(
         if r.mode in _CODED_MODES:
             table.append(r.tools)
         if r.mode != MODE_ZERO:
-            _put_varint(table, len(r.payload))
-            table += struct.pack("<I", zlib.crc32(r.payload))
+            _put_varint(table, len(payload))
+            table += struct.pack("<I", zlib.crc32(payload))
     if len(table) > limits.max_header_bytes:
         raise ValueError(f"tensor table of {len(table)} bytes, above the limit {limits.max_header_bytes}")
     head = bytearray(MAGIC)
@@ -306,7 +382,26 @@ def write_stream(
     _put_varint(head, len(table))
     head += table
     head += struct.pack("<I", zlib.crc32(head))
-    return b"".join([bytes(head), *(r.payload for r in records)])
+    return b"".join([bytes(head), *payloads])
+
+
+def _check_record(r: TensorRecord) -> None:
+    """Refuse a record the reader would reject for its mode (a bug in the encoder that made it)."""
+    if r.mode not in MODE_NAMES:
+        raise ValueError(f"tensor {r.name!r}: unknown mode {r.mode}")
+    if r.mode not in (MODE_RAW, *FLOAT_MODES):
+        return
+    dtype = np.dtype(r.dtype)
+    numel = 1
+    for d in r.shape:
+        numel *= d
+    if r.mode != MODE_RAW and (dtype.kind != "f" or numel == 0):
+        raise ValueError(f"tensor {r.name!r}: mode {MODE_NAMES[r.mode]!r} needs a non-empty float tensor")
+    size, exact = plain_payload_size(r.mode, dtype, numel)
+    if len(r.payload) > size or (exact and len(r.payload) != size):
+        raise ValueError(
+            f"tensor {r.name!r}: {MODE_NAMES[r.mode]} payload of {len(r.payload)} bytes for shape {r.shape}"
+        )
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -357,15 +452,14 @@ def read_fingerprint(data: bytes | bytearray | memoryview, limits: Limits = DEFA
 def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
     """Parse and check the header of ``data``; raise :class:`FormatError` for any problem."""
     view, table_end, r, fingerprint = _open_header(data, limits)
-    total = len(view)
-    version = view[4]
+    total, version, zstd = len(view), view[4], bool(view[5] & FLAG_ZSTD)
     count = r.varint("tensor count", limits.max_tensors)
     tensors: list[TensorInfo] = []
     index: dict[str, int] = {}
     offset = table_end + 4
     total_elements = 0
     for i in range(count):
-        t = _read_entry(r, i, offset, limits)
+        t = _read_entry(r, i, offset, limits, zstd)
         if t.name in index:
             raise FormatError(f"duplicate tensor name {t.name!r}")
         total_elements += t.numel
@@ -379,10 +473,10 @@ def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
     if offset != total:
         how = "truncated" if offset > total else f"followed by {total - offset} trailing bytes"
         raise FormatError(f"payloads do not tile the stream: it is {how}")
-    return StreamInfo(version, fingerprint, tuple(tensors), table_end + 4, total, index)
+    return StreamInfo(version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd)
 
 
-def _read_entry(r: _Reader, i: int, offset: int, limits: Limits) -> TensorInfo:
+def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool) -> TensorInfo:
     what = f"tensor #{i}"
     name_len = r.varint(f"{what} name length", limits.max_name_bytes)
     try:
@@ -416,6 +510,11 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits) -> TensorInfo:
             raise FormatError(f"{what}: step {step} is not a positive finite number")
     if mode == MODE_INT and dtype.kind == "f":
         raise FormatError(f"{what}: mode 'int' on float dtype {dtype.name}")
+    if mode in FLOAT_MODES:
+        if dtype.kind != "f":
+            raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on non-float dtype {dtype.name}")
+        if numel == 0:
+            raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on an empty tensor")
     if mode in _CODED_MODES:
         tools = r.u8(f"{what} tools")
         if tools & ~_KNOWN_TOOLS:
@@ -424,11 +523,62 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits) -> TensorInfo:
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)
         (crc,) = struct.unpack("<I", r.take(4, f"{what} payload CRC"))
-    if mode == MODE_RAW and length != numel * dtype.itemsize:
+    zstd = zstd_flag and mode in ZSTD_MODES
+    if mode == MODE_RAW and not zstd and length != numel * dtype.itemsize:
         raise FormatError(f"{what}: raw payload of {length} bytes for {numel} x {dtype.itemsize}-byte elements")
+    if mode in FLOAT_MODES and not zstd:
+        size, exact = plain_payload_size(mode, dtype, numel)
+        if length > size or (exact and length != size):
+            need = f"needs {size}" if exact else f"allows at most {size}"
+            raise FormatError(f"{what}: {MODE_NAMES[mode]} payload of {length} bytes, shape {shape} {need}")
     if mode in _CODED_MODES:
         if numel == 0:
             raise FormatError(f"{what}: coded mode on an empty tensor")
         if numel > (length + 16) << _ELEMENTS_PER_BYTE_SHIFT:
             raise FormatError(f"{what}: {numel} elements cannot come from a {length}-byte payload")
-    return TensorInfo(name, dtype, shape, mode, step, tools, offset, length, crc)
+    return TensorInfo(name, dtype, shape, mode, step, tools, offset, length, crc, zstd)
+
+
+# --- zstd payloads (flag bit 1) --------------------------------------------------------------------
+
+
+def _zstandard():
+    """The ``zstandard`` module, imported when a stream needs it (nnc_fl itself needs numpy + numba)."""
+    try:
+        import zstandard
+    except ImportError:
+        raise FormatError(
+            "the stream's payloads are zstd-compressed (flag bit 1); decoding them needs the 'zstandard' "
+            "package (pip install zstandard)"
+        ) from None
+    return zstandard
+
+
+def unzstd_payload(payload: bytes | memoryview, t: TensorInfo) -> bytes:
+    """The plain payload inside tensor ``t``'s zstd frame (``t.zstd``), bounded before decompressing.
+
+    The frame must declare its content size, and that size must equal (raw, f16, int8) or stay
+    within (sparse, ternary) :func:`plain_payload_size` of the tensor's shape; the frame must be the
+    whole payload and decompress to exactly the declared size.
+    """
+    zstandard = _zstandard()
+    what = f"tensor {t.name!r}"
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: bad zstd frame header ({exc})") from None
+    if declared < 0:
+        raise FormatError(f"{what}: zstd frame does not declare its content size")
+    size, exact = plain_payload_size(t.mode, t.dtype, t.numel)
+    if declared > size or (exact and declared != size):
+        need = f"needs {size}" if exact else f"allows at most {size}"
+        raise FormatError(
+            f"{what}: zstd frame declares {declared} bytes, a {t.mode_name} payload of shape {t.shape} {need}"
+        )
+    try:
+        plain = zstandard.ZstdDecompressor().decompress(payload, max_output_size=declared, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: corrupt zstd frame ({exc})") from None
+    if len(plain) != declared:
+        raise FormatError(f"{what}: zstd frame decompressed to {len(plain)} bytes, declared {declared}")
+    return plain

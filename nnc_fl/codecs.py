@@ -8,11 +8,18 @@ the same way.
 
 A codec must be deterministic (same input, same bytes) and its ``decode`` must raise
 :class:`nnc_fl.FormatError` -- and nothing else -- for any malformed input.
+
+Codecs defined elsewhere are found two ways: registered explicitly (:func:`register_codec`, e.g.
+``experiments.baselines.register_baselines()``), or declared by an installed package as an entry
+point in the group ``nnc_fl.codecs`` (name = codec name, value = ``module:factory``), which
+:func:`make_codec` loads on first use of the name -- so a Flower client or a Ray worker that never
+imported the defining module can still build the codec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -62,6 +69,9 @@ class UpdateCodec(Protocol):
 
 _REGISTRY: dict[str, Callable[..., UpdateCodec]] = {}
 
+#: Entry-point group in which installed packages declare codecs (``name = "module:factory"``).
+ENTRY_POINT_GROUP = "nnc_fl.codecs"
+
 
 def register_codec(name: str, factory: Callable[..., UpdateCodec]) -> None:
     """Make ``make_codec(name, **params)`` call ``factory(**params)``.
@@ -76,17 +86,42 @@ def register_codec(name: str, factory: Callable[..., UpdateCodec]) -> None:
     _REGISTRY[name] = factory
 
 
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """Codecs declared by installed packages in :data:`ENTRY_POINT_GROUP` (first one of a name wins)."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
 def registered_codecs() -> list[str]:
-    """Names accepted by :func:`make_codec`, sorted."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`make_codec`, sorted: registered ones and installed entry points."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def _load_entry_point(name: str) -> Callable[..., UpdateCodec] | None:
+    """Register and return the factory an installed package declares for ``name`` (None if none)."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        return None
+    try:
+        factory = ep.load()
+    except Exception as exc:  # the declaring package is broken or incomplete
+        raise ValueError(f"codec {name!r}: entry point {ep.value!r} failed to load ({exc})") from exc
+    register_codec(name, factory)
+    return factory
 
 
 def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
     """Build the codec registered as ``name`` with ``params``.
 
-    Raises ``ValueError`` (a clear reason) for an unknown name or parameters the codec rejects.
+    A name not registered yet is looked up among the installed entry points of the group
+    ``nnc_fl.codecs`` (and registered if found). Raises ``ValueError`` (a clear reason) for an
+    unknown name or parameters the codec rejects.
     """
     factory = _REGISTRY.get(name)
+    if factory is None:
+        factory = _load_entry_point(name)
     if factory is None:
         raise ValueError(f"unknown codec {name!r}; registered: {', '.join(registered_codecs())}")
     try:
@@ -181,6 +216,7 @@ register_codec(NNCCodec.name, NNCCodec)
 register_codec(Float32Codec.name, Float32Codec)
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Float32Codec",
     "FormatError",
     "NNCCodec",

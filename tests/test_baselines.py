@@ -1,18 +1,26 @@
-"""Baseline update codecs: round trips, error bounds, golden streams, and hostile/truncated input."""
+"""Baseline update codecs: registration, round trips, error bounds, golden streams, and
+hostile/truncated input. Their streams are nnc-fl streams (FORMAT.md, float modes); the payload
+layouts themselves are tested in test_payloads.py."""
 
 import math
-import struct
+import sys
 
 import numpy as np
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamforge import forge, items_of, zframe, zframe_declaring
 
+import nnc_fl
 from experiments import baselines as B
 from experiments.deltas import trained_delta
 from nnc_fl import FormatError
+from nnc_fl import bitstream as bs
+from nnc_fl import codecs as C
 from nnc_fl.codecs import UpdateCodec, make_codec, registered_codecs
+
+B.register_baselines()
 
 NAMES = ["zstd", "fp16", "int8-zstd", "topk", "stc"]
 LOSSY_NEED_FINITE = ["int8-zstd", "topk", "stc"]
@@ -76,6 +84,19 @@ def test_registered_and_rebuildable_from_params(name):
 def test_bad_parameters_are_rejected(name, params, reason):
     with pytest.raises(ValueError, match=reason):
         make_codec(name, **params)
+
+
+def test_register_baselines_is_explicit_and_idempotent():
+    B.register_baselines()  # again: a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        C.register_codec("topk", B.STCCodec)
+    assert B.BASELINE_CODECS == {
+        "zstd": B.ZstdCodec,
+        "fp16": B.Fp16Codec,
+        "int8-zstd": B.Int8ZstdCodec,
+        "topk": B.TopKCodec,
+        "stc": B.STCCodec,
+    }
 
 
 # -- round trips ---------------------------------------------------------------------------------
@@ -196,85 +217,32 @@ def test_sizes_on_a_real_update_are_ordered_as_expected():
     assert size["fp16"] == pytest.approx(raw / 2, rel=0.01)
 
 
-# -- Golomb and varint pieces ---------------------------------------------------------------------------
-
-
-def test_golomb_parameter_follows_the_stc_formula():
-    phi = (1 + math.sqrt(5)) / 2
-    for k, n in [(1, 1000), (10, 1000), (1, 400), (50, 100), (3, 10**6)]:
-        p = k / n
-        assert B.golomb_parameter(k, n) == max(0, 1 + math.floor(math.log2(math.log(phi - 1) / math.log(1 - p))))
-    assert B.golomb_parameter(10, 1000) == 6
-    assert B.golomb_parameter(0, 10) == B.golomb_parameter(10, 10) == 0
-
-
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 5000), seed=st.integers(0, 10**6), density=st.floats(0.0, 1.0), b=st.integers(0, 12))
-def test_golomb_round_trip_and_jit_matches_reference(n, seed, density, b):
-    rng = np.random.default_rng(seed)
-    positions = np.flatnonzero(rng.random(n) < density)
-    code, nbits = B.golomb_encode(positions, b)
-    assert len(code) == (nbits + 7) // 8
-    jit = B.golomb_decode(code, positions.size, b, n)
-    ref = B.golomb_decode(code, positions.size, b, n, jit=False)
-    assert np.array_equal(jit, positions) and np.array_equal(ref, positions)
-
-
-def test_golomb_rejects_bad_codes():
-    code, nbits = B.golomb_encode(np.array([3, 9, 40]), 2)
-    with pytest.raises(FormatError, match="ends early"):
-        B.golomb_decode(code[:-1], 3, 2, 100)
-    with pytest.raises(FormatError, match="past the tensor"):
-        B.golomb_decode(code, 3, 2, 40)
-    with pytest.raises(FormatError, match="occupies"):
-        B.golomb_decode(code + b"\x00", 3, 2, 100)
-    if nbits % 8:
-        with pytest.raises(FormatError, match="padding"):
-            B.golomb_decode(code[:-1] + bytes([code[-1] | 1]), 3, 2, 100)
-    with pytest.raises(FormatError, match="unary run"):
-        B.golomb_decode(b"\xff" * 8, 1, 0, 10)
-
-
-def test_varints():
-    values = np.array([0, 1, 127, 128, 300, 2**21, 2**35 - 1], dtype=np.int64)
-    data = B.varint_encode(values)
-    assert B.varint_encode(np.array([300])) == b"\xac\x02"
-    assert np.array_equal(B.varint_decode(data, len(values)), values)
-    with pytest.raises(FormatError, match="exactly"):
-        B.varint_decode(data, len(values) + 1)
-    with pytest.raises(FormatError, match="exactly"):
-        B.varint_decode(data[:-1], len(values))
-    with pytest.raises(FormatError, match="overlong"):
-        B.varint_decode(b"\x81\x00", 1)
-    with pytest.raises(FormatError, match="exceeds"):
-        B.varint_decode(b"\x80" * 5 + b"\x01", 1)
-
-
 # -- golden streams (format drift) -----------------------------------------------------------------
 
 GOLDEN_INPUT = {"w": np.array([[0.5, -0.25, 0.0], [1.0, -2.0, 0.125]], np.float32), "n": np.array([3, -1], np.int8)}
-GOLDEN_FP16 = (
-    "4e464c42010200003a000000000000000200000001007701010202000000030000000c0000000000000001006e0300"
-    "01020000000200000000000000003800b40000003c00c0003003ff"
+GOLDEN_FP16 = (  # header (table: "w" f32 2x3 f16, "n" i8 2 raw; CRCs), then the f16 and the raw payload
+    "4e4e43460100180201770b020203040ccc0e532f016e0201020102b1aef647e47192ef003800b40000003c00c0003003ff"
 )
-GOLDEN_STC = (
-    "4e464c42010500044500000000000000abababab020000000100770104020200000003000000170000000000000001"
-    "006e0300010200000002000000000000000300000000000000005555953f0100000000000000602003ff"
+GOLDEN_STC = (  # fingerprint abababab; ternary payload: k=3, b=0, mu=7/6, Golomb 0x60, signs 0x20
+    "4e4e434601011d04abababab0201770b020203070821f927bc016e0201020102b1aef647a4f7e9b703005555953f602003ff"
 )
-GOLDEN_BODIES = {  # the uncompressed bodies; the zstd frame around them depends on the zstd version
-    "int8-zstd": "0200000001007701020202000000030000000a0000000000000001006e0300010200000002000000000000000402813c"
-    "20f00040810803ff",
-    "topk": "020000000100770103020200000003000000170000000000000001006e0300010200000002000000000000000300000000"
-    "0000000002000000003f0000803f000000c003ff",
+GOLDEN_PLAIN = {  # mode and plain payload per tensor; the zstd frames around them depend on the zstd version
+    "int8-zstd": {"w": ("int8", "0402813c20f000408108"), "n": ("raw", "03ff")},
+    "topk": {"w": ("sparse", "030002000000003f0000803f000000c0"), "n": ("raw", "03ff")},
+    "zstd": {"w": ("raw", "0000003f000080be000000000000803f000000c00000003e"), "n": ("raw", "03ff")},
 }
 
 
 def test_golden_streams():
     assert B.Fp16Codec().encode(GOLDEN_INPUT).hex() == GOLDEN_FP16
     assert B.STCCodec(ratio=0.5).encode(GOLDEN_INPUT, fingerprint=b"\xab" * 4).hex() == GOLDEN_STC
-    for name, body in GOLDEN_BODIES.items():
+    unzstd = zstandard.ZstdDecompressor().decompress
+    for name, plain in GOLDEN_PLAIN.items():
         data = make_codec(name, **({"ratio": 0.5} if name == "topk" else {})).encode(GOLDEN_INPUT)
-        assert zstandard.ZstdDecompressor().decompress(data[16:]).hex() == body
+        info = nnc_fl.inspect(data)
+        assert info.zstd
+        got = {t.name: (t.mode_name, unzstd(data[t.offset : t.offset + t.length]).hex()) for t in info.tensors}
+        assert got == plain
     stc = B.STCCodec().decode(bytes.fromhex(GOLDEN_STC))["w"]
     assert np.allclose(stc, [[7 / 6, 0, 0], [7 / 6, -7 / 6, 0]])
 
@@ -286,8 +254,8 @@ def test_golden_streams():
 def test_fingerprint_is_carried(name):
     codec = _codec(name)
     fp = bytes(range(32))
-    assert B.read_fingerprint(codec.encode({"a": np.ones(3, np.float32)}, fingerprint=fp)) == fp
-    assert B.read_fingerprint(codec.encode({"a": np.ones(3, np.float32)})) is None
+    assert nnc_fl.inspect(codec.encode({"a": np.ones(3, np.float32)}, fingerprint=fp)).fingerprint == fp
+    assert nnc_fl.inspect(codec.encode({"a": np.ones(3, np.float32)})).fingerprint is None
     with pytest.raises(ValueError, match="fingerprint"):
         codec.encode({}, fingerprint=b"x" * 65)
 
@@ -362,48 +330,57 @@ def test_random_corruption_raises_only_format_error(name):
         _only_format_errors(codec, bytes(bad))
 
 
-def _rewrap(data, body):
-    """The stream ``data`` with its zstd body replaced by ``body`` (header length fixed up)."""
-    fp_len = data[7]
-    head = data[:8] + struct.pack("<Q", len(body)) + data[16 : 16 + fp_len]
-    return head + zstandard.ZstdCompressor(level=1).compress(body)
+def test_every_bit_flip_is_detected():
+    """Header and payload CRCs: no single flipped bit decodes, for every codec."""
+    for name in NAMES:
+        codec = _codec(name)
+        data = codec.encode({k: v for k, v in _small_tensors().items() if k in "wbi"}, fingerprint=b"\x03" * 4)
+        for i in range(len(data)):
+            for bit in (1, 6):
+                broken = bytearray(data)
+                broken[i] ^= 1 << bit
+                with pytest.raises(FormatError):
+                    codec.decode(bytes(broken))
+
+
+def _rezstd(data, name, plain):
+    """``data`` with tensor ``name``'s payload replaced by a valid zstd frame of ``plain`` (valid CRCs)."""
+    items = [(n, d, sh, m, zframe(plain) if n == name else p) for n, d, sh, m, p in items_of(data)]
+    return forge(items, zstd=True)
 
 
 @pytest.mark.parametrize("name", ZSTD_CODECS)
-def test_corrupted_bodies_behind_valid_zstd_raise_only_format_error(name):
+def test_corrupted_payloads_behind_valid_zstd_frames_raise_only_format_error(name):
     codec = _codec(name)
     data = codec.encode(_small_tensors())
-    body = zstandard.ZstdDecompressor().decompress(data[16:])
-    assert codec.decode(_rewrap(data, body)).keys() == _small_tensors().keys()
-    for n in range(len(body)):
-        with pytest.raises(FormatError):
-            codec.decode(_rewrap(data, body[:n]))
-    rng = np.random.default_rng(7)
     decoded = 0
-    for _ in range(1500):
-        bad = bytearray(body)
-        for _ in range(rng.integers(1, 3)):
-            i = rng.integers(len(bad))
-            bad[i] = rng.integers(256) if rng.random() < 0.5 else bad[i] ^ (1 << rng.integers(8))
-        decoded += _only_format_errors(codec, _rewrap(data, bytes(bad)))
+    for t in nnc_fl.inspect(data).tensors:
+        if not t.zstd:
+            continue
+        plain = zstandard.ZstdDecompressor().decompress(data[t.offset : t.offset + t.length])
+        assert list(codec.decode(_rezstd(data, t.name, plain))) == list(_small_tensors())
+        for n in range(len(plain)):
+            with pytest.raises(FormatError):
+                codec.decode(_rezstd(data, t.name, plain[:n]))
+        rng = np.random.default_rng(7)
+        for _ in range(150):
+            bad = bytearray(plain)
+            for _ in range(rng.integers(1, 3)):
+                i = rng.integers(len(bad))
+                bad[i] = rng.integers(256) if rng.random() < 0.5 else bad[i] ^ (1 << rng.integers(8))
+            decoded += _only_format_errors(codec, _rezstd(data, t.name, bytes(bad)))
     assert decoded > 0  # payload changes that keep the structure valid decode to other values
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.binary(max_size=200), name=st.sampled_from(NAMES))
-def test_random_bytes_raise_only_format_error(data, name):
+@given(data=st.binary(max_size=200), name=st.sampled_from(NAMES), flags=st.integers(0, 3))
+def test_random_bytes_raise_only_format_error(data, name, flags):
     codec = _codec(name)
     _only_format_errors(codec, data)
-    _only_format_errors(codec, b"NFLB\x01" + bytes([B.CODEC_IDS[name]]) + data)
+    _only_format_errors(codec, bs.MAGIC + bytes([bs.VERSION, flags]) + data)
 
 
-def _stream(codec_id, items, zstd=False, fingerprint=None):
-    return B._pack_container(codec_id, items, fingerprint, 3 if zstd else None)
-
-
-def _item(name, arr, method=B.RAW, payload=None):
-    arr = np.asarray(arr)
-    return (name, arr, method, arr.tobytes() if payload is None else payload)
+ONE = np.ones(3, np.float32)
 
 
 @pytest.mark.parametrize(
@@ -411,113 +388,118 @@ def _item(name, arr, method=B.RAW, payload=None):
     [
         (lambda good: b"XXXX" + good[4:], "bad magic"),
         (lambda good: good[:4] + b"\x02" + good[5:], "version"),
-        (lambda good: good[:5] + b"\x09" + good[6:], "unknown codec id"),
-        (lambda good: good[:5] + b"\x04" + good[6:], "written by codec 'topk'"),
-        (lambda good: good[:6] + b"\x01" + good[7:], "must not be zstd"),
-        (lambda good: good[:6] + b"\x80" + good[7:], "flag"),
-        (lambda good: good[:7] + b"\x41" + good[8:], "fingerprint length"),
-        (lambda good: good[:8] + struct.pack("<Q", 2**40) + good[16:], "body length"),
-        (lambda good: good[:8] + struct.pack("<Q", 99) + good[16:], "header says"),
-        (lambda good: good[:16] + struct.pack("<I", 10**6) + good[20:], "tensor count"),
+        (lambda good: good[:5] + b"\x80" + good[6:], "unknown stream flags"),
+        (lambda good: good[:5] + b"\x02" + good[6:], "header CRC"),  # the flags are covered by the CRC
+        (lambda good: good[:-1] + bytes([good[-1] ^ 1]), "payload CRC"),
+        (lambda good: good + b"\0", "trailing"),
+        (lambda good: B.TopKCodec().encode({"a": ONE}), "'fp16' streams must not be zstd"),
+        (
+            lambda good: bs.write_stream(
+                [bs.TensorRecord("a", ONE.dtype, (3,), bs.MODE_F16, payload=b"\0" * 6)], zstd_level=3
+            ),
+            "must not be zstd",
+        ),
+        (lambda good: B.STCCodec().encode({"a": ONE}), "mode 'ternary' is not allowed in a 'fp16' stream"),
+        (lambda good: nnc_fl.encode({"a": ONE}), "mode 'quant' is not allowed"),
+        (
+            lambda good: forge([("a", np.float32, (3,), bs.MODE_F16, b"\0" * 6)], fingerprint=b"\1" * 65),
+            "fingerprint length 65",
+        ),
+        (lambda good: forge([("a", np.float32, (3,), bs.MODE_ZERO, None)] * 2), "duplicate"),
     ],
 )
 def test_hostile_headers(make, reason):
-    good = _stream(B.CODEC_IDS["fp16"], [_item("a", np.ones(3, np.float32))])
+    good = B.Fp16Codec().encode({"a": ONE})
     assert B.Fp16Codec().decode(good)["a"].tolist() == [1, 1, 1]
     with pytest.raises(FormatError, match=reason):
         B.Fp16Codec().decode(make(good))
 
 
-def test_hostile_bodies():
+def test_hostile_tables():
     fp16 = B.Fp16Codec()
-    cid = B.CODEC_IDS["fp16"]
-    one = np.ones(2, np.float32)
+    f16 = np.ones(2, "<f2").tobytes()
     cases = [
-        ([_item("a", one), _item("a", one)], "duplicate"),
-        ([_item("a", np.ones(2, np.int32), B.FP16, b"\0" * 4)], "non-float"),
-        ([_item("a", one, B.INT8, b"\0" * 6)], "not allowed"),
-        ([_item("a", one, B.RAW, b"\0" * 7)], "needs 8"),
-        ([_item("a", np.array([True]), B.RAW, b"\x02")], "bool"),
-        ([_item("\xff", one)], None),  # valid UTF-8 name: decodes
+        ([("a", np.float32, (2,), bs.MODE_F16, f16)] * 2, "duplicate"),
+        ([("a", np.int32, (2,), bs.MODE_F16, f16)], "non-float"),
+        ([("a", np.float32, (2,), bs.MODE_INT8, b"\0" * 6)], "mode 'int8' is not allowed"),
+        ([("a", np.int32, (2,), bs.MODE_RAW, b"\0" * 7)], "raw payload of 7 bytes"),
+        ([("a", np.bool_, (1,), bs.MODE_RAW, b"\x02")], "bool"),
+        ([("a", np.float32, (2,), bs.MODE_RAW, b"\0" * 8)], None),  # exact floats are fine
+        ([("a", np.int16, (3,), bs.MODE_ZERO, None)], None),
+        ([("\xff", np.float32, (2,), bs.MODE_F16, f16)], None),  # valid UTF-8 name: decodes
+        ([(b"\xff\xfe", np.float32, (2,), bs.MODE_F16, f16)], "UTF-8"),
+        ([("a", np.float32, (2**31, 2), bs.MODE_ZERO, None)], "above the limit"),
     ]
     for items, reason in cases:
-        data = _stream(cid, items)
+        data = forge(items)
         if reason is None:
-            assert list(fp16.decode(data)) == ["\xff"]
+            assert len(fp16.decode(data)) == 1
         else:
             with pytest.raises(FormatError, match=reason):
                 fp16.decode(data)
-    bad_name = _stream(cid, [_item("ab", one)]).replace(b"ab", b"\xff\xfe")
-    with pytest.raises(FormatError, match="UTF-8"):
-        fp16.decode(bad_name)
-    huge = _stream(cid, [_item("a", np.zeros((1, 1), np.float32))])
-    dims_at = huge.index(b"\x01\x00\x00\x00\x01\x00\x00\x00")
-    huge = huge[:dims_at] + struct.pack("<II", 2**31, 2) + huge[dims_at + 8 :]
-    with pytest.raises(FormatError, match="exceeds"):
-        fp16.decode(huge)
+    ints = nnc_fl.encode({"n": np.arange(-50, 50, dtype=np.int16)})  # coded ints: fine in every stream
+    assert nnc_fl.inspect(ints).tensors[0].mode_name == "int"
+    assert fp16.decode(ints)["n"].tolist() == list(range(-50, 50))
+
+
+def _f32(x):
+    return np.float32(x).tobytes()
 
 
 def test_hostile_payloads():
-    int8 = B.Int8ZstdCodec()
-    f16 = np.ones(2, np.float16)
+    """The payload checks as each codec meets them (the full list is test_payloads.HOSTILE)."""
+    int8, topk, stc = B.Int8ZstdCodec(), B.TopKCodec(), B.STCCodec()
     cases = [
-        (int8, [_item("a", np.ones(2, np.float32), B.INT8, struct.pack("<f", -1.0) + b"\0\0")], "scale"),
-        (int8, [_item("a", np.ones(2, np.float32), B.INT8, struct.pack("<f", 1.0) + b"\x80\0")], "-128"),
-        (int8, [_item("a", f16, B.INT8, struct.pack("<f", 1e6) + b"\0\0")], "overflows"),
-        (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 3) + b"\0" * 15)], "impossible"),
-        (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\0" + struct.pack("<f", 1e9))], "overflows"),
-        (B.TopKCodec(), [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\x05" + struct.pack("<f", 1.0))], "gap 5"),
-        (
-            B.TopKCodec(),
-            [_item("a", f16, B.TOPK, struct.pack("<Q", 2) + b"\x01\x00" + struct.pack("<ff", 1, 1))],
-            "past",
-        ),
-        (
-            B.TopKCodec(),
-            [_item("a", f16, B.TOPK, struct.pack("<Q", 1) + b"\0" + struct.pack("<f", np.nan))],
-            "non-finite",
-        ),
+        (int8, bs.MODE_INT8, _f32(-1.0) + b"\0\0", "scale"),
+        (int8, bs.MODE_INT8, _f32(1.0) + b"\x80\0", "-128"),
+        (int8, bs.MODE_INT8, _f32(1e6) + b"\0\0", "overflows"),
+        (int8, bs.MODE_INT8, _f32(1.0) + b"\0", "needs 6"),
+        (topk, bs.MODE_SPARSE, b"\x02\x00" + _f32(1), "impossible"),
+        (topk, bs.MODE_SPARSE, b"\x03", "k is 3"),
+        (topk, bs.MODE_SPARSE, b"\x01\x00" + _f32(1e9), "overflows"),
+        (topk, bs.MODE_SPARSE, b"\x01\x05" + _f32(1), "past"),
+        (topk, bs.MODE_SPARSE, b"\x02\x01\x00" + _f32(1) * 2, "past"),
+        (topk, bs.MODE_SPARSE, b"\x01\x00" + _f32(np.nan), "non-finite"),
+        (stc, bs.MODE_TERNARY, b"\x01\x00" + _f32(1) + b"\x00\x40", "padding after the sign"),
+        (stc, bs.MODE_TERNARY, b"\x01\x28" + _f32(1) + b"\x00\x00", "Golomb parameter"),
+        (stc, bs.MODE_TERNARY, b"\x01\x00" + _f32(-1) + b"\x00\x00", "mu"),
+        (stc, bs.MODE_TERNARY, b"\x01\x00" + _f32(1) + b"\x00\x00\x00", "occupies"),
+        (stc, bs.MODE_TERNARY, b"\x03\x00" + _f32(1) + b"\x00\x00", "k is 3"),
     ]
-    stc_head = struct.pack("<QBf", 1, 0, 1.0) + struct.pack("<Q", 1) + b"\x00"
-    cases += [
-        (B.STCCodec(), [_item("a", f16, B.STC, stc_head + b"\x40")], "padding after the sign"),
-        (
-            B.STCCodec(),
-            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 40, 1.0) + struct.pack("<Q", 1) + b"\0\0")],
-            "Golomb parameter",
-        ),
-        (
-            B.STCCodec(),
-            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, -1.0) + struct.pack("<Q", 1) + b"\0\0")],
-            "mu",
-        ),
-        (
-            B.STCCodec(),
-            [_item("a", f16, B.STC, struct.pack("<QBf", 1, 0, 1.0) + struct.pack("<Q", 9) + b"\0\0")],
-            "tile",
-        ),
-        (
-            B.STCCodec(),
-            [_item("a", f16, B.STC, struct.pack("<QBf", 3, 0, 1.0) + struct.pack("<Q", 1) + b"\0\0")],
-            "exceeds",
-        ),
-    ]
-    for codec, items, reason in cases:
-        data = _stream(B.CODEC_IDS[codec.name], items, zstd=codec.name != "stc")
+    for codec, mode, payload, reason in cases:
+        zstd = codec.name != "stc"
+        data = forge([("a", np.float16, (2,), mode, zframe(payload) if zstd else payload)], zstd=zstd)
         with pytest.raises(FormatError, match=reason):
             codec.decode(data)
-    ok = _stream(B.CODEC_IDS["stc"], [_item("a", f16, B.STC, stc_head + b"\x00")])
-    assert B.STCCodec().decode(ok)["a"].tolist() == [1.0, 0.0]
+    ok = forge([("a", np.float16, (2,), bs.MODE_TERNARY, b"\x01\x00" + _f32(1) + b"\x00\x00")])
+    assert stc.decode(ok)["a"].tolist() == [1.0, 0.0]
 
 
 def test_zstd_frame_problems():
     codec = B.ZstdCodec()
     good = codec.encode({"a": np.arange(100, dtype=np.float32)})
-    with pytest.raises(FormatError, match="zstd"):
-        codec.decode(good[:16] + b"\x00" * 20)
-    with pytest.raises(FormatError, match="zstd frame declares"):
-        codec.decode(good[:8] + struct.pack("<Q", 5) + good[16:])
-    with pytest.raises(FormatError):
-        codec.decode(good + zstandard.ZstdCompressor().compress(b"more"))
+    (t,) = nnc_fl.inspect(good).tensors
+    frame = good[t.offset :]
+    plain = np.arange(100, dtype="<f4").tobytes()
+    bomb = zframe_declaring(1 << 40, plain)  # a frame header declaring 1 TiB
+    cases = [
+        (b"\0" * 20, "bad zstd frame header"),
+        (zstandard.ZstdCompressor(write_content_size=False).compress(plain), "does not declare"),
+        (zframe(plain[:-4]), "declares 396 bytes"),
+        (bomb, "declares 1099511627776 bytes, a raw payload of shape \\(100,\\) needs 400"),
+        (frame + zstandard.ZstdCompressor().compress(b"more"), "corrupt zstd frame"),
+    ]
+    for stored, reason in cases:
+        with pytest.raises(FormatError, match=reason):
+            codec.decode(forge([("a", np.float32, (100,), bs.MODE_RAW, stored)], zstd=True))
     with pytest.raises(FormatError, match="expected bytes"):
         codec.decode("not bytes")
+
+
+def test_zstd_codecs_need_zstandard_only_to_decode_their_streams(monkeypatch):
+    zstd_stream = B.TopKCodec().encode(_small_tensors())
+    stc_stream = B.STCCodec().encode(_small_tensors())
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # "import zstandard" now fails
+    with pytest.raises(FormatError, match="needs the 'zstandard' package"):
+        B.TopKCodec().decode(zstd_stream)
+    assert list(B.STCCodec().decode(stc_stream)) == list(_small_tensors())
