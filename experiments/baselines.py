@@ -42,30 +42,24 @@ from nnc_fl.codecs import ParamValue, register_codec
 from nnc_fl.errors import FormatError
 from nnc_fl.payloads import golomb_parameter, pack_f16, pack_int8, pack_sparse, pack_ternary
 
-_LIMITS = bs.DEFAULT_LIMITS
-
-
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
 
 
 def _check_tensor(name: object, value: object) -> tuple[str, np.ndarray]:
-    """Validate one input tensor; return it as a C-contiguous array of native byte order."""
+    """Validate one input tensor; return it as a C-contiguous array of native byte order (the
+    container refuses what its limits do not admit when the stream is written)."""
     if not isinstance(name, str):
         raise TypeError(f"tensor names must be str, got {type(name).__name__}")
     try:
-        encoded = name.encode("utf-8")
+        name.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError(f"tensor name {name!r} is not valid UTF-8: {exc}") from exc
-    if len(encoded) > _LIMITS.max_name_bytes:
-        raise ValueError(f"tensor name {name[:40]!r}... is {len(encoded)} bytes, limit {_LIMITS.max_name_bytes}")
     arr = np.asarray(value)
     native = arr.dtype.newbyteorder("=")
     if native.newbyteorder("<") not in bs.DTYPE_CODES:
         raise ValueError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-    if arr.ndim > _LIMITS.max_ndim or arr.size > _LIMITS.max_tensor_elements:
-        raise ValueError(f"tensor {name!r} has shape {arr.shape}, beyond the stream's limits")
     return name, np.asarray(arr, dtype=native, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
 
 
@@ -180,6 +174,7 @@ class _BaselineCodec:
         *,
         fingerprint: bytes | None = None,
         exact: bool = False,
+        limits: bs.Limits | None = None,
     ) -> bytes:
         """Code ``tensors`` (names, order, dtypes and shapes kept); ``exact=True`` codes every tensor losslessly.
 
@@ -200,15 +195,18 @@ class _BaselineCodec:
                 records.append(
                     bs.TensorRecord(name, arr.dtype, arr.shape, self._mode, payload=self._payload(name, arr))
                 )
-        return bs.write_stream(records, fingerprint, zstd_level=self._zstd_level)
+        return bs.write_stream(records, fingerprint, limits=limits or bs.DEFAULT_LIMITS, zstd_level=self._zstd_level)
 
-    def decode(self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def decode(
+        self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None, limits: bs.Limits | None = None
+    ) -> dict[str, np.ndarray]:
         """Inverse of :meth:`encode`; raises :class:`nnc_fl.FormatError` (only) for malformed input,
         including a valid nnc-fl stream this codec does not write (other modes, zstd flag differing).
         With ``expect``, as :func:`nnc_fl.decode`: the table must describe those tensors."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise FormatError(f"expected bytes, got {type(data).__name__}")
-        info = inspect(data, limits=bs.Limits.for_schema(expect)) if expect is not None else inspect(data)
+        limits = bs.Limits.for_schema(expect) if expect is not None else (limits or bs.DEFAULT_LIMITS)
+        info = inspect(data, limits=limits)
         zstd = self._zstd_level is not None
         if info.zstd != zstd:
             raise FormatError(f"codec {self.name!r} streams {'must' if zstd else 'must not'} be zstd-compressed")
@@ -220,7 +218,7 @@ class _BaselineCodec:
             )
             if t.mode not in allowed:
                 raise FormatError(f"tensor {t.name!r}: mode {t.mode_name!r} is not allowed in a {self.name!r} stream")
-        return decode(data, expect=expect)
+        return decode(data, expect=expect, limits=limits)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         """The fingerprint the stream carries (its header checked only)."""

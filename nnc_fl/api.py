@@ -94,25 +94,11 @@ def encode(
     return bs.write_stream(records, fingerprint, limits=limits)
 
 
-#: Memory a decoder may use by default for what it returns plus its working arrays: 1 GiB. A stream
-#: that needs more is refused before anything is allocated; pass ``memory_budget`` for larger models.
-DEFAULT_MEMORY_BUDGET = 1 << 30
-#: Working bytes per element of a coded tensor while it decodes (int64 levels, float64 values).
-_WORK_BYTES_PER_ELEMENT = 16
-
-
-def decoding_memory(tensors: Collection[TensorInfo]) -> int:
-    """Upper bound of the bytes :func:`decode` allocates for ``tensors``: every output, plus the
-    working arrays of the largest one."""
-    out = sum(t.numel * t.dtype.itemsize for t in tensors)
-    work = max((t.numel * _WORK_BYTES_PER_ELEMENT for t in tensors if t.mode != bs.MODE_ZERO), default=0)
-    return out + work
-
-
-def _check_memory(tensors: Collection[TensorInfo], budget: int) -> None:
-    need = decoding_memory(tensors)
-    if need > budget:
-        raise FormatError(f"decoding needs up to {need} bytes, above the memory budget of {budget}")
+def _check_memory(tensors: Collection[TensorInfo], limits: Limits) -> None:
+    need = bs.decoding_bytes([(t.numel, t.dtype.itemsize) for t in tensors if t.mode != bs.MODE_ZERO])
+    need += sum(t.numel * t.dtype.itemsize for t in tensors if t.mode == bs.MODE_ZERO)
+    if need > limits.max_decode_bytes:
+        raise LimitError(f"decoding needs up to {need} bytes, above the memory budget of {limits.max_decode_bytes}")
 
 
 def _check_schema(info: StreamInfo, expect: Mapping[str, object]) -> None:
@@ -136,21 +122,19 @@ def decode(
     *,
     limits: Limits = DEFAULT_LIMITS,
     expect: Mapping[str, object] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, np.ndarray]:
     """Decode every tensor of a stream, in stream order (same names, shapes and dtypes).
 
     Parameters
     ----------
     limits
-        Bounds on the header (see :class:`Limits`).
+        Bounds on the header, and the memory budget (:attr:`Limits.max_decode_bytes`, 1 GiB by
+        default): a stream that needs more memory is refused before anything is allocated.
     expect
         The tensors the stream must describe (any arrays, or objects with ``shape`` and ``dtype``):
-        ``limits`` are replaced by theirs (:meth:`Limits.for_schema`) and the table is checked
-        against them before any payload is decoded (:class:`SchemaError` otherwise).
-    memory_budget
-        Bytes the decoder may allocate (outputs and working arrays); a stream that claims more
-        is refused before anything is allocated.
+        ``limits`` are replaced by theirs (:meth:`Limits.for_schema`, so the budget is exactly
+        what they need) and the table is checked against them before any payload is decoded
+        (:class:`SchemaError` otherwise).
 
     Raises :class:`FormatError` for any malformed, truncated, corrupted, unsupported or over-limit
     stream.
@@ -165,7 +149,7 @@ def decode(
         raise
     if expect is not None:
         _check_schema(info, expect)
-    _check_memory(info.tensors, memory_budget)
+    _check_memory(info.tensors, limits)
     view = memoryview(data).cast("B")
     return {t.name: _decode_one(view, t) for t in info.tensors}
 
@@ -175,12 +159,12 @@ def decode_tensor(
     name: str,
     *,
     limits: Limits = DEFAULT_LIMITS,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> np.ndarray:
-    """Decode only tensor ``name``; other payloads are not read. ``KeyError`` if it is absent."""
+    """Decode only tensor ``name`` (within ``limits``, its memory budget included); other payloads
+    are not read. ``KeyError`` if it is absent."""
     info = bs.read_table(data, limits)
     t = info.tensor(name)
-    _check_memory([t], memory_budget)
+    _check_memory([t], limits)
     return _decode_one(memoryview(data).cast("B"), t)
 
 

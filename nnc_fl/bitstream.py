@@ -83,12 +83,25 @@ DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 _ELEMENTS_PER_BYTE_SHIFT = 14
 
 
+#: Working bytes per element while a coded tensor decodes (int64 levels, float64 values).
+WORK_BYTES_PER_ELEMENT = 16
+
+
+def decoding_bytes(tensors: list[tuple[int, int]]) -> int:
+    """Upper bound of the bytes decoding allocates for tensors of ``(elements, itemsize)``: every
+    output, plus the working arrays of the largest one."""
+    out = sum(n * size for n, size in tensors)
+    return out + WORK_BYTES_PER_ELEMENT * max((n for n, _ in tensors), default=0)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds a decoder enforces before trusting a stream, and an encoder before writing one.
 
-    Raise them for very large models, or derive them from the model a stream must describe with
-    :meth:`for_schema` (what a server does with its clients' updates).
+    ``max_decode_bytes`` is the decoder's memory budget: what it may allocate for its outputs and
+    working arrays (default 1 GiB); a stream that needs more is refused before anything is
+    allocated. Raise the limits for very large models, or derive them from the model a stream must
+    describe with :meth:`for_schema` (what a server does with its clients' updates).
     """
 
     max_header_bytes: int = 16 << 20
@@ -97,14 +110,17 @@ class Limits:
     max_ndim: int = 16
     max_tensor_elements: int = 1 << 31
     max_total_elements: int = 1 << 31
+    max_decode_bytes: int = 1 << 30
 
     @classmethod
     def for_schema(cls, schema: Mapping[str, Any]) -> Limits:
-        """The tightest limits a stream of exactly ``schema``'s tensors (objects with ``.shape``)
-        passes: its tensor count, longest name, highest rank, largest tensor and total size."""
+        """The tightest limits a stream of exactly ``schema``'s tensors (objects with ``.shape`` and
+        ``.dtype``) passes: its tensor count, longest name, highest rank, largest tensor, total
+        size, and the memory decoding it takes."""
         shapes = [tuple(np.shape(v)) for v in schema.values()]
         names = [len(n.encode("utf-8")) for n in schema]
         sizes = [math.prod(s) for s in shapes]
+        itemsizes = [np.dtype(getattr(v, "dtype", np.float64)).itemsize for v in schema.values()]
         return cls(
             # table entry: name, dtype, rank, <= 10 bytes per dimension, mode, step, tools, length, CRC
             max_header_bytes=64
@@ -115,7 +131,27 @@ class Limits:
             max_ndim=max((len(s) for s in shapes), default=0),
             max_tensor_elements=max(sizes, default=0),
             max_total_elements=sum(sizes),
+            max_decode_bytes=decoding_bytes(list(zip(sizes, itemsizes, strict=True))),
         )
+
+    @classmethod
+    def for_size(cls, tensors: int, elements: int) -> Limits:
+        """The widest limits a model of ``tensors`` tensors and ``elements`` elements in all may
+        need, whatever its names, ranks and dtypes (within the defaults for those)."""
+        d = cls()
+        return cls(
+            max_header_bytes=64 + MAX_FINGERPRINT_BYTES + tensors * (d.max_name_bytes + 10 * d.max_ndim + 32),
+            max_tensors=tensors,
+            max_name_bytes=d.max_name_bytes,
+            max_ndim=d.max_ndim,
+            max_tensor_elements=elements,
+            max_total_elements=elements,
+            max_decode_bytes=decoding_bytes([(elements, 8)]),
+        )
+
+    def covering(self, other: Limits) -> Limits:
+        """Limits that admit whatever either admits (field by field, the larger)."""
+        return Limits(*(max(getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__))
 
 
 DEFAULT_LIMITS = Limits()

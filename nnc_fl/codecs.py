@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .api import decode, encode, read_fingerprint
+from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
 
@@ -44,12 +45,20 @@ class UpdateCodec(Protocol):
         *,
         fingerprint: bytes | None = None,
         exact: bool = False,
+        limits: Limits | None = None,
     ) -> bytes:
-        """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes)."""
+        """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes).
+
+        A stream a decoder with ``limits`` (default :data:`nnc_fl.DEFAULT_LIMITS`) would refuse is
+        not written (``ValueError``).
+        """
         ...
 
-    def decode(self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input.
+    def decode(
+        self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None, limits: Limits | None = None
+    ) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input or beyond
+        ``limits`` (default :data:`nnc_fl.DEFAULT_LIMITS`, memory budget included).
 
         With ``expect`` (the tensors the stream must describe), a stream describing other names,
         shapes or dtypes raises :class:`nnc_fl.SchemaError` before any payload is decoded, and the
@@ -157,7 +166,7 @@ class NNCCodec:
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
         lossless = tuple(tensors) if exact else ()
         return encode(
             tensors,
@@ -167,10 +176,11 @@ class NNCCodec:
             rd_lambda=0.0 if exact else self.rd_lambda,
             lossless=lossless,
             fingerprint=fingerprint,
+            limits=limits or DEFAULT_LIMITS,
         )
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
-        return decode(data, expect=expect)
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         return read_fingerprint(data)
@@ -196,11 +206,11 @@ class Float32Codec:
 
     name = "fp32"
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
-        return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint)
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
+        return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint, limits=limits or DEFAULT_LIMITS)
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
-        return decode(data, expect=expect)
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         return read_fingerprint(data)

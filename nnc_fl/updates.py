@@ -16,9 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bitstream import DEFAULT_LIMITS, Limits
 from .codecs import UpdateCodec
 
 Tensors = Mapping[str, np.ndarray]
+
+
+def limits_for(model: Tensors) -> Limits:
+    """Limits that admit streams of ``model``'s tensors (and whatever the defaults admit)."""
+    return Limits.for_schema(model).covering(DEFAULT_LIMITS)
 
 
 def model_delta(new: Tensors, base: Tensors) -> dict[str, np.ndarray]:
@@ -129,12 +135,14 @@ def code_update(
     residual: Tensors | None = None,
     fingerprint: bytes | None = None,
     exact: bool = False,
+    limits: Limits | None = None,
 ) -> CodedUpdate:
     """Code ``delta`` plus the usable part of ``residual`` (error feedback) with ``codec``.
 
     The stream is decoded again, as every receiver will decode it, and the new residual is what
     the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
-    or ``exact=True`` (lossless coding) no feedback is added or kept. Raises ``ValueError`` if the
+    or ``exact=True`` (lossless coding) no feedback is added or kept. ``limits`` (default: covering
+    ``delta``'s schema) are the ones the stream's decoders use. Raises ``ValueError`` if the
     codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
     """
     delta = dict(delta)
@@ -142,10 +150,11 @@ def code_update(
     if feedback:
         for name, r in usable_residual(residual, delta).items():
             delta[name] = delta[name] + r
+    limits = limits if limits is not None else limits_for(delta)
     t0 = time.perf_counter()
-    data = codec.encode(delta, fingerprint=fingerprint, exact=exact)
+    data = codec.encode(delta, fingerprint=fingerprint, exact=exact, limits=limits)
     t1 = time.perf_counter()
-    decoded = dict(codec.decode(data))
+    decoded = dict(codec.decode(data, limits=limits))
     t2 = time.perf_counter()
     if set(decoded) != set(delta):
         raise ValueError(f"codec {codec.name!r} did not round-trip the tensor names")
@@ -159,6 +168,7 @@ __all__ = [
     "apply_delta",
     "cast_like",
     "code_update",
+    "limits_for",
     "model_delta",
     "quantisation_residual",
     "usable_residual",

@@ -234,37 +234,58 @@ class NormReference:
 
 
 class DirectionReference:
-    """The direction the global model has recently moved in: an exponential average of its increments.
+    """The direction the global model has recently moved in, to catch updates that pull it back.
 
-    An update pointing against it (cosine below ``-threshold``) pulls the model back where it came
-    from, which is what a sign-flipping client does. Before the model has moved, updates are
-    compared with the sum of the round's other updates instead (a cohort of two that disagrees
-    that strongly cannot tell who is right, and both are refused).
+    The direction is an exponential average of the global increments. An update whose cosine with
+    it is below ``-threshold`` points back where the model came from -- what a sign-flipping client
+    sends -- and is refused, but only while the direction means something: while successive
+    increments agree with it (the median of the last three increments' cosines with the direction
+    before them is at least ``min_consistency``). Late in non-IID training the increments wander
+    and honest updates point every way; there the test stands aside rather than refuse them.
+
+    Before the model has moved there is no direction: each update is compared with the sum of the
+    round's other updates. Updates in such a conflict get a strike; of two that conflict, the one
+    with more strikes is refused, both if they have as many (a cohort of two cannot tell who is
+    right, but the client that conflicts with every partner soon stands out).
     """
 
-    def __init__(self, threshold: float, decay: float = 0.5) -> None:
+    def __init__(self, threshold: float, *, min_consistency: float = 0.3, decay: float = 0.5) -> None:
         self.threshold = threshold
+        self.min_consistency = min_consistency
         self.decay = decay
         self._direction: dict[str, np.ndarray] = {}
         self._norm = 0.0
+        self._consistency: deque[float] = deque(maxlen=3)
+        self._strikes: dict[int, int] = {}
 
     def record(self, increment: Mapping[str, np.ndarray]) -> None:
         """Fold a global increment ``G_{v+1} - G_v`` into the direction."""
-        floats = {k: np.asarray(v, np.float64) for k, v in increment.items() if np.issubdtype(v.dtype, np.floating)}
+        floats = {k: np.asarray(v, np.float32) for k, v in increment.items() if np.issubdtype(v.dtype, np.floating)}
+        norm = math.sqrt(float_dot(floats, floats))
+        if self._norm > 0 and norm > 0:
+            self._consistency.append(float_dot(floats, self._direction) / (norm * self._norm))
         if not self._direction:
-            self._direction = floats
+            self._direction = {k: v.copy() for k, v in floats.items()}
         else:
             for name, value in floats.items():
-                self._direction[name] = self.decay * self._direction[name] + value
-        self._norm = math.sqrt(float_dot(self._direction, self._direction)) if self._direction else 0.0
+                self._direction[name] = (self._direction[name] * np.float32(self.decay) + value).astype(np.float32)
+        self._norm = math.sqrt(float_dot(self._direction, self._direction))
 
     def reset(self) -> None:
         """Forget the direction (the model was replaced from outside)."""
         self._direction, self._norm = {}, 0.0
+        self._consistency.clear()
+
+    @property
+    def informative(self) -> bool:
+        """Whether the model has a direction the increments keep following."""
+        if self._norm <= 0:
+            return False
+        return not self._consistency or float(np.median(self._consistency)) >= self.min_consistency
 
     def cosines(self, deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]) -> list[float | None]:
-        """Each update's cosine with the direction, or with the sum of the other updates before the
-        model has moved (``None`` where there is nothing to compare with)."""
+        """Each update's cosine with the direction, or, before the model has moved, with the sum of
+        the round's other updates (``None`` where there is nothing to compare with)."""
         if self._norm > 0:
             return [cosine(d, self._direction, n, self._norm) for d, n in zip(deltas, norms, strict=True)]
         out: list[float | None] = []
@@ -278,13 +299,32 @@ class DirectionReference:
             out.append(cosine(d, total, n, math.sqrt(float_dot(total, total))))
         return out
 
-    def rejection(self, cos: float | None) -> UpdateRejected | None:
-        """The ``direction`` rejection for an update of cosine ``cos``, or ``None`` if it passes."""
-        if cos is None or cos >= -self.threshold:
-            return None
-        return UpdateRejected(
-            "direction", f"update points against the model's recent direction (cosine {cos:.3f} < {-self.threshold:g})"
-        )
+    def review(
+        self, nodes: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]
+    ) -> list[UpdateRejected | None]:
+        """The ``direction`` rejection of each update of a round (``None``: it passes)."""
+        if self._norm > 0 and not self.informative:
+            return [None] * len(nodes)
+        cosines = self.cosines(deltas, norms)
+        against = [c is not None and c < -self.threshold for c in cosines]
+        if self._norm > 0:
+            return [_direction_rejection(c, self.threshold, "the model's recent direction") if bad else None
+                    for c, bad in zip(cosines, against, strict=True)]
+        # before the model has moved: conflicts between the round's updates
+        conflicted = [n for n, bad in zip(nodes, against, strict=True) if bad]
+        refused = set(conflicted)
+        if len(nodes) == 2 and len(conflicted) == 2:
+            strikes = [self._strikes.get(n, 0) for n in nodes]
+            if strikes[0] != strikes[1]:
+                refused = {nodes[int(strikes[1] > strikes[0])]}
+        for n in conflicted:
+            self._strikes[n] = self._strikes.get(n, 0) + 1
+        return [_direction_rejection(c, self.threshold, "the round's other updates") if n in refused else None
+                for n, c in zip(nodes, cosines, strict=True)]
+
+
+def _direction_rejection(cos: float, threshold: float, reference: str) -> UpdateRejected:
+    return UpdateRejected("direction", f"update points against {reference} (cosine {cos:.3f} < {-threshold:g})")
 
 
 __all__ = [

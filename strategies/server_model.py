@@ -25,7 +25,7 @@ import numpy as np
 from nnc_fl import protocol
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.updates import CodedUpdate, apply_delta, code_update, model_delta
+from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta
 
 from .settings import DownlinkSettings
 
@@ -153,7 +153,8 @@ class ServerModel:
         if self._keyframe is not None and self._keyframe.spec == spec:
             return self._keyframe, 0.0
         t0 = time.perf_counter()
-        data = spec.make().encode(self.tensors, fingerprint=self.fingerprint, exact=True)
+        codec = spec.make()
+        data = codec.encode(self.tensors, fingerprint=self.fingerprint, exact=True, limits=limits_for(self.tensors))
         self._keyframe = Payload(data, spec, self.raw_bytes)
         return self._keyframe, time.perf_counter() - t0
 
@@ -194,6 +195,8 @@ class ServerModel:
             arrays_key=arrays_key,
             server_round=server_round,
             nonce=nonce,
+            tensors=len(self.tensors),
+            elements=sum(int(t.size) for t in self.tensors.values()),
         )
         self._pending.add(node_id)
         return down, payloads, seconds

@@ -228,9 +228,9 @@ class UplinkChecks:
                         )
             updates = [o for o in updates if o.kind == "update"]
         if self.direction is not None and updates:
-            cosines = self.direction.cosines([o.delta for o in updates], [o.norm for o in updates])
-            for o, cos in zip(updates, cosines, strict=True):
-                rejection = self.direction.rejection(cos)
+            verdicts = self.direction.review([o.node_id for o in updates], [o.delta for o in updates],
+                                             [o.norm for o in updates])
+            for o, rejection in zip(updates, verdicts, strict=True):
                 if rejection is not None:
                     o.reject(rejection)
             updates = [o for o in updates if o.kind == "update"]

@@ -34,7 +34,7 @@ class NpzCodec:
     def __init__(self, step: float | None = None) -> None:
         self.step = step
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
         arrays = {"__names__": np.array(list(tensors), dtype=np.str_)}
         if fingerprint is not None:
             arrays["__fingerprint__"] = np.frombuffer(fingerprint, np.uint8)
@@ -47,7 +47,7 @@ class NpzCodec:
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 names = [str(n) for n in npz["__names__"]]

@@ -52,6 +52,8 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         arrays_key="arrays",
         server_round=1,
         nonce=NONCE,
+        tensors=len(model),
+        elements=sum(np.asarray(v).size for v in model.values()),
     )
     content = RecordDict(
         {

@@ -143,7 +143,7 @@ def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, ini
 
 
 def test_odd_metrics_reject_nobody_and_drop_out_of_the_aggregate(make_grid, initial_arrays):
-    strategy, final = _run("nnc", make_grid, initial_arrays, _odd_metrics)
+    strategy, _ = _run("nnc", make_grid, initial_arrays, _odd_metrics)
     assert all(r["rejected"] == 0 and r["accepted"] == HONEST + 1 for r in strategy.bandwidth)
     assert strategy.model.version == ROUNDS + 1
 
