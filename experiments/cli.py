@@ -51,6 +51,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attack", default="", help="one hostile client: sign-flip, scale-10, scale-1000, nan, huge, "
+                   "weight-1e6, weight-1e6-sign-flip, weight-negative-sign-flip, weight-nan, weight-zero")
+    p.add_argument("--attacker", type=int, default=0, help="partition id of the hostile client")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")
     p.add_argument("--shared-initial-model", action="store_true",
@@ -64,6 +67,7 @@ def _federation(a: argparse.Namespace):
     return Federation(
         task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha, seed=a.seed,
         n_train=a.n_train, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
+        attack=a.attack, attacker=a.attacker,
     )
 
 

@@ -34,7 +34,7 @@ ROUND_FIELDS = (
     "round", "clients", "rejected", "keyframes", "keyframe_bytes", "up_bytes", "up_raw_bytes", "down_bytes",
     "down_raw_bytes",
     "up_pct", "down_pct", "test_accuracy", "test_loss", "encode_s", "decode_s", "client_encode_s",
-    "client_decode_s",
+    "client_decode_s", "clipped", "weights_capped", "aggregate_failed", "rejected_nodes",
 )
 
 
@@ -147,6 +147,7 @@ def _round_rows(bandwidth: list[dict], evaluation: dict[int, dict]) -> list[dict
         r = int(b["round"])
         ev = evaluation.get(r, {})
         row = {k: b.get(k, 0) for k in ROUND_FIELDS if k in b}
+        row["rejected_nodes"] = b.get("rejected_nodes", "")
         row["round"] = r
         row["up_pct"] = 100.0 * b["up_bytes"] / b["up_raw_bytes"] if b.get("up_raw_bytes") else 0.0
         row["down_pct"] = 100.0 * b["down_bytes"] / b["down_raw_bytes"] if b.get("down_raw_bytes") else 0.0
@@ -155,8 +156,8 @@ def _round_rows(bandwidth: list[dict], evaluation: dict[int, dict]) -> list[dict
         rows.append({k: row.get(k, 0) for k in ROUND_FIELDS})
     # the model before any training (round 0), for the accuracy curves
     if 0 in evaluation:
-        rows.insert(0, {**{k: 0 for k in ROUND_FIELDS}, "test_accuracy": evaluation[0]["test_accuracy"],
-                        "test_loss": evaluation[0]["test_loss"]})
+        rows.insert(0, {**{k: 0 for k in ROUND_FIELDS}, "rejected_nodes": "",
+                        "test_accuracy": evaluation[0]["test_accuracy"], "test_loss": evaluation[0]["test_loss"]})
     return rows
 
 
@@ -191,6 +192,8 @@ def _summarise(cfg: RunConfig, rounds: list[dict], seconds: float) -> dict[str, 
         "down_pct_increments": 100.0 * inc_bytes / inc_raw if inc_raw > 0 else 0.0,
         "keyframes": sum(r["keyframes"] for r in trained),
         "rejected": sum(r["rejected"] for r in trained),
+        "rejected_nodes": ";".join(f"r{r['round']}:{r['rejected_nodes']}" for r in trained if r["rejected_nodes"]),
+        "aggregate_failed": sum(r["aggregate_failed"] for r in trained),
         "encode_s": sum(r["encode_s"] + r["client_encode_s"] for r in trained),
         "decode_s": sum(r["decode_s"] + r["client_decode_s"] for r in trained),
         "wall_s": seconds,

@@ -208,20 +208,24 @@ def _level(norms: Sequence[float]) -> float:
 class NormReference:
     """The scale of honest updates, learned from the accepted ones of the last ``window`` rounds.
 
-    :meth:`bound` is ``ratio`` times the larger of the current round's level and the largest level
-    of the remembered rounds (each round's level is the median of three or more norms, or the
-    smallest of fewer). One client can neither raise the bound (it would need every update of a
-    round to be large) nor hold it down for long (a round without it brings the honest level back).
+    :meth:`bound` is ``ratio`` times the larger of the current round's level and the remembered
+    rounds' levels, each discounted by ``decay`` per round of age (a round's level is the median of
+    three or more norms, or the smallest of fewer). One client can neither raise the bound (it would
+    need every update of a round to be large) nor hold it down for long (a round without it brings
+    the honest level back); the discount lets the bound follow honest updates as they shrink over
+    training, so a scaled update late in training still stands out.
     """
 
-    def __init__(self, ratio: float, window: int = 8) -> None:
+    def __init__(self, ratio: float, window: int = 8, decay: float = 0.8) -> None:
         self.ratio = ratio
+        self.decay = decay
         self._levels: deque[float] = deque(maxlen=window)
 
     def bound(self, round_norms: Sequence[float]) -> float | None:
         """Largest norm an update of this round may have (``None``: no update to measure)."""
-        levels = list(self._levels)
-        positive = [n for n in round_norms if n > 0]
+        n = len(self._levels)
+        levels = [level * self.decay ** (n - i) for i, level in enumerate(self._levels)]
+        positive = [x for x in round_norms if x > 0]
         if positive:
             levels.append(_level(positive))
         return self.ratio * max(levels) if levels else None
@@ -241,7 +245,11 @@ class DirectionReference:
     sends -- and is refused, but only while the direction means something: while successive
     increments agree with it (the median of the last three increments' cosines with the direction
     before them is at least ``min_consistency``). Late in non-IID training the increments wander
-    and honest updates point every way; there the test stands aside rather than refuse them.
+    and honest updates point every way, so one update's cosine proves nothing; but a node whose
+    updates *on average* point against the direction (mean cosine over its checked rounds below
+    ``-node_threshold``, from its second round on) is refused whatever the round: honest nodes
+    averaged above -0.02 in every measured UC10 run, a sign-flipping one averages the negative of
+    what it would have sent.
 
     Before the model has moved there is no direction: each update is compared with the sum of the
     round's other updates. Updates in such a conflict get a strike; of two that conflict, the one
@@ -249,14 +257,18 @@ class DirectionReference:
     right, but the client that conflicts with every partner soon stands out).
     """
 
-    def __init__(self, threshold: float, *, min_consistency: float = 0.3, decay: float = 0.5) -> None:
+    def __init__(
+        self, threshold: float, *, node_threshold: float = 0.05, min_consistency: float = 0.3, decay: float = 0.5
+    ) -> None:
         self.threshold = threshold
+        self.node_threshold = node_threshold
         self.min_consistency = min_consistency
         self.decay = decay
         self._direction: dict[str, np.ndarray] = {}
         self._norm = 0.0
         self._consistency: deque[float] = deque(maxlen=3)
         self._strikes: dict[int, int] = {}
+        self._record: dict[int, tuple[float, int]] = {}  # node -> (sum of cosines, count)
 
     def record(self, increment: Mapping[str, np.ndarray]) -> None:
         """Fold a global increment ``G_{v+1} - G_v`` into the direction."""
@@ -303,13 +315,29 @@ class DirectionReference:
         self, nodes: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]
     ) -> list[UpdateRejected | None]:
         """The ``direction`` rejection of each update of a round (``None``: it passes)."""
-        if self._norm > 0 and not self.informative:
-            return [None] * len(nodes)
         cosines = self.cosines(deltas, norms)
         against = [c is not None and c < -self.threshold for c in cosines]
         if self._norm > 0:
-            return [_direction_rejection(c, self.threshold, "the model's recent direction") if bad else None
-                    for c, bad in zip(cosines, against, strict=True)]
+            out: list[UpdateRejected | None] = []
+            informative = self.informative
+            for node, c, bad in zip(nodes, cosines, against, strict=True):
+                if c is None:
+                    out.append(None)
+                    continue
+                total, count = self._record.get(node, (0.0, 0))
+                total, count = total + c, count + 1
+                self._record[node] = (total, count)
+                if informative and bad:
+                    out.append(_direction_rejection(c, self.threshold, "the model's recent direction"))
+                elif count >= 2 and total / count < -self.node_threshold:
+                    out.append(UpdateRejected(
+                        "direction",
+                        f"this node's updates point against the model's direction on average "
+                        f"(mean cosine {total / count:.3f} over {count} rounds < {-self.node_threshold:g})",
+                    ))
+                else:
+                    out.append(None)
+            return out
         # before the model has moved: conflicts between the round's updates
         conflicted = [n for n, bad in zip(nodes, against, strict=True) if bad]
         refused = set(conflicted)

@@ -16,7 +16,8 @@ are the same with and without compression.
 - ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
 - ``clipped`` / ``weights_capped``: accepted updates whose norm was clipped, or whose weighting
   metric was capped (see :class:`strategies.settings.ValidationSettings`).
-- ``rejected_<code>``: refused updates by rejection code (:data:`nnc_fl.validation.REJECT_CODES`).
+- ``rejected_<code>``: refused updates by rejection code (:data:`nnc_fl.validation.REJECT_CODES`);
+  ``rejected_nodes``: who was refused why, as ``node:code`` separated by ``;``.
 - ``aggregate_failed``: 1 if the inner strategy failed or its aggregate could not be coded; the
   global model then stayed as it was.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ FIELDS: tuple[str, ...] = (
     "weights_capped",
     "aggregate_failed",
     *(f"rejected_{code}" for code in REJECT_CODES),
+    "rejected_nodes",
 )
 
 #: Prefix of the bandwidth entries added to the round's train ``MetricRecord``.
@@ -70,7 +73,7 @@ class RoundStats:
 
     def __init__(self, server_round: int, codec: str) -> None:
         self._row: dict[str, Any] = {name: 0 for name in FIELDS}
-        self._row.update(round=server_round, codec=codec)
+        self._row.update(round=server_round, codec=codec, rejected_nodes="")
         for name in ("encode_s", "decode_s", "client_encode_s", "client_decode_s"):
             self._row[name] = 0.0
 
@@ -133,6 +136,7 @@ class RoundStats:
             if o.rejection is not None:
                 r["rejected"] += 1
                 r["rejected_" + o.rejection.code] += 1
+                r["rejected_nodes"] += f"{';' if r['rejected_nodes'] else ''}{o.node_id}:{o.rejection.code}"
         r["accepted"] = sum(o.kind == "update" for o in opened)
         r["failures"] += max(0, r["clients"] - len(opened))  # no reply at all
 
@@ -155,7 +159,9 @@ class RoundStats:
 
 
 class BandwidthLog:
-    """Appends finished rows to a CSV (``.csv``) or JSON-lines (any other suffix) file.
+    """The rows so far as a CSV (``.csv``) or JSON-lines (any other suffix) file, rewritten whole
+    (atomically: a temporary file, then a rename) whenever a row changes, so the file is complete
+    up to the last event even if the ServerApp dies mid-round.
 
     Parameters
     ----------
@@ -169,19 +175,21 @@ class BandwidthLog:
         self._csv = self.path is not None and self.path.suffix.lower() == ".csv"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", newline="", encoding="utf-8") as fh:
-                if self._csv:
-                    csv.writer(fh).writerow(FIELDS)
+            self.write_all([])
 
-    def write(self, row: Mapping[str, Any]) -> None:
-        """Append one finished row (no-op without a path)."""
+    def write_all(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the file's rows with ``rows`` (no-op without a path)."""
         if self.path is None:
             return
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
             if self._csv:
-                csv.writer(fh).writerow([row.get(name, "") for name in FIELDS])
+                writer = csv.writer(fh)
+                writer.writerow(FIELDS)
+                writer.writerows([row.get(name, "") for name in FIELDS] for row in rows)
             else:
-                fh.write(json.dumps({name: row.get(name) for name in FIELDS}) + "\n")
+                fh.writelines(json.dumps({name: row.get(name) for name in FIELDS}) + "\n" for row in rows)
+        os.replace(tmp, self.path)
 
 
 __all__ = ["FIELDS", "METRIC_PREFIX", "BandwidthLog", "RoundStats"]

@@ -86,7 +86,6 @@ class CompressedStrategy(Strategy):
         self._log = BandwidthLog(bandwidth_log)
         self._global: ArrayRecord | None = None
         self._round_spec: dict[int, CodecSpec] = {}
-        self._written: set[int] = set()
         self._nonces: dict[int, bytes] = {}  # node -> nonce of the train message sent to it this round
 
     # -- pass-through --------------------------------------------------------------------------
@@ -130,16 +129,13 @@ class CompressedStrategy(Strategy):
         """The statistics of ``server_round`` (created on first use)."""
         if self._rounds and self._rounds[-1].round == server_round:
             return self._rounds[-1]
-        self._flush()
         stats = RoundStats(server_round, self.spec_for(server_round).name)
         self._rounds.append(stats)
         return stats
 
     def _flush(self) -> None:
-        for stats in self._rounds:
-            if stats.round not in self._written:
-                self._written.add(stats.round)
-                self._log.write(stats.as_row())
+        """Write the bandwidth log as it stands (after each aggregation)."""
+        self._log.write_all(self.bandwidth)
 
     def _sync(self, arrays: ArrayRecord) -> None:
         """Make ``arrays`` the global model ``G_v`` (a new version unless it already is)."""
@@ -235,6 +231,7 @@ class CompressedStrategy(Strategy):
         merged = MetricRecord(dict(metrics.items()) if metrics is not None else {})
         for key, value in stats.metrics().items():
             merged[key] = value
+        self._flush()
         return self._global, merged
 
     def _aggregate(self, server_round: int, replies: list[Message], stats: RoundStats) -> MetricRecord | None:

@@ -104,10 +104,10 @@ def _check_binding(codec: UpdateCodec, data: bytes, expected: bytes) -> None:
     if carried is None or len(carried) != len(expected):
         raise UpdateRejected("base", "the stream does not carry the model and round it was computed for")
     size = len(expected) - protocol.NONCE_SIZE
-    if carried[:size] != expected[:size]:
-        raise UpdateRejected("base", "the stream was computed against another model than the current one")
     if carried[size:] != expected[size:]:
         raise UpdateRejected("replay", "the stream answers another message (a replayed or copied update)")
+    if carried[:size] != expected[:size]:
+        raise UpdateRejected("base", "the stream was computed against another model than the current one")
 
 
 def _one_metric_record(msg: Message, key: str) -> MetricRecord:

@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from nnc_fl import FormatError, protocol
+from nnc_fl import bitstream as bs
 from nnc_fl.codecs import make_codec, register_codec, registered_codecs
 from strategies.inprocess import InProcessGrid
 
@@ -158,13 +159,31 @@ def recode(
     reply: Message,
     fn: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
     codec: str = "nnc",
+    fingerprint: bytes | None = None,
     **params,
 ) -> Message:
-    """Decode the reply's update, transform it with ``fn`` and re-encode it (a forging client)."""
+    """Decode the reply's update, transform it with ``fn`` and re-encode it (a forging client).
+
+    A client knows the model and round it answers: the forged stream carries their binding, unless
+    ``fingerprint`` says otherwise."""
     c = make_codec(codec, **params)
     _, data = reply_payload(reply)
-    # a client knows the model and round it answers: its forged stream carries their binding
-    return set_payload(reply, c.encode(dict(fn(c.decode(data))), fingerprint=c.fingerprint_of(data)))
+    binding = fingerprint if fingerprint is not None else c.fingerprint_of(data)
+    return set_payload(reply, c.encode(dict(fn(c.decode(data))), fingerprint=binding))
+
+
+def forge_raw(reply: Message, value: float) -> Message:
+    """A hand-made stream (properly bound to its round) whose float tensors all hold ``value`` in
+    raw mode -- NaN or a huge finite number, which the nnc encoder itself refuses to write."""
+    c = make_codec("nnc")
+    _, data = reply_payload(reply)
+    records = []
+    for name, v in c.decode(data).items():
+        if v.dtype.kind == "f":
+            v = np.full(v.shape, value, v.dtype)
+        payload = v.astype(v.dtype.newbyteorder("<")).tobytes()
+        records.append(bs.TensorRecord(name, v.dtype, v.shape, bs.MODE_RAW, payload=payload))
+    return set_payload(reply, bs.write_stream(records, c.fingerprint_of(data)))
 
 
 def set_uplink(reply: Message, **changes) -> Message:
