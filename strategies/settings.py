@@ -173,7 +173,7 @@ class ValidationSettings:
     norm_ratio: float | None = 4.0
     norm_action: str = "reject"
     direction_threshold: float | None = 0.2
-    weight_ratio: float | None = 10.0
+    weight_ratio: float | None = 4.0
     max_update_norm: float | None = None
     outlier_threshold: float | None = None
     outlier_min_count: int = 3
