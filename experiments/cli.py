@@ -47,6 +47,8 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (non-IID)")
     p.add_argument("--source", default="auto", help="uc10: auto, fashion-mnist, mnist-5k, digits")
     p.add_argument("--n-train", type=int, default=None, help="subsample the training set")
+    p.add_argument("--model", choices=["cnn", "cnn-bn", "vit"], default="cnn",
+                   help="cnn; cnn-bn: with BatchNorm; vit: a small transformer (LayerNorm, attention)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
@@ -66,7 +68,7 @@ def _federation(a: argparse.Namespace):
 
     return Federation(
         task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha, seed=a.seed,
-        n_train=a.n_train, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
+        n_train=a.n_train, model=a.model, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
         attack=a.attack, attacker=a.attacker,
     )
 

@@ -19,6 +19,7 @@ imported the defining module can still build the codec.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
 from importlib import metadata
 from typing import Protocol, runtime_checkable
 
@@ -139,6 +140,39 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
         raise ValueError(f"bad parameters for codec {name!r}: {exc}") from exc
 
 
+#: Tensors coded exactly by default: statistics that gradients do not train and whose invariants a
+#: quantised update could break (a BatchNorm running variance must stay >= 0).
+DEFAULT_LOSSLESS = "*running_mean,*running_var,*moving_mean,*moving_variance"
+
+
+def _patterns(value: object, what: str) -> tuple[str, ...]:
+    """Comma-separated ``fnmatch`` patterns (a string, or a list/tuple of strings) as a tuple."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be comma-separated name patterns, got {value!r}")
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
+    """``"pattern=step,pattern=step"`` (or a mapping pattern -> step) as ``((pattern, step), ...)``."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = []
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            pattern, sep, number = part.rpartition("=")
+            if not sep or not pattern.strip():
+                raise ValueError(f"steps must be 'pattern=step,...', got {part!r}")
+            try:
+                items.append((pattern.strip(), float(number)))
+            except ValueError:
+                raise ValueError(f"steps: {number!r} is not a number (in {part!r})") from None
+    else:
+        raise TypeError(f"steps must be 'pattern=step,...' or a mapping, got {value!r}")
+    return tuple((str(p), check_step(p, s)) for p, s in items)
+
+
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
@@ -147,6 +181,12 @@ class NNCCodec:
     :func:`nnc_fl.encode`); with none, the default per-tensor policy of
     :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes every tensor losslessly
     (keyframes).
+
+    Per-tensor policy, by ``fnmatch`` pattern on the tensor names (comma-separated, as they travel
+    to the clients as text): ``lossless`` names float tensors coded exactly (default
+    :data:`DEFAULT_LOSSLESS`, the BatchNorm-style running statistics; ``""`` for none); ``steps``
+    gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
+    tensors they match (the first matching pattern wins).
     """
 
     name = "nnc"
@@ -157,6 +197,8 @@ class NNCCodec:
         qp: int | None = None,
         rel_step: float | None = None,
         rd_lambda: float = 0.0,
+        lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
+        steps: str | Mapping[str, float] = "",
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -165,16 +207,32 @@ class NNCCodec:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
+        self.lossless = _patterns(lossless, "lossless")
+        self.steps = _pattern_steps(steps)
+
+    def _policy(self, names) -> tuple[list[str], dict[str, float]]:
+        """The lossless names and the per-name step overrides of ``names``."""
+        lossless = [n for n in names if any(fnmatchcase(n, p) for p in self.lossless)]
+        steps = {}
+        for n in names:
+            for pattern, value in self.steps:
+                if fnmatchcase(n, pattern):
+                    steps[n] = value
+                    break
+        return lossless, steps
 
     def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
-        lossless = tuple(tensors) if exact else ()
+        lossless, overrides = self._policy(tensors)
+        step = self.step
+        if overrides:
+            step = overrides if step is None else {**dict.fromkeys(tensors, step), **overrides}
         return encode(
             tensors,
-            step=self.step,
+            step=step,
             qp=self.qp,
             rel_step=self.rel_step,
             rd_lambda=0.0 if exact else self.rd_lambda,
-            lossless=lossless,
+            lossless=tuple(tensors) if exact else lossless,
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
         )
@@ -195,6 +253,10 @@ class NNCCodec:
             out["rel_step"] = self.rel_step
         if self.rd_lambda:
             out["rd_lambda"] = self.rd_lambda
+        if self.lossless != _patterns(DEFAULT_LOSSLESS, "lossless"):
+            out["lossless"] = ",".join(self.lossless)
+        if self.steps:
+            out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
         return out
 
     def __repr__(self) -> str:
@@ -226,6 +288,7 @@ register_codec(NNCCodec.name, NNCCodec)
 register_codec(Float32Codec.name, Float32Codec)
 
 __all__ = [
+    "DEFAULT_LOSSLESS",
     "ENTRY_POINT_GROUP",
     "Float32Codec",
     "FormatError",

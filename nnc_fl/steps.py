@@ -63,32 +63,36 @@ def resolve_step(
     qp: int | Mapping[str, int] | None,
     rel_step: float | None = None,
 ) -> float:
-    """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping; a
-    mapping without ``name`` falls back to the default policy), or ``rel_step`` times the tensor's
-    RMS (see :func:`relative_step`), else the default policy.
+    """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping), or
+    ``rel_step`` times the tensor's RMS (see :func:`relative_step`), else the default policy.
 
-    The result is rounded to float32, the precision the bitstream carries.
+    A per-name mapping overrides for the names it holds; other names take the one scalar setting
+    given (``rel_step``, a scalar ``qp`` or ``step``), else the default policy. The result is
+    rounded to float32, the precision the bitstream carries.
     """
     check_step_choice(step, qp, rel_step)
     chosen: float | None = None
-    if rel_step is not None:
+    if isinstance(step, Mapping) and step.get(name) is not None:
+        chosen = check_step(name, step[name])
+    elif isinstance(qp, Mapping) and qp.get(name) is not None:
+        chosen = qp_to_step(qp[name])
+    elif rel_step is not None:
         chosen = relative_step(x, check_rel_step(rel_step))
-    elif step is not None:
-        value = step.get(name) if isinstance(step, Mapping) else step
-        if value is not None:
-            chosen = check_step(name, value)
-    elif qp is not None:
-        value = qp.get(name) if isinstance(qp, Mapping) else qp
-        if value is not None:
-            chosen = qp_to_step(value)
+    elif step is not None and not isinstance(step, Mapping):
+        chosen = check_step(name, step)
+    elif qp is not None and not isinstance(qp, Mapping):
+        chosen = qp_to_step(qp)
     if chosen is None:
         chosen = default_step(x)
     return float(np.float32(chosen))
 
 
 def check_step_choice(step: object, qp: object, rel_step: object) -> None:
-    """Refuse more than one of ``step``, ``qp`` and ``rel_step`` (``ValueError``)."""
-    if sum(v is not None for v in (step, qp, rel_step)) > 1:
+    """Refuse more than one setting for the same tensors (``ValueError``): at most one of a scalar
+    ``step``, a scalar ``qp`` and ``rel_step``, which per-name mappings of ``step`` or ``qp`` may
+    override for the names they hold."""
+    scalars = [v for v in (step, qp) if v is not None and not isinstance(v, Mapping)]
+    if len(scalars) + (rel_step is not None) > 1:
         raise ValueError("give at most one of step, qp and rel_step")
 
 

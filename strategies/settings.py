@@ -80,9 +80,14 @@ class CodecSettings:
         if not isinstance(self.name, str):
             raise TypeError(f"codec name must be a string, got {self.name!r}")
         _frozen_mapping(self, "params")
+        # lists of names or patterns (e.g. lossless=[...]) travel to the clients as comma-separated text
+        params = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in self.params.items()}
+        object.__setattr__(self, "params", MappingProxyType(params))
         if self.schedule is not None and not callable(self.schedule):
             raise TypeError("schedule must be a callable f(server_round) -> codec parameters")
-        CodecSpec(self.name, self.params).make()  # unknown codec or bad parameters: fail now
+        spec = CodecSpec(self.name, self.params)
+        spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now
+        spec.make()  # unknown codec or bad parameters: fail now
 
     def spec(self, server_round: int) -> CodecSpec:
         """The codec (name and parameters) of ``server_round``."""

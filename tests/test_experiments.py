@@ -60,3 +60,38 @@ def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
     assert [r["test_accuracy"] for r in a["rounds"]] == [r["test_accuracy"] for r in b["rounds"]]
     assert b["summary"]["keyframes"] == 0 < a["summary"]["keyframes"]
     assert b["summary"]["down_bytes"] < a["summary"]["down_bytes"]
+
+
+@pytest.mark.parametrize(("model", "lr"), [("cnn-bn", 0.05), ("vit", 0.005)])
+def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr):
+    """BatchNorm running statistics are coded exactly by default, so no variance goes negative;
+    the LayerNorm/attention model trains through the same path."""
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from experiments.fl_app import central_evaluator, initial_model, make_client_app
+    from strategies import CompressedStrategy
+    from strategies.inprocess import InProcessGrid
+
+    fed = _tiny("uc10", model=model, lr=lr)
+    grid = InProcessGrid(make_client_app(fed), fed.num_clients)
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), "nnc", {"rel_step": 3.0})
+    evaluate = central_evaluator(fed)
+    losses = []
+
+    def check(server_round, arrays):
+        model_now = {k: a.numpy() for k, a in arrays.items()}
+        for name, value in model_now.items():
+            if name.endswith("running_var"):
+                assert value.min() > 0, (server_round, name)
+        losses.append(evaluate(server_round, arrays)["test_loss"])
+        return None
+
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(fed).state_dict()), num_rounds=3,
+                   evaluate_fn=check)
+    for context in grid.contexts.values():
+        base = context.state["nnc-fl.base"]
+        assert all(base[k].numpy().min() > 0 for k in base if k.endswith("running_var"))
+    assert losses[-1] < losses[0]
+    rows = strategy.bandwidth
+    assert all(r["accepted"] == 3 and 0 < r["up_bytes"] < 0.1 * r["up_raw_bytes"] for r in rows)
