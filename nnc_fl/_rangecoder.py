@@ -113,8 +113,10 @@ def dec_init(data):
     """Decoder state ``(code, range, pos)`` after reading the first four bytes."""
     n = data.size
     code = 0
+    # int(): numba widens a uint8 byte to int64 anyway; plain Python (NUMBA_DISABLE_JIT=1) would keep
+    # numpy's uint8 and overflow in the shift below
     for k in range(4):
-        code = (code << 8) | (data[k] if k < n else 0)
+        code = (code << 8) | (int(data[k]) if k < n else 0)
     return code, _MASK32, 4
 
 
@@ -122,7 +124,7 @@ def dec_init(data):
 def _dec_normalise(code, rng, pos, data):
     n = data.size
     while rng < _TOP:
-        b = data[pos] if pos < n else 0
+        b = int(data[pos]) if pos < n else 0
         pos += 1
         rng = (rng << 8) & _MASK32
         code = ((code << 8) | b) & _MASK32

@@ -1,13 +1,20 @@
 """The numba kernels against the pure-Python reference, bit for bit, and pinned golden bitstreams."""
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
+import nnc_fl
 from nnc_fl import encode, reference
-from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels
+from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
+from nnc_fl._quantise import dequantise, quantise
 
 
 def _levels(rng, n, kind):
@@ -83,3 +90,39 @@ def test_golden_stream():
     data = encode(tensors, step=0.01, fingerprint=bytes(range(32)))
     assert len(data) == 164
     assert hashlib.sha256(data).hexdigest() == "5ade1000dfc82e74ff5b3017e26e3da1cd8d54065c53172dac2c97de28027621"
+
+
+def _kernel_outputs_digest():
+    """SHA-256 over every kernel's outputs on a fixed mix of inputs: coded, RD-coded, hostile bytes."""
+    rng = np.random.default_rng(77)
+    h = hashlib.sha256()
+    for kind in ("laplace", "sparse", "large", "extreme"):
+        for rate_index in range(len(RATE_PAIRS)):
+            levels = _levels(rng, 400, kind)
+            payload = encode_levels(levels, 20, rate_index)
+            decoded, status = decode_levels(payload, levels.size, 20, rate_index)
+            h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
+    x = rng.laplace(size=3000) * 0.03
+    for lam in (0.05, 0.3):
+        levels, status = quantise(x, 0.01, MAX_LEVEL)
+        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0)
+        h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
+    for _ in range(60):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        h.update(decoded.tobytes() + bytes([status]))
+    return h.hexdigest()
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="compares the jitted kernels with plain Python")
+def test_kernels_give_the_same_bytes_with_the_jit_off():
+    # Kernel coverage is measured with NUMBA_DISABLE_JIT=1: the plain-Python kernels must be the jitted ones.
+    package_root = str(Path(nnc_fl.__file__).resolve().parents[1])
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    code = "import nnc_fl, test_kernels; print(nnc_fl.__file__); print(test_kernels._kernel_outputs_digest())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    where, digest = out.stdout.split()
+    assert Path(where).resolve() == Path(nnc_fl.__file__).resolve()
+    assert digest == _kernel_outputs_digest()
