@@ -46,6 +46,33 @@ def test_kernel_matches_reference_bit_for_bit(kind, rate_index):
         np.testing.assert_array_equal(decoded, levels)
 
 
+def test_reference_constants_equal_the_kernels():
+    # The reference writes the format's constants out; the kernels must agree with every one of them.
+    from nnc_fl import _levels, _probability, _rangecoder
+
+    kernels = {
+        "GT_FLAGS": _levels.GT_FLAGS,
+        "SIG_CTX": _levels.SIG_CTX,
+        "SIGN_CTX": _levels.SIGN_CTX,
+        "GT_CTX": _levels.GT_CTX,
+        "N_CONTEXTS": _levels.N_CONTEXTS,
+        "ACT_HIGH": _levels.ACT_HIGH,
+        "MAX_LEVEL": _levels.MAX_LEVEL,
+        "MAX_EG_PREFIX": _levels.MAX_EG_PREFIX,
+        "RATE_PAIRS": tuple(tuple(pair) for pair in _probability.RATE_PAIRS.tolist()),
+        "WARMUP_BINS": _probability.WARMUP_BINS,
+        "P_INIT": _probability._HALF16,
+        "PROB_BITS": _rangecoder.PROB_BITS,
+        "PROB_ONE": _rangecoder.PROB_ONE,
+        "PROB_MIN": _rangecoder.PROB_MIN,
+        "RANGE_MASK": _rangecoder._MASK32,
+        "RANGE_TOP": _rangecoder._TOP,
+    }
+    for name, value in kernels.items():
+        assert getattr(reference, name) == value, name
+    assert _probability.WARMUP_SHIFT.tolist() == [reference.warmup_shift(n) for n in range(reference.WARMUP_BINS)]
+
+
 def test_decoder_reads_at_most_four_bytes_past_a_valid_payload():
     rng = np.random.default_rng(3)
     worst = 0
