@@ -148,7 +148,7 @@ def test_kernels_give_the_same_bytes_with_the_jit_off():
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(Path(__file__).parent), env.get("PYTHONPATH")]))
     code = "import nnc_fl, test_kernels; print(nnc_fl.__file__); print(test_kernels._kernel_outputs_digest())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     where, digest = out.stdout.split()
     assert Path(where).resolve() == Path(nnc_fl.__file__).resolve()
