@@ -12,7 +12,7 @@ import pytest
 
 import nnc_fl
 from nnc_fl import encode, reference
-from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
+from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
 from nnc_fl._quantise import dequantise, quantise
 
@@ -94,6 +94,40 @@ def test_truncated_payload_is_reported_not_misread():
     payload = encode_levels(levels, 1000, 0)
     _, status = decode_levels(payload[: len(payload) // 3], levels.size, 1000, 0)
     assert status != OK
+
+
+def _one_level_payload(prefix_ones, low_bits=None):
+    """A payload of one positive level (cols 1, rate index 0) whose Exp-Golomb part has ``prefix_ones``
+    ones, then (if ``low_bits`` is given) the terminating zero and ``prefix_ones`` low bits."""
+    model, enc = reference._Model(0), reference.RangeEncoder()
+    gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:  # no neighbours, idle column
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit)
+    if low_bits is None:
+        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
+    else:
+        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+        enc.bypass(low_bits, prefix_ones)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "prefix_ones, low_bits, expected",
+    [
+        (61, (1 << 61) - 12, MAX_LEVEL),  # |q| - GT_FLAGS = 2**62 - 12: the largest level
+        (61, (1 << 61) - 11, None),  # one more
+        (62, 0, None),
+        (62, (1 << 62) - 1, None),  # |q| - GT_FLAGS = 2**63 - 1: adding GT_FLAGS would overflow int64
+        (63, None, None),  # prefix longer than MAX_EG_PREFIX
+    ],
+)
+def test_levels_beyond_max_level_are_reported(prefix_ones, low_bits, expected):
+    levels, status = decode_levels(_one_level_payload(prefix_ones, low_bits), 1, 1, 0)
+    if expected is None:
+        assert status == BAD_LEVEL
+    else:
+        assert status == OK and levels.tolist() == [expected]
 
 
 # Golden bitstreams: any change to these bytes is a format change (bump the version, update FORMAT.md).
