@@ -3,24 +3,54 @@
 It codes a sequence of integer levels exactly as the numba kernels of ``nnc_fl._levels`` do
 (binarisation, contexts, two-rate probability estimation, range coder with carry and flush), using
 plain Python integers. The tests check the kernels against it bit for bit. Never used on a hot path.
+
+It imports nothing from the kernels: its constants are written out below, as in FORMAT.md, so a
+change to a kernel constant shows up as a mismatch against this file (``tests/test_kernels.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._levels import ACT_HIGH, GT_CTX, GT_FLAGS, MAX_LEVEL, N_CONTEXTS, SIG_CTX, SIGN_CTX
-from ._probability import RATE_PAIRS, WARMUP_BINS
-from ._rangecoder import PROB_BITS, PROB_MIN, PROB_ONE
+# --- The format's constants (FORMAT.md, "Payload coding") ----------------------------------------
+
+#: Greater-than flags |q| > k for k = 1 .. GT_FLAGS; larger magnitudes continue in Exp-Golomb.
+GT_FLAGS = 12
+#: First context of each kind: 27 significance, 9 sign, then 3 per greater-than flag.
+SIG_CTX = 0
+SIGN_CTX = 27
+GT_CTX = 36
+N_CONTEXTS = 72
+#: Column activity classes: 0 (none), below ACT_HIGH, at or above ACT_HIGH.
+ACT_HIGH = 96
+#: Largest level magnitude; Exp-Golomb prefixes of a valid payload are at most MAX_EG_PREFIX bins.
+MAX_LEVEL = 1 << 62
+MAX_EG_PREFIX = 62
+#: (fast, slow) adaptation shifts by the tools byte's rate index.
+RATE_PAIRS = ((3, 5), (2, 5), (3, 7), (4, 7))
+#: A context's first WARMUP_BINS updates cap both shifts at warmup_shift(n).
+WARMUP_BINS = 256
+#: Both estimates of P(bin = 1) start at 1/2 on their 16-bit scale.
+P_INIT = 1 << 15
+#: Coder probabilities are 15-bit, clamped to [PROB_MIN, PROB_ONE - PROB_MIN].
+PROB_BITS = 15
+PROB_ONE = 1 << 15
+PROB_MIN = 32
+#: 32-bit range, renormalised (a byte shifted out) while below RANGE_TOP.
+RANGE_MASK = 0xFFFFFFFF
+RANGE_TOP = 1 << 24
 
 
+def warmup_shift(n: int) -> int:
+    """Largest shift the n-th update of a context (n = 0, 1, ...) may use: max(1, floor(log2(n + 2)))."""
+    return max(1, (n + 2).bit_length() - 1)
 
 class _Model:
     """Two-rate probability estimate of a one, per context."""
 
     def __init__(self, rate_index: int):
-        self.fast, self.slow = (int(v) for v in RATE_PAIRS[rate_index])
-        self.p = [[1 << 15, 1 << 15] for _ in range(N_CONTEXTS)]
+        self.fast, self.slow = RATE_PAIRS[rate_index]
+        self.p = [[P_INIT, P_INIT] for _ in range(N_CONTEXTS)]
         self.count = [0] * N_CONTEXTS
 
     def p1(self, c: int) -> int:
@@ -29,7 +59,7 @@ class _Model:
     def update(self, c: int, bit: int) -> None:
         fast, slow = self.fast, self.slow
         if self.count[c] < WARMUP_BINS:
-            warm = max(1, (self.count[c] + 2).bit_length() - 1)  # floor(log2(n + 2))
+            warm = warmup_shift(self.count[c])
             fast, slow = min(fast, warm), min(slow, warm)
             self.count[c] += 1
         for j, shift in ((0, fast), (1, slow)):
@@ -41,12 +71,12 @@ class _Model:
 
 class RangeEncoder:
     def __init__(self):
-        self.low, self.range, self.cache, self.pending = 0, 0xFFFFFFFF, 0, 1
+        self.low, self.range, self.cache, self.pending = 0, RANGE_MASK, 0, 1
         self.out = bytearray()
         self.skip_leading = True
 
     def _shift_low(self) -> None:
-        if self.low < 0xFF000000 or self.low > 0xFFFFFFFF:
+        if self.low < 0xFF000000 or self.low > RANGE_MASK:
             carry = self.low >> 32
             value = self.cache
             for _ in range(self.pending):
@@ -62,7 +92,7 @@ class RangeEncoder:
         self.low = (self.low & 0xFFFFFF) << 8
 
     def _normalise(self) -> None:
-        while self.range < 1 << 24:
+        while self.range < RANGE_TOP:
             self.range <<= 8
             self._shift_low()
 
@@ -100,7 +130,7 @@ class RangeEncoder:
 class RangeDecoder:
     def __init__(self, data: bytes):
         self.data, self.pos = data, 0
-        self.code, self.range = 0, 0xFFFFFFFF
+        self.code, self.range = 0, RANGE_MASK
         for _ in range(4):
             self.code = (self.code << 8) | self._byte()
 
@@ -110,9 +140,9 @@ class RangeDecoder:
         return b
 
     def _normalise(self) -> None:
-        while self.range < 1 << 24:
-            self.range = (self.range << 8) & 0xFFFFFFFF
-            self.code = ((self.code << 8) | self._byte()) & 0xFFFFFFFF
+        while self.range < RANGE_TOP:
+            self.range = (self.range << 8) & RANGE_MASK
+            self.code = ((self.code << 8) | self._byte()) & RANGE_MASK
 
     def bin(self, p1: int) -> int:
         bound = (self.range >> PROB_BITS) * p1
@@ -213,6 +243,7 @@ def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: di
             nb = 0
             while dec.bypass(1):
                 nb += 1
+                assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
             m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
         levels.append(-m if neg else m)
         _update_activity(activity, i % cols, m)

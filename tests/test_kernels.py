@@ -1,13 +1,20 @@
 """The numba kernels against the pure-Python reference, bit for bit, and pinned golden bitstreams."""
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
+import nnc_fl
 from nnc_fl import encode, reference
-from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels
+from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
+from nnc_fl._quantise import dequantise, quantise
 
 
 def _levels(rng, n, kind):
@@ -39,6 +46,33 @@ def test_kernel_matches_reference_bit_for_bit(kind, rate_index):
         np.testing.assert_array_equal(decoded, levels)
 
 
+def test_reference_constants_equal_the_kernels():
+    # The reference writes the format's constants out; the kernels must agree with every one of them.
+    from nnc_fl import _levels, _probability, _rangecoder
+
+    kernels = {
+        "GT_FLAGS": _levels.GT_FLAGS,
+        "SIG_CTX": _levels.SIG_CTX,
+        "SIGN_CTX": _levels.SIGN_CTX,
+        "GT_CTX": _levels.GT_CTX,
+        "N_CONTEXTS": _levels.N_CONTEXTS,
+        "ACT_HIGH": _levels.ACT_HIGH,
+        "MAX_LEVEL": _levels.MAX_LEVEL,
+        "MAX_EG_PREFIX": _levels.MAX_EG_PREFIX,
+        "RATE_PAIRS": tuple(tuple(pair) for pair in _probability.RATE_PAIRS.tolist()),
+        "WARMUP_BINS": _probability.WARMUP_BINS,
+        "P_INIT": _probability._HALF16,
+        "PROB_BITS": _rangecoder.PROB_BITS,
+        "PROB_ONE": _rangecoder.PROB_ONE,
+        "PROB_MIN": _rangecoder.PROB_MIN,
+        "RANGE_MASK": _rangecoder._MASK32,
+        "RANGE_TOP": _rangecoder._TOP,
+    }
+    for name, value in kernels.items():
+        assert getattr(reference, name) == value, name
+    assert _probability.WARMUP_SHIFT.tolist() == [reference.warmup_shift(n) for n in range(reference.WARMUP_BINS)]
+
+
 def test_decoder_reads_at_most_four_bytes_past_a_valid_payload():
     rng = np.random.default_rng(3)
     worst = 0
@@ -62,8 +96,44 @@ def test_truncated_payload_is_reported_not_misread():
     assert status != OK
 
 
+def _one_level_payload(prefix_ones, low_bits=None):
+    """A payload of one positive level (cols 1, rate index 0) whose Exp-Golomb part has ``prefix_ones``
+    ones, then (if ``low_bits`` is given) the terminating zero and ``prefix_ones`` low bits."""
+    model, enc = reference._Model(0), reference.RangeEncoder()
+    gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:  # no neighbours, idle column
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit)
+    if low_bits is None:
+        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
+    else:
+        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+        enc.bypass(low_bits, prefix_ones)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "prefix_ones, low_bits, expected",
+    [
+        (61, (1 << 61) - 12, MAX_LEVEL),  # |q| - GT_FLAGS = 2**62 - 12: the largest level
+        (61, (1 << 61) - 11, None),  # one more
+        (62, 0, None),
+        (62, (1 << 62) - 1, None),  # |q| - GT_FLAGS = 2**63 - 1: adding GT_FLAGS would overflow int64
+        (63, None, None),  # prefix longer than MAX_EG_PREFIX
+    ],
+)
+def test_levels_beyond_max_level_are_reported(prefix_ones, low_bits, expected):
+    levels, status = decode_levels(_one_level_payload(prefix_ones, low_bits), 1, 1, 0)
+    if expected is None:
+        assert status == BAD_LEVEL
+    else:
+        assert status == OK and levels.tolist() == [expected]
+
+
 # Golden bitstreams: any change to these bytes is a format change (bump the version, update FORMAT.md).
-GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1] * 4, np.int64) * np.repeat([1, -1, 0, 3], 16)
+GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1] * 4, np.int64) * np.repeat(
+    [1, -1, 0, 3], 16
+)
 
 
 def test_golden_level_payload():
@@ -83,3 +153,39 @@ def test_golden_stream():
     data = encode(tensors, step=0.01, fingerprint=bytes(range(32)))
     assert len(data) == 164
     assert hashlib.sha256(data).hexdigest() == "5ade1000dfc82e74ff5b3017e26e3da1cd8d54065c53172dac2c97de28027621"
+
+
+def _kernel_outputs_digest():
+    """SHA-256 over every kernel's outputs on a fixed mix of inputs: coded, RD-coded, hostile bytes."""
+    rng = np.random.default_rng(77)
+    h = hashlib.sha256()
+    for kind in ("laplace", "sparse", "large", "extreme"):
+        for rate_index in range(len(RATE_PAIRS)):
+            levels = _levels(rng, 400, kind)
+            payload = encode_levels(levels, 20, rate_index)
+            decoded, status = decode_levels(payload, levels.size, 20, rate_index)
+            h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
+    x = rng.laplace(size=3000) * 0.03
+    for lam in (0.05, 0.3):
+        levels, status = quantise(x, 0.01, MAX_LEVEL)
+        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0)
+        h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
+    for _ in range(60):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        h.update(decoded.tobytes() + bytes([status]))
+    return h.hexdigest()
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="compares the jitted kernels with plain Python")
+def test_kernels_give_the_same_bytes_with_the_jit_off():
+    # Kernel coverage is measured with NUMBA_DISABLE_JIT=1: the plain-Python kernels must be the jitted ones.
+    package_root = str(Path(nnc_fl.__file__).resolve().parents[1])
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    code = "import nnc_fl, test_kernels; print(nnc_fl.__file__); print(test_kernels._kernel_outputs_digest())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    where, digest = out.stdout.split()
+    assert Path(where).resolve() == Path(nnc_fl.__file__).resolve()
+    assert digest == _kernel_outputs_digest()
