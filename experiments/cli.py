@@ -58,6 +58,8 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacker", type=int, default=0, help="partition id of the hostile client")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")
+    p.add_argument("--keyframe-grid", type=lambda v: None if v == "none" else int(v), default=5,
+                   help="keyframes on an anchor grid of rms * 2**-N (default 5); 'none': exact fp32 keyframes")
     p.add_argument("--shared-initial-model", action="store_true",
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
@@ -117,7 +119,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     down = dict(DEFAULT_CODEC[2]) if default else {}
     down.update(dict(a.down_param or []))
     cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
-                    downlink_params=down, shared_initial_model=a.shared_initial_model, backend=a.backend)
+                    downlink_params=down, shared_initial_model=a.shared_initial_model,
+                    keyframe_grid=a.keyframe_grid, backend=a.backend)
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
     out = _run_with_progress(cfg, out_dir)
     _print_rounds(out)
@@ -134,7 +137,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     outs = []
     for codec, params, down in selected:
         cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=codec, codec_params=params,
-                        downlink_params=down, shared_initial_model=a.shared_initial_model, backend=a.backend)
+                        downlink_params=down, shared_initial_model=a.shared_initial_model,
+                    keyframe_grid=a.keyframe_grid, backend=a.backend)
         sub = out_dir / "".join(c if c.isalnum() or c in ".-_" else "-" for c in cfg.name()).strip("-")
         outs.append(_run_with_progress(cfg, sub))
     table = comparison_table(outs)

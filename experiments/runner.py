@@ -50,6 +50,8 @@ class RunConfig:
     downlink_params: dict[str, Any] = field(default_factory=dict)
     #: clients hold the initial model already (built from the same seed): no first-contact keyframes
     shared_initial_model: bool = False
+    #: compressed keyframes on an anchor grid of rms * 2**-keyframe_grid (None: exact fp32 keyframes)
+    keyframe_grid: int | None = 5
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
 
@@ -60,6 +62,8 @@ class RunConfig:
         down = ",".join(f"{k}={v}" for k, v in sorted(self.downlink_params.items()))
         name = f"{self.codec}({params})" if params else self.codec
         name = f"{name} down({down})" if down else name
+        if self.keyframe_grid is None:
+            name = f"{name} exact-keyframes"
         return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
@@ -80,7 +84,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         random.seed(fed.seed)  # Flower's node sampling uses the random module
         model = initial_model(fed)
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
-        downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model)
+        downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
+                                    keyframe_grid=cfg.keyframe_grid)
         strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params, downlink=downlink)
         result = strategy.start(
             grid=grid,

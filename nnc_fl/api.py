@@ -8,6 +8,7 @@ f16 / int8 / sparse / ternary (written by the baseline codecs of ``experiments/`
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Collection, Mapping
 
@@ -35,6 +36,7 @@ def encode(
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    grid: Mapping[str, float] | None = None,
 ) -> bytes:
     """Code named tensors into one self-contained stream.
 
@@ -63,6 +65,11 @@ def encode(
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
     limits
         The limits the stream's decoders enforce: a stream they would refuse is not written.
+    grid
+        Anchor grid, name -> a power of two: the step of such a (float, not lossless) tensor is
+        rounded to the nearest power-of-two multiple of it, at least the grid itself, so a model
+        whose values lie on the grid stays on it when it adds the decoded tensor (exactly, in its
+        own dtype, while its values stay below 2**22 grid steps).
 
     Returns
     -------
@@ -87,8 +94,12 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
+    grid = dict(grid or {})
+    for name, g in grid.items():
+        if not (g > 0 and math.isfinite(g) and math.frexp(g)[0] == 0.5):
+            raise ValueError(f"grid step of tensor {name!r} must be a power of two, got {g!r}")
     records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
+        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits, grid.get(name))
         for name, value in tensors.items()
     ]
     return bs.write_stream(records, fingerprint, limits=limits)
@@ -221,7 +232,12 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs.TensorRecord:
+def _on_grid(s: float, g: float) -> float:
+    """The power-of-two multiple of grid step ``g`` nearest to ``s`` (at least ``g``)."""
+    return g * 2.0 ** max(0, round(math.log2(s / g)))
+
+
+def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits, grid=None) -> bs.TensorRecord:
     arr = _as_array(name, value, limits)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -233,7 +249,10 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs
             # bitwise test: -0.0 is not zero for a lossless tensor
             return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
-        levels, s = _quantise_within_range(name, flat, resolve_step(name, arr, step, qp, rel_step), dtype)
+        s = resolve_step(name, arr, step, qp, rel_step)
+        if grid is not None:
+            s = _on_grid(s, grid)
+        levels, s = _quantise_within_range(name, flat, s, dtype)
         mode = bs.MODE_QUANT
     else:
         if arr.dtype.itemsize == 8 and (arr.max() > MAX_LEVEL or (dtype.kind == "i" and arr.min() < -MAX_LEVEL)):

@@ -210,6 +210,13 @@ class NNCCodec:
         self.lossless = _patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
 
+    #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
+    supports_grid = True
+
+    def lossless_names(self, names) -> list[str]:
+        """The names among ``names`` this codec codes exactly (its ``lossless`` patterns)."""
+        return self._policy(names)[0]
+
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
         """The lossless names and the per-name step overrides of ``names``."""
         lossless = [n for n in names if any(fnmatchcase(n, p) for p in self.lossless)]
@@ -221,20 +228,33 @@ class NNCCodec:
                     break
         return lossless, steps
 
-    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None) -> bytes:
+        """As :meth:`UpdateCodec.encode`; with ``grid`` (name -> power of two), the steps of those
+        tensors are power-of-two multiples of their grid step, and ``exact=True`` codes a model
+        that lies on the grid at exactly the grid step (its integer levels) instead of raw."""
         lossless, overrides = self._policy(tensors)
         step = self.step
         if overrides:
             step = overrides if step is None else {**dict.fromkeys(tensors, step), **overrides}
+        if exact:
+            anchored = dict(grid or {})
+            return encode(
+                tensors,
+                step=anchored,
+                lossless=[n for n in tensors if n not in anchored],
+                fingerprint=fingerprint,
+                limits=limits or DEFAULT_LIMITS,
+            )
         return encode(
             tensors,
             step=step,
             qp=self.qp,
             rel_step=self.rel_step,
-            rd_lambda=0.0 if exact else self.rd_lambda,
-            lossless=tuple(tensors) if exact else lossless,
+            rd_lambda=self.rd_lambda,
+            lossless=lossless,
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
+            grid=grid,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:

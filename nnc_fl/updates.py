@@ -136,13 +136,15 @@ def code_update(
     fingerprint: bytes | None = None,
     exact: bool = False,
     limits: Limits | None = None,
+    grid: Mapping[str, float] | None = None,
 ) -> CodedUpdate:
     """Code ``delta`` plus the usable part of ``residual`` (error feedback) with ``codec``.
 
     The stream is decoded again, as every receiver will decode it, and the new residual is what
     the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
     or ``exact=True`` (lossless coding) no feedback is added or kept. ``limits`` (default: covering
-    ``delta``'s schema) are the ones the stream's decoders use. Raises ``ValueError`` if the
+    ``delta``'s schema) are the ones the stream's decoders use; ``grid`` is passed to a codec that
+    supports anchor grids (see :meth:`nnc_fl.codecs.NNCCodec.encode`). Raises ``ValueError`` if the
     codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
     """
     delta = dict(delta)
@@ -152,7 +154,8 @@ def code_update(
             delta[name] = delta[name] + r
     limits = limits if limits is not None else limits_for(delta)
     t0 = time.perf_counter()
-    data = codec.encode(delta, fingerprint=fingerprint, exact=exact, limits=limits)
+    extra = {"grid": grid} if grid else {}
+    data = codec.encode(delta, fingerprint=fingerprint, exact=exact, limits=limits, **extra)
     t1 = time.perf_counter()
     decoded = dict(codec.decode(data, limits=limits))
     t2 = time.perf_counter()

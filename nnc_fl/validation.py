@@ -245,11 +245,11 @@ class DirectionReference:
     sends -- and is refused, but only while the direction means something: while successive
     increments agree with it (the median of the last three increments' cosines with the direction
     before them is at least ``min_consistency``). Late in non-IID training the increments wander
-    and honest updates point every way, so one update's cosine proves nothing; but a node whose
-    updates *on average* point against the direction (mean cosine over its checked rounds below
-    ``-node_threshold``, from its second round on) is refused whatever the round: honest nodes
-    averaged above -0.02 in every measured UC10 run, a sign-flipping one averages the negative of
-    what it would have sent.
+    and honest updates point every way, so one update's cosine proves nothing there; but a node
+    whose updates point against the direction *on average* (mean cosine over its rounds since the
+    model first moved below ``-node_threshold``, over ``node_rounds`` or more rounds) is refused in
+    every round: honest nodes averaged above -0.02 in every measured UC10 run, a sign-flipping one
+    averages the negative of what it would have sent.
 
     Before the model has moved there is no direction: each update is compared with the sum of the
     round's other updates. Updates in such a conflict get a strike; of two that conflict, the one
@@ -258,10 +258,17 @@ class DirectionReference:
     """
 
     def __init__(
-        self, threshold: float, *, node_threshold: float = 0.05, min_consistency: float = 0.3, decay: float = 0.5
+        self,
+        threshold: float,
+        *,
+        node_threshold: float = 0.1,
+        node_rounds: int = 3,
+        min_consistency: float = 0.3,
+        decay: float = 0.5,
     ) -> None:
         self.threshold = threshold
         self.node_threshold = node_threshold
+        self.node_rounds = node_rounds
         self.min_consistency = min_consistency
         self.decay = decay
         self._direction: dict[str, np.ndarray] = {}
@@ -329,7 +336,7 @@ class DirectionReference:
                 self._record[node] = (total, count)
                 if informative and bad:
                     out.append(_direction_rejection(c, self.threshold, "the model's recent direction"))
-                elif count >= 2 and total / count < -self.node_threshold:
+                elif count >= self.node_rounds and total / count < -self.node_threshold:
                     out.append(UpdateRejected(
                         "direction",
                         f"this node's updates point against the model's direction on average "

@@ -143,7 +143,7 @@ class CompressedStrategy(Strategy):
             return
         tensors = _tensors(arrays)
         if not self.model.matches(tensors):
-            self.model.adopt(tensors)
+            self.model.adopt(tensors, self.downlink_spec(max(1, len(self._rounds))))
             self.checks.model_replaced()
             log(INFO, "nnc-fl: new global model v%s from outside", self.model.version)
         self._global = arrays

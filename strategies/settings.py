@@ -117,7 +117,12 @@ class DownlinkSettings:
         Every node already holds ``initial_arrays`` (e.g. shipped with the app; pair with
         ``clients.make_nnc_mod(shared_model=...)``), so its first message is the chain of
         increments since then instead of a keyframe. A node that does not hold it (its fingerprint
-        differs) asks for a resync and gets a keyframe.
+        differs) asks for a resync and gets a keyframe. The initial model is then kept exactly.
+    keyframe_grid : int or None
+        Compressed keyframes: the global model lives on a per-tensor power-of-two grid near
+        ``rms * 2**-keyframe_grid`` (the initial model is rounded onto it) and a keyframe codes its
+        integer levels losslessly (see :class:`strategies.server_model.ServerModel`). ``None``:
+        the initial model is kept bit for bit and keyframes are exact fp32.
     """
 
     params: Mapping[str, ParamValue] = field(default_factory=dict)
@@ -125,6 +130,7 @@ class DownlinkSettings:
     error_feedback: bool = True
     max_chain: int = MAX_CHAIN
     shared_initial_model: bool = False
+    keyframe_grid: int | None = 5
 
     def __post_init__(self) -> None:
         _frozen_mapping(self, "params")
@@ -132,6 +138,11 @@ class DownlinkSettings:
             raise TypeError(f"max_chain must be an integer, got {self.max_chain!r}")
         if not 1 <= self.max_chain <= MAX_CHAIN:
             raise ValueError(f"max_chain must be in 1..{MAX_CHAIN}, got {self.max_chain}")
+        if self.keyframe_grid is not None and (
+            isinstance(self.keyframe_grid, bool) or not isinstance(self.keyframe_grid, int)
+            or not 0 <= self.keyframe_grid <= 20
+        ):
+            raise ValueError(f"keyframe_grid must be an integer in 0..20 or None, got {self.keyframe_grid!r}")
 
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
         """The codec that codes a global increment in a round whose uplink codec is ``round_spec``."""
@@ -177,7 +188,7 @@ class ValidationSettings:
 
     norm_ratio: float | None = 4.0
     norm_action: str = "reject"
-    direction_threshold: float | None = 0.2
+    direction_threshold: float | None = 0.4
     weight_ratio: float | None = 4.0
     max_update_norm: float | None = None
     outlier_threshold: float | None = None

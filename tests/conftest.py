@@ -208,12 +208,18 @@ def run_federation(strategy, grid: LocalGrid, initial_arrays, rounds: int, on_ro
     from nnc_fl.fingerprint import fingerprint
 
     history: dict[int, dict[str, np.ndarray]] = {}
+    from strategies.server_model import ServerModel
+
+    # G_1: initial_arrays as the server adopts them (rounded onto the keyframe grid, if any)
+    adopted = ServerModel(strategy.downlink)
+    adopted.adopt({k: a.numpy() for k, a in initial_arrays.items()}, strategy.downlink_spec(1))
+    first_model = adopted.tensors
 
     def after_round(server_round, arrays):
         if server_round == 0:
             return None
         model = strategy.model
-        history.setdefault(1, {k: a.numpy() for k, a in initial_arrays.items()})
+        history.setdefault(1, first_model)
         history[model.version] = {k: v.copy() for k, v in model.tensors.items()}
         plain = {k: a.numpy() for k, a in arrays.items()}
         assert fingerprint(plain) == model.fingerprint  # start() holds G_v, not the raw aggregate

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from clients import make_nnc_mod
 from nnc_fl import protocol
-from strategies import CompressedStrategy, ValidationSettings
+from strategies import CompressedStrategy, DownlinkSettings, ValidationSettings
 
 KEYS = {f"node-{i}": bytes([i]) * 32 for i in range(4)}
 
@@ -57,7 +57,7 @@ class _Exploding(FedAvg):
 
 def test_a_failing_inner_strategy_ends_the_round_with_the_model_unchanged(make_grid, initial_arrays, caplog):
     inner = _Exploding(fraction_evaluate=0.0, min_available_nodes=2)
-    strategy = CompressedStrategy(inner, codec_params={"step": 0.001})
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.001}, downlink=DownlinkSettings(keyframe_grid=None))
     result, _ = run_federation(strategy, make_grid(2), initial_arrays, 3)
     assert [r["aggregate_failed"] for r in strategy.bandwidth] == [1, 1, 1]
     assert strategy.model.version == 1

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
-from strategies import CompressedStrategy, ValidationSettings
+from strategies import CompressedStrategy, DownlinkSettings, ValidationSettings
 
 HONEST, ATTACKER, ROUNDS, STEP = 4, 105, 3, 0.001
 
@@ -113,7 +113,9 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
     grid = make_grid(3)
     for node in grid.contexts:
         grid.tamper[node] = _flip
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec_params={"step": 0.001})
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=3), codec_params={"step": 0.001}, downlink=DownlinkSettings(keyframe_grid=None)
+    )
     result, _ = run_federation(strategy, grid, initial_arrays, 2)
     assert strategy.model.version == 1 and [r["rejected_format"] for r in strategy.bandwidth] == [3, 3]
     for key, value in initial_arrays.items():
