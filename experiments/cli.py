@@ -23,7 +23,7 @@ COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("zstd", {}, {}),
 ]
 #: ``nnc-fl run``'s codec when none is given: ~1 % uplink, ~2 % downlink increments on UC10.
-DEFAULT_CODEC = ("nnc", {"rel_step": 3.0, "rd_lambda": 0.05}, {})
+DEFAULT_CODEC = ("nnc", {}, {})  # CompressedStrategy's default setting (strategies.settings.DEFAULT_PARAMS)
 
 
 def _param(text: str) -> tuple[str, Any]:

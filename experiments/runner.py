@@ -86,7 +86,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid)
-        strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params, downlink=downlink)
+        # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
+        strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params or None, downlink=downlink)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),

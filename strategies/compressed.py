@@ -49,7 +49,8 @@ class CompressedStrategy(Strategy):
         Name of a codec registered in :mod:`nnc_fl.codecs` (``None`` means ``"fp32"``: uncompressed,
         same code path), or a :class:`~strategies.settings.CodecSettings` (with a per-round schedule).
     codec_params : mapping, optional
-        The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only).
+        The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only); without
+        them, :data:`strategies.settings.DEFAULT_PARAMS` (for ``"nnc"``: ``rel_step=2.0``).
     downlink : DownlinkSettings, optional
         How the global model reaches the nodes (increment rate, exact coding, error feedback,
         chains, shared initial model).
@@ -74,7 +75,7 @@ class CompressedStrategy(Strategy):
             if codec_params is not None:
                 raise ValueError("give codec parameters inside CodecSettings, not also as codec_params")
         else:
-            codec = CodecSettings("fp32" if codec is None else codec, codec_params or {})
+            codec = CodecSettings("fp32" if codec is None else codec, codec_params)
         self.inner = inner
         self.codec: CodecSettings = codec
         self.downlink: DownlinkSettings = settings_of(DownlinkSettings, downlink, "downlink")

@@ -23,6 +23,11 @@ from nnc_fl.protocol import MAX_CHAIN, CodecSpec
 
 CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 
+#: What ``CompressedStrategy(inner)`` codes with when no parameters are given, per codec: for "nnc",
+#: a step of twice each tensor's RMS (about 2-3 % of fp32 uplink on UC10, see the README), not the
+#: standalone ``nnc_fl.encode`` default (RMS / 8, a conservative step for arbitrary tensors).
+DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_step": 2.0}}
+
 
 def _frozen_mapping(obj: object, name: str) -> None:
     value = getattr(obj, name)
@@ -65,20 +70,23 @@ class CodecSettings:
     ----------
     name : str
         A codec registered in :mod:`nnc_fl.codecs` (``"nnc"``, ``"fp32"``, or a baseline).
-    params : mapping
-        The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``.
+    params : mapping, optional
+        The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``; ``None``
+        (the default) takes :data:`DEFAULT_PARAMS` for the codec, ``{}`` the codec's own defaults.
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
     """
 
     name: str = "nnc"
-    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    params: Mapping[str, ParamValue] | None = None
     schedule: CodecSchedule | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f"codec name must be a string, got {self.name!r}")
+        if self.params is None:
+            object.__setattr__(self, "params", dict(DEFAULT_PARAMS.get(self.name, {})))
         _frozen_mapping(self, "params")
         # lists of names or patterns (e.g. lossless=[...]) travel to the clients as comma-separated text
         params = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in self.params.items()}
@@ -230,4 +238,12 @@ def settings_of(kind: type, value: Any, what: str) -> Any:
     return value
 
 
-__all__ = ["CodecSchedule", "CodecSettings", "DownlinkSettings", "ValidationSettings", "describe", "settings_of"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "CodecSchedule",
+    "CodecSettings",
+    "DownlinkSettings",
+    "ValidationSettings",
+    "describe",
+    "settings_of",
+]
