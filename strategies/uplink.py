@@ -130,10 +130,9 @@ class UplinkChecks:
     def __init__(self, settings: ValidationSettings, weight_key: str | None) -> None:
         self.settings = settings
         self.weight_key = weight_key
-        self.norms = NormReference(settings.norm_ratio) if settings.norm_ratio is not None else None
-        self.direction = (
-            DirectionReference(settings.direction_threshold) if settings.direction_threshold is not None else None
-        )
+        self.norms = NormReference()
+        spread = settings.direction_spread
+        self.direction = DirectionReference(spread) if spread is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
         self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
 
@@ -215,17 +214,14 @@ class UplinkChecks:
         accepted ones (and the weighting metric as credited)."""
         s = self.settings
         updates = [o for o in opened if o.kind == "update"]
-        if self.norms is not None:
-            bound = self.norms.bound([o.norm for o in updates])
+        level = self.norms.level([o.norm for o in updates])
+        if level is not None:
             for o in updates:
-                if bound is not None and o.norm > bound:
-                    if s.norm_action == "clip":
-                        _clip(o, bound)
-                    else:
-                        o.reject(
-                            UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {bound:.6g}, "
-                                           f"{s.norm_ratio:g}x the norm of the accepted updates")
-                        )
+                if s.norm_reject_ratio is not None and o.norm > s.norm_reject_ratio * level:
+                    o.reject(UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {s.norm_reject_ratio:g}x the "
+                                                    f"norm of honest updates ({level:.6g})"))
+                elif s.norm_clip_ratio is not None and o.norm > s.norm_clip_ratio * level:
+                    _clip(o, s.norm_clip_ratio * level)
             updates = [o for o in updates if o.kind == "update"]
         if self.direction is not None and updates:
             verdicts = self.direction.review([o.node_id for o in updates], [o.delta for o in updates],
@@ -250,8 +246,7 @@ class UplinkChecks:
         updates = [o for o in updates if o.kind == "update"]
         self._credit_weights(updates)
         _common_metrics(updates, self.weight_key)
-        if self.norms is not None:
-            self.norms.record([o.norm for o in updates])
+        self.norms.record([o.norm for o in updates])
 
     def _credit_weights(self, updates: list[Opened]) -> None:
         if self.weight_key is None or not updates or self.settings.weight_ratio is None:

@@ -110,7 +110,7 @@ def test_partial_participation_late_joiner_and_keyframes(make_grid, initial_arra
     # way and the direction check can refuse one (see README, threat model); this test is about
     # chains and keyframes, so it counts every reply as accepted with that check off
     strategy = CompressedStrategy(
-        inner, codec_params={"step": 0.001}, validation=ValidationSettings(direction_threshold=None)
+        inner, codec_params={"step": 0.001}, validation=ValidationSettings(direction_spread=None)
     )
 
     def join(server_round):

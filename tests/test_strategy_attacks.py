@@ -129,7 +129,7 @@ def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, ini
     strategy = CompressedStrategy(
         FedAvg(min_available_nodes=4),
         codec_params={"step": 0.001},
-        validation=ValidationSettings(norm_ratio=None, direction_threshold=None),
+        validation=ValidationSettings(norm_clip_ratio=None, norm_reject_ratio=None, direction_spread=None),
     )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected"] == 0
@@ -138,7 +138,9 @@ def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, ini
     strategy = CompressedStrategy(
         FedAvg(min_available_nodes=4),
         codec_params={"step": 0.001},
-        validation=ValidationSettings(norm_ratio=None, direction_threshold=None, outlier_threshold=10.0),
+        validation=ValidationSettings(
+            norm_clip_ratio=None, norm_reject_ratio=None, direction_spread=None, outlier_threshold=10.0
+        ),
     )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected_outlier"] == 1
