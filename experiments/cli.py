@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 #: Codecs of ``nnc-fl compare`` (name, uplink parameters, downlink parameters): the fp32 reference,
-#: ours at three rates, the classic baselines.
+#: ours at three rates, the classic baselines, then scaled sign, QSGD and PowerSGD-style low rank.
 COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("fp32", {}, {}),
     ("nnc", {"rel_step": 2.0}, {}),
@@ -21,6 +21,9 @@ COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("topk", {"ratio": 0.01}, {}),
     ("stc", {"ratio": 0.01}, {}),
     ("zstd", {}, {}),
+    ("sign", {}, {}),
+    ("qsgd", {"levels": 2, "norm": "max"}, {}),
+    ("powersgd", {"rank": 2}, {}),
 ]
 #: ``nnc-fl run``'s codec when none is given: ~1 % uplink, ~2 % downlink increments on UC10.
 DEFAULT_CODEC = ("nnc", {"rel_step": 3.0, "rd_lambda": 0.05}, {})
@@ -251,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="one federated run with one codec")
     _federation_args(p)
-    p.add_argument("--codec", default=DEFAULT_CODEC[0], help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd")
+    p.add_argument("--codec", default=DEFAULT_CODEC[0],
+                   help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd, sign, qsgd, powersgd")
     p.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE",
-                   help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01 (repeatable)")
+                   help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01, levels=2, rank=2 "
+                   "(repeatable)")
     p.add_argument("--down-param", type=_param, action="append", metavar="KEY=VALUE",
                    help="codec parameter for the downlink increment only, e.g. rel_step=8 (repeatable)")
     p.set_defaults(fn=cmd_run)
