@@ -190,6 +190,7 @@ def _summarise(cfg: RunConfig, rounds: list[dict], seconds: float) -> dict[str, 
         "final_accuracy": trained[-1]["test_accuracy"] if trained else float("nan"),
         # round-to-round noise is ~0.5 pp on these runs: the mean of the last 3 rounds compares better
         "last3_accuracy": float(np.mean([r["test_accuracy"] for r in trained[-3:]])) if trained else float("nan"),
+        "best_accuracy": float(max(r["test_accuracy"] for r in trained)) if trained else float("nan"),
         "up_bytes": up,
         "down_bytes": down,
         "total_bytes": up + down,

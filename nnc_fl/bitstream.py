@@ -39,6 +39,7 @@ MODE_F16 = 4  # float tensor: n float16
 MODE_INT8 = 5  # float tensor: f32 scale, n int8 levels in [-127, 127]
 MODE_SPARSE = 6  # float tensor: k, position gaps, k float32 values (top-k)
 MODE_TERNARY = 7  # float tensor: k, Golomb parameter, f32 mu, Golomb-coded positions, signs (STC)
+MODE_LOWRANK = 8  # float tensor of rank >= 2: u8 rank r, then f32 factors P (rows x r), Q (cols x r)
 MODE_NAMES = {
     MODE_ZERO: "zero",
     MODE_RAW: "raw",
@@ -48,10 +49,13 @@ MODE_NAMES = {
     MODE_INT8: "int8",
     MODE_SPARSE: "sparse",
     MODE_TERNARY: "ternary",
+    MODE_LOWRANK: "lowrank",
 }
 _CODED_MODES = (MODE_QUANT, MODE_INT)
 #: Modes whose payload layouts live in :mod:`nnc_fl.payloads`: float tensors only, never empty.
-FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY)
+FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY, MODE_LOWRANK)
+#: Largest rank of a lowrank payload (one byte); decoding costs r passes over the tensor.
+MAX_LOWRANK_RANK = 255
 #: Modes whose payloads are zstd frames when the stream has FLAG_ZSTD.
 ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
@@ -300,8 +304,9 @@ class _Reader:
 def plain_payload_size(mode: int, dtype: np.dtype, numel: int) -> tuple[int, bool]:
     """``(size, exact)``: the size of a mode's plain (uncompressed) payload for ``numel`` elements.
 
-    Exact for raw, f16 and int8; for sparse and ternary an upper bound no valid payload exceeds
-    (k <= n kept positions, gaps < n, Golomb parameter <= 31; see FORMAT.md).
+    Exact for raw, f16 and int8; for sparse, ternary and lowrank an upper bound no valid payload
+    exceeds (k <= n kept positions, gaps < n, Golomb parameter <= 31; lowrank factors hold fewer
+    than n values; see FORMAT.md).
     """
     n = numel
     if mode == MODE_RAW:
@@ -314,6 +319,8 @@ def plain_payload_size(mode: int, dtype: np.dtype, numel: int) -> tuple[int, boo
         return varint_len(n) + n * (varint_len(max(n - 1, 0)) + 4), False
     if mode == MODE_TERNARY:
         return varint_len(n) + 1 + 4 + (33 * n + 7) // 8 + (n + 7) // 8, False
+    if mode == MODE_LOWRANK:
+        return 1 + 4 * max(n - 1, 0), False
     raise ValueError(f"mode {mode} has no plain payload size")
 
 
@@ -433,6 +440,8 @@ def _check_record(r: TensorRecord) -> None:
         numel *= d
     if r.mode != MODE_RAW and (dtype.kind != "f" or numel == 0):
         raise ValueError(f"tensor {r.name!r}: mode {MODE_NAMES[r.mode]!r} needs a non-empty float tensor")
+    if r.mode == MODE_LOWRANK and len(r.shape) < 2:
+        raise ValueError(f"tensor {r.name!r}: mode 'lowrank' needs a tensor of rank >= 2, got shape {r.shape}")
     size, exact = plain_payload_size(r.mode, dtype, numel)
     if len(r.payload) > size or (exact and len(r.payload) != size):
         raise ValueError(
@@ -551,6 +560,8 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on non-float dtype {dtype.name}")
         if numel == 0:
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on an empty tensor")
+        if mode == MODE_LOWRANK and ndim < 2:
+            raise FormatError(f"{what}: mode 'lowrank' on a tensor of rank {ndim} (needs >= 2)")
     if mode in _CODED_MODES:
         tools = r.u8(f"{what} tools")
         if tools & ~_KNOWN_TOOLS:
