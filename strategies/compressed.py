@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from logging import ERROR, INFO, WARNING
+from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,21 @@ from nnc_fl import protocol
 from nnc_fl.codecs import ParamValue
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
-from nnc_fl.validation import UpdateRejected, check_finite
+from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite
 
 from . import uplink as up
 from .bandwidth import BandwidthLog, RoundStats
 from .server_model import ServerModel
 from .settings import CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
+
+#: What a reply says when its ClientApp tried to read the coded model without nnc_mod.
+_NO_MOD_SIGNS = (protocol.STYPE, "Unsupported serialization type")
+_NO_MOD_HELP = "add nnc_mod to its ClientApp: `from clients import nnc_mod; app = ClientApp(mods=[nnc_mod])`"
+
+
+def _lacks_mod(msg: Message) -> bool:
+    """Whether an error reply shows a ClientApp that read the coded model without ``nnc_mod``."""
+    return msg.has_error() and any(sign in str(msg.error.reason) for sign in _NO_MOD_SIGNS)
 
 
 def _tensors(arrays: ArrayRecord):
@@ -88,6 +97,7 @@ class CompressedStrategy(Strategy):
         self._global: ArrayRecord | None = None
         self._round_spec: dict[int, CodecSpec] = {}
         self._nonces: dict[int, bytes] = {}  # node -> nonce of the train message sent to it this round
+        self._accepted_any = False  # whether any node has ever sent a usable update
 
     # -- pass-through --------------------------------------------------------------------------
 
@@ -110,6 +120,29 @@ class CompressedStrategy(Strategy):
         log(INFO, "\t│\t├── Validation: %s", describe(self.validation))
         log(INFO, "\t│\t└── Bandwidth log: %s", self._log.path or "-")
         self.inner.summary()
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any):
+        """Flower's :meth:`Strategy.start`, then one summary line of the run's traffic and rejections."""
+        result = super().start(grid, initial_arrays, *args, **kwargs)
+        log(INFO, "%s", self.run_summary())
+        return result
+
+    def run_summary(self) -> str:
+        """The whole run in one line: bytes up and down and their share of fp32, keyframes, refusals."""
+        rows = self.bandwidth
+        total = {k: sum(r[k] for r in rows) for k in ("up_bytes", "up_raw_bytes", "down_bytes", "down_raw_bytes",
+                                                      "eval_down_bytes", "eval_down_raw_bytes", "keyframes",
+                                                      "eval_keyframes", "rejected", "clipped", "resyncs")}
+        down = total["down_bytes"] + total["eval_down_bytes"]
+        down_raw = total["down_raw_bytes"] + total["eval_down_raw_bytes"]
+        share = lambda a, b: f"{100.0 * a / b:.2f} %" if b else "-"  # noqa: E731
+        reasons = {code: sum(r[f"rejected_{code}"] for r in rows) for code in REJECT_CODES}
+        why = ", ".join(f"{n} {c}" for c, n in reasons.items() if n)
+        up = share(total["up_bytes"], total["up_raw_bytes"])
+        return (f"nnc-fl: {len(rows)} rounds, up {total['up_bytes'] / 1e6:.3f} MB ({up} of fp32), "
+                f"down {down / 1e6:.3f} MB ({share(down, down_raw)}), "
+                f"{total['keyframes'] + total['eval_keyframes']} keyframes, {total['rejected']} rejected"
+                + (f" ({why})" if why else "") + f", {total['clipped']} clipped, {total['resyncs']} resyncs")
 
     # -- per-round bookkeeping -------------------------------------------------------------------
 
@@ -223,17 +256,31 @@ class CompressedStrategy(Strategy):
             self.checks.open(m, self.model, codec, self._nonces.pop(m.metadata.src_node_id, None)) for m in replies
         ]
         self.checks.review(opened, self.model)
+        self._diagnose_missing_mod([o.msg for o in opened if o.kind == "error"], server_round, len(replies))
         up.log_rejections(opened, server_round)
         stats.replied(opened, self.model.raw_bytes)
         accepted = [up.to_plain_reply(o) for o in opened if o.kind == "update"]
+        self._accepted_any |= bool(accepted)
         metrics = self._aggregate(server_round, accepted + [o.msg for o in opened if o.kind == "error"], stats)
         stats.closed(self.model.version)
         self._global = _record(self.model.tensors)
         merged = MetricRecord(dict(metrics.items()) if metrics is not None else {})
-        for key, value in stats.metrics().items():
+        for key, value in stats.train_metrics().items():
             merged[key] = value
         self._flush()
         return self._global, merged
+
+    def _diagnose_missing_mod(self, errors: list[Message], server_round: int, replies: int) -> None:
+        """Say so when replies show ClientApps without ``nnc_mod``; stop the run if no node has it."""
+        lacking = [m for m in errors if _lacks_mod(m)]
+        if not lacking:
+            return
+        nodes = ", ".join(str(m.metadata.src_node_id) for m in lacking[:10])
+        log(ERROR, "nnc-fl round %s: %d node(s) (%s) cannot read the compressed model: %s",
+            server_round, len(lacking), nodes, _NO_MOD_HELP)
+        if len(lacking) == replies and not self._accepted_any:
+            raise RuntimeError(f"no node of the federation runs nnc_mod, so none can read the compressed model: "
+                               f"{_NO_MOD_HELP}")
 
     def _aggregate(self, server_round: int, replies: list[Message], stats: RoundStats) -> MetricRecord | None:
         """Inner aggregation and the coded model step; ``G`` unchanged on any failure."""
@@ -279,6 +326,7 @@ class CompressedStrategy(Strategy):
         plain = []
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)
+        self._diagnose_missing_mod([m for m in replies if m.has_error()], server_round, len(replies))
         for msg in replies:
             node = msg.metadata.src_node_id
             record = msg.content.get(protocol.RECORD_KEY) if msg.has_content() else None
@@ -299,11 +347,19 @@ class CompressedStrategy(Strategy):
                     protocol.printable(ack.reason))
                 continue  # the node evaluated nothing; it gets a keyframe next time
             plain.append(up.strip_protocol(msg))
-        self.stats(server_round)
+        stats = self.stats(server_round)
         self._flush()
+        log(INFO, "%s", stats.line())
+        log(DEBUG, "nnc-fl round %s: %s", server_round, stats.as_row())
         try:
-            return self.inner.aggregate_evaluate(server_round, plain)
+            metrics = self.inner.aggregate_evaluate(server_round, plain)
         except Exception as exc:  # noqa: BLE001 -- a client's evaluate reply must not stop the run
             log(ERROR, "nnc-fl round %s: inner evaluate aggregation failed (%s: %s)",
                 server_round, type(exc).__name__, protocol.printable(str(exc), 300))
-            return None
+            metrics = None
+        if not stats["eval_down_raw_bytes"]:
+            return metrics  # no model went out with evaluate instructions
+        merged = MetricRecord(dict(metrics.items()) if metrics is not None else {})
+        for key, value in stats.evaluate_metrics().items():
+            merged[key] = value
+        return merged

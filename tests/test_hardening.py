@@ -226,5 +226,39 @@ def test_evaluate_keyframes_count_in_the_downlink(make_grid, initial_arrays):
     random.seed(4)
     run_federation(strategy, grid, initial_arrays, 2)
     first = strategy.bandwidth[0]
-    assert first["eval_down_bytes"] > 0 and first["keyframes"] == 3  # 2 to train, 1 more to evaluate
+    assert first["keyframes"] == 2 and first["eval_keyframes"] == 1  # the node that only evaluates
+    assert 0 < first["eval_keyframe_bytes"] <= first["eval_down_bytes"]
     assert first["keyframe_bytes"] <= first["down_bytes"]
+
+
+def test_per_round_metrics_equal_the_bandwidth_rows(make_grid, initial_arrays):
+    strategy = CompressedStrategy(FedAvg(fraction_train=0.67, min_available_nodes=3), codec_params={"step": 0.001})
+    random.seed(4)
+    result, _ = run_federation(strategy, make_grid(3), initial_arrays, 2)
+    for row in strategy.bandwidth:
+        train = result.train_metrics_clientapp[row["round"]]
+        evaluate = result.evaluate_metrics_clientapp[row["round"]]
+        assert {k: train[f"nnc-fl.{k}"] for k in ("up_bytes", "down_bytes", "keyframes", "accepted")} == {
+            k: row[k] for k in ("up_bytes", "down_bytes", "keyframes", "accepted")}
+        assert evaluate["nnc-fl.eval_down_bytes"] == row["eval_down_bytes"] > 0
+        assert len([k for k in train if k.startswith("nnc-fl.")]) <= 8  # one compact line per round
+
+
+def test_a_server_without_nnc_mod_on_its_clients_says_so_and_stops(initial_arrays, caplog):
+    from nncfl_testapp import client_app as user
+
+    plain = ClientApp()  # the user's functions, no nnc_mod: reading the coded model raises
+    plain.train()(user.train)
+    plain.evaluate()(user.evaluate)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=2), codec_params={"step": 0.001})
+    with pytest.raises(RuntimeError, match="nnc_mod"):
+        strategy.start(grid=LocalGrid(plain, 2), initial_arrays=initial_arrays, num_rounds=2)
+    assert "ClientApp(mods=[nnc_mod])" in caplog.text
+
+
+def test_the_run_ends_with_one_summary_line(make_grid, initial_arrays, caplog):
+    strategy = _strategy(2)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        run_federation(strategy, make_grid(2), initial_arrays, 2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nnc-fl: 2 rounds")]
+    assert len(lines) == 1 and "of fp32" in lines[0] and "keyframes" in lines[0]
