@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterable
 from logging import DEBUG, ERROR, INFO, WARNING
@@ -252,9 +253,8 @@ class CompressedStrategy(Strategy):
         codec = spec.make()
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)
-        opened = [
-            self.checks.open(m, self.model, codec, self._nonces.pop(m.metadata.src_node_id, None)) for m in replies
-        ]
+        opened = self.checks.open_all(replies, self.model, codec, self._nonces, threads=os.cpu_count() or 1)
+        self._nonces.clear()
         self.checks.review(opened, self.model)
         self._diagnose_missing_mod([o.msg for o in opened if o.kind == "error"], server_round, len(replies))
         up.log_rejections(opened, server_round)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -50,7 +51,7 @@ class Opened:
 
     msg: Message
     node_id: int
-    kind: str  # "error", "resync", "update" or "rejected"
+    kind: str  # "error", "resync", "update" or "rejected" ("pending": prechecked, not decoded yet)
     uplink: protocol.Uplink | None = None
     payload_bytes: int = 0
     arrays_key: str = ""
@@ -62,6 +63,7 @@ class Opened:
     weight_capped: bool = False
     rejection: UpdateRejected | None = None
     decode_s: float = 0.0
+    data: bytes = b""  # the stream, between the checks of its record and its decoding
 
     def reject(self, rejection: UpdateRejected) -> None:
         """Refuse this update after it was opened (a cohort check)."""
@@ -138,12 +140,40 @@ class UplinkChecks:
 
     # -- one reply -------------------------------------------------------------------------------
 
+    def open_all(
+        self,
+        replies: list[Message],
+        model: ServerModel,
+        codec: UpdateCodec,
+        nonces: Mapping[int, bytes],
+        threads: int = 1,
+    ) -> list[Opened]:
+        """:meth:`open` every reply (``nonces``: node -> the nonce sent to it); the checks that read
+        peer records run in order, the payload decoding and value checks in ``threads`` threads
+        (the codec's kernels release the GIL), results in reply order."""
+        opened = [self._precheck(m, model, codec, nonces.get(m.metadata.src_node_id)) for m in replies]
+        todo = [o for o in opened if o.kind == "pending"]
+        if threads > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(min(threads, len(todo))) as pool:
+                list(pool.map(lambda o: self._decode(o, model, codec), todo))
+        else:
+            for o in todo:
+                self._decode(o, model, codec)
+        return opened
+
     def open(self, msg: Message, model: ServerModel, codec: UpdateCodec, nonce: bytes | None) -> Opened:
         """Run every per-reply check on a train reply; ``nonce`` is the one sent to that node.
 
         Never raises for bad client input: a failed check yields ``kind="rejected"`` with its
         :class:`UpdateRejected`. Tells ``model`` what the reply says about the node's model.
         """
+        out = self._precheck(msg, model, codec, nonce)
+        if out.kind == "pending":
+            self._decode(out, model, codec)
+        return out
+
+    def _precheck(self, msg: Message, model: ServerModel, codec: UpdateCodec, nonce: bytes | None) -> Opened:
+        """The checks up to the payload: ``kind="pending"`` (with the stream kept) if they pass."""
         node = msg.metadata.src_node_id
         if msg.has_error():
             model.lost(node)
@@ -179,20 +209,27 @@ class UplinkChecks:
             expected = protocol.binding(model.fingerprint, nonce)
             self._check_auth(node, up, expected, data)
             _check_binding(codec, data, expected)
+            if self.weight_key is not None:
+                out.weight = check_weight(_one_metric_record(msg, self.weight_key)[self.weight_key], self.weight_key)
+            out.data, out.kind = data, "pending"
+        except UpdateRejected as exc:
+            out.rejection = exc
+        return out
+
+    def _decode(self, out: Opened, model: ServerModel, codec: UpdateCodec) -> None:
+        """Decode a prechecked stream against the model's schema and check its values."""
+        try:
             t0 = time.perf_counter()
-            delta = decode_update(codec, data, expect=model.tensors)
+            delta = decode_update(codec, out.data, expect=model.tensors)
             out.decode_s = time.perf_counter() - t0
             check_schema(delta, model.tensors)
             check_finite(delta)
             out.norm = update_norm(delta)
             check_norm_bound(out.norm, self.settings.max_update_norm)
-            if self.weight_key is not None:
-                out.weight = check_weight(_one_metric_record(msg, self.weight_key)[self.weight_key], self.weight_key)
-            out.delta = delta
-            out.kind = "update"
+            out.delta, out.kind = delta, "update"
         except UpdateRejected as exc:
-            out.rejection = exc
-        return out
+            out.kind, out.rejection = "rejected", exc
+        out.data = b""
 
     def _check_auth(self, node: int, up: protocol.Uplink, binding: bytes, data: bytes) -> None:
         keys = self.settings.auth_keys
