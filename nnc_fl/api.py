@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,8 +36,9 @@ def encode(
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    schema_bound: bool = False,
 ) -> bytes:
-    """Code named tensors into one self-contained stream.
+    """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
     Parameters
     ----------
@@ -63,6 +65,14 @@ def encode(
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
     limits
         The limits the stream's decoders enforce: a stream they would refuse is not written.
+    schema_bound
+        Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
+        are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
+        bfloat16 (each tensor's step is rounded to the nearest one) and one CRC covers all
+        payloads -- about 5-7 bytes per tensor instead of ~20 + name. Decoding then needs the
+        schema: ``decode(data, expect=...)`` with the same names, shapes and dtypes in the same
+        order (both FL sides know the base model's); without it the decoder raises
+        :class:`SchemaError`.
 
     Returns
     -------
@@ -87,11 +97,11 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound))
     records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
-        for name, value in tensors.items()
+        _encode_one(name, value, step, qp, rel_step, name in lossless, limits, opts) for name, value in tensors.items()
     ]
-    return bs.write_stream(records, fingerprint, limits=limits)
+    return bs.write_stream(records, fingerprint, limits=limits, schema_bound=bool(schema_bound))
 
 
 def _check_memory(tensors: Collection[TensorInfo], limits: Limits) -> None:
@@ -142,7 +152,7 @@ def decode(
     if expect is not None:
         limits = Limits.for_schema(expect)
     try:
-        info = bs.read_table(data, limits)
+        info = bs.read_table(data, limits, expect)
     except LimitError as exc:
         if expect is not None:  # the schema's limits are exact: a larger table is another schema
             raise SchemaError(f"the stream describes more than the expected tensors ({exc})") from exc
@@ -150,6 +160,7 @@ def decode(
     if expect is not None:
         _check_schema(info, expect)
     _check_memory(info.tensors, limits)
+    bs.check_payload_crc(data, info)
     view = memoryview(data).cast("B")
     return {t.name: _decode_one(view, t) for t in info.tensors}
 
@@ -159,12 +170,15 @@ def decode_tensor(
     name: str,
     *,
     limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
 ) -> np.ndarray:
     """Decode only tensor ``name`` (within ``limits``, its memory budget included); other payloads
-    are not read. ``KeyError`` if it is absent."""
-    info = bs.read_table(data, limits)
+    are not decoded (a schema-bound stream, which needs ``expect``, has one CRC over all payloads:
+    that is checked). ``KeyError`` if it is absent."""
+    info = bs.read_table(data, limits, expect)
     t = info.tensor(name)
     _check_memory([t], limits)
+    bs.check_payload_crc(data, info)
     return _decode_one(memoryview(data).cast("B"), t)
 
 
@@ -173,12 +187,24 @@ def read_fingerprint(data: bytes | bytearray | memoryview, *, limits: Limits = D
     return bs.read_fingerprint(data, limits)
 
 
-def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+def is_schema_bound(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` looks like a schema-bound stream (flag bit 2); reads only its first 6 bytes."""
+    view = memoryview(data).cast("B")
+    return len(view) >= 6 and bytes(view[:4]) == bs.MAGIC and bool(view[5] & bs.FLAG_SCHEMA)
+
+
+def inspect(
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
+) -> StreamInfo:
     """The header table of a stream (names, dtypes, shapes, modes, steps, sizes), without decoding.
 
-    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts.
+    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts. A
+    schema-bound stream needs its schema (``expect``), as for :func:`decode`.
     """
-    return bs.read_table(data, limits)
+    return bs.read_table(data, limits, expect)
 
 
 # --- encoding one tensor -------------------------------------------------------------------------
@@ -221,7 +247,15 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs.TensorRecord:
+@dataclass(frozen=True)
+class _Options:
+    """Encoder settings that apply to every tensor of a stream."""
+
+    rd_lambda: float = 0.0
+    bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
+
+
+def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) -> bs.TensorRecord:
     arr = _as_array(name, value, limits)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -233,7 +267,10 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs
             # bitwise test: -0.0 is not zero for a lossless tensor
             return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
-        levels, s = _quantise_within_range(name, flat, resolve_step(name, arr, step, qp, rel_step), dtype)
+        s = resolve_step(name, arr, step, qp, rel_step)
+        if opts.bf16_steps:
+            s = bs.bf16_round(s)
+        levels, s = _quantise_within_range(name, flat, s, dtype)
         mode = bs.MODE_QUANT
     else:
         if arr.dtype.itemsize == 8 and (arr.max() > MAX_LEVEL or (dtype.kind == "i" and arr.min() < -MAX_LEVEL)):
@@ -242,8 +279,8 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs
     if not levels.any():
         return _zero(name, arr)
     cols = _cols(shape, arr.size)
-    if mode == bs.MODE_QUANT and rd_lambda > 0:
-        payload = encode_levels_rd(levels, flat, s, rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
+    if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
+        payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
         if not levels.any():
             return _zero(name, arr)
     else:
@@ -270,7 +307,7 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     if t.mode == bs.MODE_ZERO:
         return np.zeros(t.shape, native)
     payload = view[t.offset : t.offset + t.length]
-    if zlib.crc32(payload) != t.crc32:
+    if t.crc32 is not None and zlib.crc32(payload) != t.crc32:
         raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
     if t.zstd:
         payload = bs.unzstd_payload(payload, t)

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .api import decode, encode, read_fingerprint
+from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
@@ -173,6 +173,17 @@ def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
     return tuple((str(p), check_step(p, s)) for p, s in items)
 
 
+def _flag(value: object, what: str) -> bool:
+    """A boolean codec parameter (bools, or 0/1 and "true"/"false" as they may travel as text)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
@@ -187,6 +198,12 @@ class NNCCodec:
     :data:`DEFAULT_LOSSLESS`, the BatchNorm-style running statistics; ``""`` for none); ``steps``
     gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
     tensors they match (the first matching pattern wins).
+
+    ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
+    bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
+    (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
+    encoded, so decoding its own stream again without ``expect`` (error feedback on the client)
+    works; any other schema-bound stream needs ``expect``.
     """
 
     name = "nnc"
@@ -199,6 +216,7 @@ class NNCCodec:
         rd_lambda: float = 0.0,
         lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
         steps: str | Mapping[str, float] = "",
+        schema_bound: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -209,6 +227,8 @@ class NNCCodec:
         self.rd_lambda = check_rd_lambda(rd_lambda)
         self.lossless = _patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
+        self.schema_bound = _flag(schema_bound, "schema_bound")
+        self._last_schema: dict[str, np.ndarray] | None = None
 
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
         """The lossless names and the per-name step overrides of ``names``."""
@@ -226,6 +246,11 @@ class NNCCodec:
         step = self.step
         if overrides:
             step = overrides if step is None else {**dict.fromkeys(tensors, step), **overrides}
+        bound = self.schema_bound and not exact
+        if bound:  # zero-memory stand-ins with the shapes and dtypes (see decode)
+            self._last_schema = {
+                n: np.broadcast_to(np.zeros((), np.asarray(v).dtype), np.shape(v)) for n, v in tensors.items()
+            }
         return encode(
             tensors,
             step=step,
@@ -235,9 +260,14 @@ class NNCCodec:
             lossless=tuple(tensors) if exact else lossless,
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
+            schema_bound=bound,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        if expect is None and self._last_schema is not None and is_schema_bound(data):
+            # own stream decoded again (error feedback): the schema is the one just encoded; the
+            # digest check still refuses any stream of another schema
+            return decode(data, expect=self._last_schema)
         return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
@@ -257,6 +287,8 @@ class NNCCodec:
             out["lossless"] = ",".join(self.lossless)
         if self.steps:
             out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
+        if self.schema_bound:
+            out["schema_bound"] = True
         return out
 
     def __repr__(self) -> str:
