@@ -16,6 +16,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import payloads
+from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_levels_dq
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
@@ -37,6 +38,7 @@ def encode(
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
     schema_bound: bool = False,
+    dq: bool = False,
 ) -> bytes:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -65,6 +67,14 @@ def encode(
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
     limits
         The limits the stream's decoders enforce: a stream they would refuse is not written.
+    dq
+        Dependent (trellis-coded) quantisation (FORMAT.md, tools bit 2): two quantisers of
+        spacing ``2 step`` (even and odd multiples of the step) switched by a 4-state machine,
+        the levels chosen by a Viterbi search minimising ``(error / (2 step))**2 + rd_lambda *
+        bits`` (bits from the adaptive contexts; ``rd_lambda=0``: distortion only). At equal
+        RMSE it needs ~3 % fewer bytes than ``rd_lambda`` alone on dense deltas (GRU,
+        transformer); errors stay below two steps. Use about half the step of plain coding
+        for the same RMSE. Decoders need nothing (the tools byte signals it).
     schema_bound
         Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
         are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
@@ -97,7 +107,7 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
-    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound))
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq))
     records = [
         _encode_one(name, value, step, qp, rel_step, name in lossless, limits, opts) for name, value in tensors.items()
     ]
@@ -253,6 +263,7 @@ class _Options:
 
     rd_lambda: float = 0.0
     bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
+    dq: bool = False
 
 
 def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) -> bs.TensorRecord:
@@ -279,7 +290,18 @@ def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) 
     if not levels.any():
         return _zero(name, arr)
     cols = _cols(shape, arr.size)
-    if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
+    tools = DEFAULT_RATE_INDEX
+    if mode == bs.MODE_QUANT and opts.dq and float(np.abs(levels).max()) < MAX_DQ_INDEX:
+        # lambda per bit in units of the quantisers' spacing (2 steps) squared: x 4 in step units
+        payload, ks = encode_levels_dq(flat, s, 4.0 * opts.rd_lambda, cols, DEFAULT_RATE_INDEX)
+        if not ks.any():
+            return _zero(name, arr)
+        levels = dq_levels(ks)
+        tools |= bs.TOOL_DQ
+        if float(np.abs(levels).max()) * s > float(np.finfo(dtype).max):
+            return _raw(name, arr)  # a level rounded past the dtype's range (float16 near 65504)
+        payload = payload.tobytes()
+    elif mode == bs.MODE_QUANT and opts.rd_lambda > 0:
         payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
         if not levels.any():
             return _zero(name, arr)
@@ -287,7 +309,7 @@ def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) 
         payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX).tobytes()
     if len(payload) >= arr.nbytes:
         return _raw(name, arr)  # never larger than the raw values (and then exact)
-    return bs.TensorRecord(name, dtype, shape, mode, s, DEFAULT_RATE_INDEX, payload)
+    return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload)
 
 
 def _zero(name: str, arr: np.ndarray) -> bs.TensorRecord:
@@ -319,7 +341,8 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         return payloads.decode_payload(payload, t)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
-    levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
+    decoder = decode_levels_dq if t.tools & bs.TOOL_DQ else decode_levels
+    levels, status = decoder(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
     if status == BAD_LEVEL:
         raise FormatError(f"tensor {t.name!r}: payload codes a level beyond 2**62")
     if status == SHORT_PAYLOAD:

@@ -60,9 +60,11 @@ FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY)
 ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
 
-# tools byte (coded modes): bits 0-1 probability rate pair, the rest reserved for later tools
+# tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
+# mode only); the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
-_KNOWN_TOOLS = TOOLS_RATE_MASK
+TOOL_DQ = 0x04
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -690,6 +692,8 @@ def _read_coding(
         tools = r.u8(f"{what} tools")
         if tools & ~_KNOWN_TOOLS:
             raise FormatError(f"{what}: unknown coding tools 0x{tools:02x}")
+        if tools & TOOL_DQ and mode != MODE_QUANT:
+            raise FormatError(f"{what}: dependent quantisation on an exactly coded (int) tensor")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)

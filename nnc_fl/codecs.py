@@ -199,6 +199,7 @@ class NNCCodec:
     gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
     tensors they match (the first matching pattern wins).
 
+    ``dq=True`` turns on dependent (trellis-coded) quantisation (see :func:`nnc_fl.encode`).
     ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
     bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
     (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
@@ -217,6 +218,7 @@ class NNCCodec:
         lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
         steps: str | Mapping[str, float] = "",
         schema_bound: bool = False,
+        dq: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -228,6 +230,7 @@ class NNCCodec:
         self.lossless = _patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
+        self.dq = _flag(dq, "dq")
         self._last_schema: dict[str, np.ndarray] | None = None
 
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
@@ -261,6 +264,7 @@ class NNCCodec:
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
             schema_bound=bound,
+            dq=self.dq and not exact,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
@@ -289,6 +293,8 @@ class NNCCodec:
             out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
         if self.schema_bound:
             out["schema_bound"] = True
+        if self.dq:
+            out["dq"] = True
         return out
 
     def __repr__(self) -> str:

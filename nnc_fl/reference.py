@@ -40,6 +40,26 @@ PROB_MIN = 32
 RANGE_MASK = 0xFFFFFFFF
 RANGE_TOP = 1 << 24
 
+# --- Dependent quantisation (tools bit 2; FORMAT.md, "Dependent quantisation") --------------------
+
+#: Next state by (state, parity of the index): states 0, 1 use quantiser Q0, states 2, 3 use Q1.
+DQ_TRANS = ((0, 2), (2, 0), (1, 3), (3, 1))
+#: Significance contexts of states 2 and 3 (sets 1 and 2) follow the 72 of plain coding.
+DQ_SIG_CTX = 72
+N_CONTEXTS_DQ = 126
+MAX_DQ_INDEX = 1 << 61
+
+
+def dq_sig_base(state: int) -> int:
+    return 0 if state < 2 else DQ_SIG_CTX + 27 * (state - 2)
+
+
+def dq_level(k: int, state: int) -> int:
+    """Reconstruction level of index k: 2k in Q0 (states 0, 1), 2k - sgn(k) in Q1 (states 2, 3)."""
+    if state < 2 or k == 0:
+        return 2 * k
+    return 2 * k - (1 if k > 0 else -1)
+
 
 def warmup_shift(n: int) -> int:
     """Largest shift the n-th update of a context (n = 0, 1, ...) may use: max(1, floor(log2(n + 2)))."""
@@ -48,10 +68,10 @@ def warmup_shift(n: int) -> int:
 class _Model:
     """Two-rate probability estimate of a one, per context."""
 
-    def __init__(self, rate_index: int):
+    def __init__(self, rate_index: int, n_contexts: int = N_CONTEXTS):
         self.fast, self.slow = RATE_PAIRS[rate_index]
-        self.p = [[P_INIT, P_INIT] for _ in range(N_CONTEXTS)]
-        self.count = [0] * N_CONTEXTS
+        self.p = [[P_INIT, P_INIT] for _ in range(n_contexts)]
+        self.count = [0] * n_contexts
 
     def p1(self, c: int) -> int:
         return min(max((self.p[c][0] + self.p[c][1]) >> 2, PROB_MIN), PROB_ONE - PROB_MIN)
@@ -184,14 +204,19 @@ def _update_activity(activity: list[int], col: int, q: int) -> None:
     activity[col] = (activity[col] * 15 + 64 * min(abs(q), 2)) >> 4
 
 
-def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> bytes:
-    """Reference of ``nnc_fl._levels.encode_levels``."""
-    model, enc = _Model(rate_index), RangeEncoder()
+def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0, dq: bool = False) -> bytes:
+    """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
+    (``levels`` are then the quantisation indices)."""
+    model, enc = _Model(rate_index, N_CONTEXTS_DQ if dq else N_CONTEXTS), RangeEncoder()
     levels = [int(v) for v in levels]
     activity = [0] * cols
+    state = 0
     for i, q in enumerate(levels):
-        assert abs(q) <= MAX_LEVEL
+        assert abs(q) <= (MAX_DQ_INDEX if dq else MAX_LEVEL)
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        if dq:
+            c_sig += dq_sig_base(state)
+            state = DQ_TRANS[state][q & 1]
         _update_activity(activity, i % cols, q)
         for c, bit in ((c_sig, int(q != 0)),) + (((c_sign, int(q < 0)),) if q else ()):
             enc.bin(bit, model.p1(c))
@@ -213,20 +238,30 @@ def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> byte
     return enc.finish()
 
 
-def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: dict | None = None) -> list[int]:
-    """Reference of ``nnc_fl._levels.decode_levels`` for valid payloads.
+def decode_levels(
+    data: bytes, n: int, cols: int, rate_index: int = 0, stats: dict | None = None, dq: bool = False
+) -> list[int]:
+    """Reference of ``nnc_fl._levels.decode_levels`` (with ``dq``: ``nnc_fl._dq.decode_levels_dq``,
+    returning reconstruction levels) for valid payloads.
 
     If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the decoder consumed.
     """
-    model, dec = _Model(rate_index), RangeDecoder(data)
-    levels: list[int] = []
+    model, dec = _Model(rate_index, N_CONTEXTS_DQ if dq else N_CONTEXTS), RangeDecoder(data)
+    levels: list[int] = []  # the coded integers: levels, or indices with dq
+    out: list[int] = []
     activity = [0] * cols
+    state = 0
     for i in range(n):
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        quantiser_state = state
+        if dq:
+            c_sig += dq_sig_base(state)
         sig = dec.bin(model.p1(c_sig))
         model.update(c_sig, sig)
         if not sig:
             levels.append(0)
+            out.append(0)
+            state = DQ_TRANS[state][0]
             _update_activity(activity, i % cols, 0)
             continue
         neg = dec.bin(model.p1(c_sign))
@@ -245,8 +280,11 @@ def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: di
                 nb += 1
                 assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
             m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
-        levels.append(-m if neg else m)
+        q = -m if neg else m
+        levels.append(q)
+        out.append(dq_level(q, quantiser_state) if dq else q)
+        state = DQ_TRANS[state][q & 1]
         _update_activity(activity, i % cols, m)
     if stats is not None:
         stats["bytes_read"] = dec.pos
-    return levels
+    return out
