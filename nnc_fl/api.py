@@ -16,9 +16,10 @@ import numpy as np
 
 from . import bitstream as bs
 from . import payloads
-from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_levels_dq
+from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
+from ._ratesearch import rate_costs
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
 from .steps import check_rd_lambda, check_step_choice, resolve_step
@@ -39,6 +40,7 @@ def encode(
     limits: Limits = DEFAULT_LIMITS,
     schema_bound: bool = False,
     dq: bool = False,
+    rate_search: bool = False,
 ) -> bytes:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -75,6 +77,10 @@ def encode(
         RMSE it needs ~3 % fewer bytes than ``rd_lambda`` alone on dense deltas (GRU,
         transformer); errors stay below two steps. Use about half the step of plain coding
         for the same RMSE. Decoders need nothing (the tools byte signals it).
+    rate_search
+        Per tensor, pick the probability adaptation rate pair (tools bits 0-1) whose estimated
+        code length is smallest, instead of pair 0 (one extra pass over the levels; ~1 % smaller
+        on GRU / transformer / tiny MLP deltas, 0.2-0.6 % on others).
     schema_bound
         Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
         are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
@@ -107,7 +113,7 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
-    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq))
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search))
     records = [
         _encode_one(name, value, step, qp, rel_step, name in lossless, limits, opts) for name, value in tensors.items()
     ]
@@ -264,6 +270,7 @@ class _Options:
     rd_lambda: float = 0.0
     bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
     dq: bool = False
+    rate_search: bool = False
 
 
 def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) -> bs.TensorRecord:
@@ -300,13 +307,23 @@ def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) 
         tools |= bs.TOOL_DQ
         if float(np.abs(levels).max()) * s > float(np.finfo(dtype).max):
             return _raw(name, arr)  # a level rounded past the dtype's range (float16 near 65504)
+        if opts.rate_search:
+            best = int(np.argmin(rate_costs(ks, cols, True)))
+            if best != DEFAULT_RATE_INDEX:
+                payload, tools = encode_indices_dq(ks, cols, best), bs.TOOL_DQ | best
         payload = payload.tobytes()
-    elif mode == bs.MODE_QUANT and opts.rd_lambda > 0:
-        payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
-        if not levels.any():
-            return _zero(name, arr)
     else:
-        payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX).tobytes()
+        if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
+            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, DEFAULT_RATE_INDEX)
+            if not levels.any():
+                return _zero(name, arr)
+        else:
+            payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX)
+        if opts.rate_search:
+            best = int(np.argmin(rate_costs(levels, cols, False)))
+            if best != DEFAULT_RATE_INDEX:
+                payload, tools = encode_levels(levels, cols, best), best
+        payload = payload.tobytes()
     if len(payload) >= arr.nbytes:
         return _raw(name, arr)  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload)

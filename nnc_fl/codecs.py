@@ -199,7 +199,8 @@ class NNCCodec:
     gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
     tensors they match (the first matching pattern wins).
 
-    ``dq=True`` turns on dependent (trellis-coded) quantisation (see :func:`nnc_fl.encode`).
+    ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
+    per-tensor choice of probability adaptation rates (see :func:`nnc_fl.encode`).
     ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
     bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
     (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
@@ -219,6 +220,7 @@ class NNCCodec:
         steps: str | Mapping[str, float] = "",
         schema_bound: bool = False,
         dq: bool = False,
+        rate_search: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -231,6 +233,7 @@ class NNCCodec:
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
         self.dq = _flag(dq, "dq")
+        self.rate_search = _flag(rate_search, "rate_search")
         self._last_schema: dict[str, np.ndarray] | None = None
 
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
@@ -265,6 +268,7 @@ class NNCCodec:
             limits=limits or DEFAULT_LIMITS,
             schema_bound=bound,
             dq=self.dq and not exact,
+            rate_search=self.rate_search,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
@@ -295,6 +299,8 @@ class NNCCodec:
             out["schema_bound"] = True
         if self.dq:
             out["dq"] = True
+        if self.rate_search:
+            out["rate_search"] = True
         return out
 
     def __repr__(self) -> str:

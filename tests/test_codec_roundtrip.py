@@ -323,3 +323,16 @@ def test_dependent_quantisation_keeps_float16_reconstructions_finite():
     x = {"h": np.array([65504.0, -65504.0, 1.0, 0.0] * 4, np.float16)}
     out = nnc_fl.decode(nnc_fl.encode(x, step=40.0, dq=True))["h"]
     assert np.isfinite(out).all() and np.abs(out.astype(np.float64) - x["h"]).max() < 2 * 64
+
+
+def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
+    rng = np.random.default_rng(12)
+    x = {"w": (rng.normal(size=(128, 64)) * 0.01).astype(np.float32), "n": np.arange(300) % 7}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}):
+        base = nnc_fl.encode(x, step=0.003, **kw)
+        searched = nnc_fl.encode(x, step=0.003, rate_search=True, **kw)
+        assert len(searched) <= len(base) + 2
+        out, ref = nnc_fl.decode(searched), nnc_fl.decode(base)
+        assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, other rates
+    assert {t.tools & 3 for t in nnc_fl.inspect(searched).tensors} != {0}
+    assert nnc_fl.codecs.make_codec("nnc", rate_search=True).params() == {"rate_search": True}

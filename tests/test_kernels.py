@@ -326,3 +326,23 @@ def test_dq_reference_constants_equal_the_kernels():
     assert tuple(tuple(r) for r in _dq.TRANS.tolist()) == reference.DQ_TRANS
     assert reference.DQ_SIG_CTX == _dq.DQ_SIG_CTX and reference.N_CONTEXTS_DQ == _dq.N_CONTEXTS_DQ
     assert reference.MAX_DQ_INDEX == _dq.MAX_DQ_INDEX
+
+
+# --- encoder search over the rate pairs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_rate_costs_estimate_each_pairs_payload(dq):
+    from nnc_fl._ratesearch import rate_costs
+
+    rng = np.random.default_rng(31)
+    for kind in ("laplace", "sparse"):
+        ks = _levels(rng, 4000, kind)
+        costs = rate_costs(ks, 80, dq)
+        coder = encode_indices_dq if dq else encode_levels
+        sizes = [len(coder(ks, 80, r)) for r in range(len(RATE_PAIRS))]
+        for bits, size in zip(costs, sizes, strict=True):
+            m = np.abs(ks)
+            eg = sum(2 * (int(v - 12).bit_length() - 1) + 1 for v in m[m > 12])
+            assert abs((bits + eg) / 8 - size) <= 0.01 * size + 8
+        assert sizes[int(np.argmin(costs))] <= min(sizes) * 1.01
