@@ -20,6 +20,7 @@ from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, e
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from ._ratesearch import rate_costs
+from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
 from .steps import check_rd_lambda, check_step_choice, resolve_step
@@ -41,6 +42,7 @@ def encode(
     schema_bound: bool = False,
     dq: bool = False,
     rate_search: bool = False,
+    row_refs: bool = False,
 ) -> bytes:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -81,6 +83,12 @@ def encode(
         Per tensor, pick the probability adaptation rate pair (tools bits 0-1) whose estimated
         code length is smallest, instead of pair 0 (one extra pass over the levels; ~1 % smaller
         on GRU / transformer / tiny MLP deltas, 0.2-0.6 % on others).
+    row_refs
+        Row references (FORMAT.md, tools bit 3): a row of a tensor with two or more dimensions
+        may reference an earlier row; in it, each integer equal to the referenced row's costs
+        one flag. The encoder searches earlier rows (exact duplicates at any distance, others
+        within a bounded window) and uses a reference where most integers agree. Pays on small
+        dense layers with repeated units (dead or duplicated neurons).
     schema_bound
         Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
         are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
@@ -113,7 +121,9 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
-    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search))
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search),
+        row_refs=bool(row_refs),
+    )
     records = [
         _encode_one(name, value, step, qp, rel_step, name in lossless, limits, opts) for name, value in tensors.items()
     ]
@@ -271,6 +281,7 @@ class _Options:
     bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
     dq: bool = False
     rate_search: bool = False
+    row_refs: bool = False
 
 
 def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) -> bs.TensorRecord:
@@ -324,6 +335,14 @@ def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options) 
             if best != DEFAULT_RATE_INDEX:
                 payload, tools = encode_levels(levels, cols, best), best
         payload = payload.tobytes()
+    if opts.row_refs and arr.ndim >= 2 and shape[0] >= 2:
+        coded = ks if tools & bs.TOOL_DQ else levels
+        refs = choose_refs(coded, cols, max(1, SEARCH // cols), MIN_EQUAL)
+        if refs.any():
+            rate = tools & bs.TOOLS_RATE_MASK
+            with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
+            if len(with_refs) < len(payload):
+                payload, tools = with_refs, tools | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
         return _raw(name, arr)  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload)
@@ -358,8 +377,15 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         return payloads.decode_payload(payload, t)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
-    decoder = decode_levels_dq if t.tools & bs.TOOL_DQ else decode_levels
-    levels, status = decoder(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
+    cols, rate = _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK
+    if t.tools & bs.TOOL_ROW_REFS:
+        levels, status = decode_rows(data, numel, cols, rate, bool(t.tools & bs.TOOL_DQ))
+    elif t.tools & bs.TOOL_DQ:
+        levels, status = decode_levels_dq(data, numel, cols, rate)
+    else:
+        levels, status = decode_levels(data, numel, cols, rate)
+    if status == BAD_REF:
+        raise FormatError(f"tensor {t.name!r}: a row references a row not coded before it")
     if status == BAD_LEVEL:
         raise FormatError(f"tensor {t.name!r}: payload codes a level beyond 2**62")
     if status == SHORT_PAYLOAD:

@@ -61,10 +61,11 @@ ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
 
 # tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
-# mode only); the rest reserved for later tools
+# mode only), bit 3 row references; the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
 TOOL_DQ = 0x04
-_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ
+TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {

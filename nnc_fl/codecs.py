@@ -200,7 +200,8 @@ class NNCCodec:
     tensors they match (the first matching pattern wins).
 
     ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
-    per-tensor choice of probability adaptation rates (see :func:`nnc_fl.encode`).
+    per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
+    :func:`nnc_fl.encode`).
     ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
     bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
     (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
@@ -221,6 +222,7 @@ class NNCCodec:
         schema_bound: bool = False,
         dq: bool = False,
         rate_search: bool = False,
+        row_refs: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -234,6 +236,7 @@ class NNCCodec:
         self.schema_bound = _flag(schema_bound, "schema_bound")
         self.dq = _flag(dq, "dq")
         self.rate_search = _flag(rate_search, "rate_search")
+        self.row_refs = _flag(row_refs, "row_refs")
         self._last_schema: dict[str, np.ndarray] | None = None
 
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
@@ -269,6 +272,7 @@ class NNCCodec:
             schema_bound=bound,
             dq=self.dq and not exact,
             rate_search=self.rate_search,
+            row_refs=self.row_refs,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
@@ -301,6 +305,8 @@ class NNCCodec:
             out["dq"] = True
         if self.rate_search:
             out["rate_search"] = True
+        if self.row_refs:
+            out["row_refs"] = True
         return out
 
     def __repr__(self) -> str:

@@ -336,3 +336,22 @@ def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
         assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, other rates
     assert {t.tools & 3 for t in nnc_fl.inspect(searched).tensors} != {0}
     assert nnc_fl.codecs.make_codec("nnc", rate_search=True).params() == {"rate_search": True}
+
+
+def test_row_references_code_repeated_units_cheaper_and_round_trip():
+    rng = np.random.default_rng(13)
+    w = (rng.laplace(size=(64, 64)) * 0.01).astype(np.float32)
+    w[10:17] = 0.0  # dead units
+    for r in range(20, 64, 4):
+        w[r] = w[int(rng.integers(0, r - 1))] + (rng.random(64) < 0.1) * 0.003  # near-copies
+    x = {"w": w, "b": w[:, 0].copy(), "i": (np.arange(64 * 4).reshape(64, 4) % 3).astype(np.int16)}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}, {"rate_search": True}):
+        plain = nnc_fl.encode(x, step=0.002, **kw)
+        refs = nnc_fl.encode(x, step=0.002, row_refs=True, **kw)
+        info = nnc_fl.inspect(refs)
+        assert info.tensor("w").tools & nnc_fl.bitstream.TOOL_ROW_REFS
+        assert not info.tensor("b").tools & nnc_fl.bitstream.TOOL_ROW_REFS  # one row: nothing to reference
+        assert info.tensor("w").length < 0.95 * nnc_fl.inspect(plain).tensor("w").length
+        out, ref = nnc_fl.decode(refs), nnc_fl.decode(plain)
+        assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, fewer bytes
+    assert nnc_fl.codecs.make_codec("nnc", row_refs=True).params() == {"row_refs": True}

@@ -346,3 +346,78 @@ def test_rate_costs_estimate_each_pairs_payload(dq):
             eg = sum(2 * (int(v - 12).bit_length() - 1) + 1 for v in m[m > 12])
             assert abs((bits + eg) / 8 - size) <= 0.01 * size + 8
         assert sizes[int(np.argmin(costs))] <= min(sizes) * 1.01
+
+
+# --- row references (tools bit 3) -----------------------------------------------------------------
+
+
+def _repeating_rows(rng, rows, cols, kind):
+    base = _indices(rng, rows * cols, kind).reshape(rows, cols)
+    for r in range(2, rows, 3):  # copies and near-copies of earlier, non-adjacent rows
+        base[r] = base[int(rng.integers(0, r - 1))]
+        base[r, rng.random(cols) < 0.15] = 1
+    base[1] = 0
+    return base.ravel()
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "extreme"])
+@pytest.mark.parametrize("dq", [False, True])
+def test_row_reference_kernels_match_reference_bit_for_bit(kind, dq):
+    from nnc_fl._rowref import MIN_EQUAL, choose_refs, decode_rows, encode_rows
+
+    rng = np.random.default_rng(41 + dq + len(kind))
+    for rows, cols in [(2, 1), (9, 7), (40, 12)]:
+        ks = _repeating_rows(rng, rows, cols, kind)
+        refs = choose_refs(ks, cols, 4, MIN_EQUAL)
+        assert refs[0] == 0 and all(0 <= d <= r for r, d in enumerate(refs))
+        payload = encode_rows(ks, refs, cols, 2, dq).tobytes()
+        assert payload == reference.encode_levels(ks.tolist(), cols, 2, dq=dq, refs=refs.tolist())
+        expected = dq_levels(ks) if dq else ks
+        assert reference.decode_levels(payload, ks.size, cols, 2, dq=dq, rows=True) == expected.tolist()
+        decoded, status = decode_rows(np.frombuffer(payload, np.uint8), ks.size, cols, 2, dq)
+        assert status == OK and np.array_equal(decoded, expected)
+    assert refs.any()
+
+
+def test_row_references_find_exact_copies_at_any_distance_and_save_bytes():
+    from nnc_fl._rowref import choose_refs, encode_rows
+
+    rng = np.random.default_rng(42)
+    ks = _levels(rng, 200 * 50, "laplace").reshape(200, 50)
+    ks[150] = ks[3]
+    ks[151] = ks[100]
+    ks[151, :5] += 1
+    refs = choose_refs(ks.ravel(), 50, 60, 0.6)
+    assert refs[150] == 147 and refs[151] == 51  # the copy by hash, the near-copy in the window
+    assert len(encode_rows(ks.ravel(), refs, 50, 0, False)) < len(encode_levels(ks.ravel(), 50, 0)) - 20
+
+
+def test_row_reference_decoder_reports_bad_references_and_levels():
+    from nnc_fl._rowref import BAD_REF, decode_rows
+
+    payload = np.frombuffer(reference.encode_levels([0] * 8, 2, 0, refs=[0, 0, 0, 4]), np.uint8)
+    _, status = decode_rows(payload, 8, 2, 0, False)  # row 3 references "row -1"
+    assert status == BAD_REF
+    for prefix, low in [(63, None), (61, (1 << 61) - 11)]:
+        _, status = decode_rows(_one_level_payload(prefix, low), 1, 1, 0, False)
+        assert status == BAD_LEVEL
+    _, status = decode_rows(_one_index_payload(60, (1 << 61) - 11 - (1 << 60)), 1, 1, 0, True)
+    assert status == BAD_LEVEL
+    ks = np.arange(-500, 500, dtype=np.int64)
+    from nnc_fl._rowref import encode_rows
+
+    payload = encode_rows(ks, np.zeros(10, np.int64), 100, 0, False)
+    _, status = decode_rows(payload[: len(payload) // 3], ks.size, 100, 0, False)
+    assert status != OK
+
+
+def test_golden_row_reference_payload():
+    from nnc_fl._rowref import encode_rows
+
+    refs = np.array([0, 1, 0, 3, 2, 0, 0, 4, 1, 0, 2, 3, 0, 1, 5, 0], np.int64)
+    payload = encode_rows(GOLDEN_LEVELS, refs, 4, 0, False).tobytes()
+    assert hashlib.sha256(payload).hexdigest() == GOLDEN_ROWS
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, refs=refs.tolist()) == payload
+
+
+GOLDEN_ROWS = "cc2b29a935e889e97168980d88a78c8d725f48f27b660d04f8f9217c675fd65b"
