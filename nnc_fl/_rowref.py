@@ -68,11 +68,13 @@ def choose_refs(ks, cols, window, min_equal):
     """Per row, the distance to the earlier row it references (0: none)."""
     rows = ks.size // cols
     refs = np.zeros(rows, np.int64)
-    keys = np.empty(rows, np.uint64)
+    keys = np.empty(rows, np.int64)
     for r in range(rows):
-        h = np.uint64(1469598103934665603)
+        # a polynomial hash mod 2**31 - 1: no int64 overflow, so plain Python gives the same keys (a
+        # collision only nominates a row, whose equal integers are then counted)
+        h = 0
         for j in range(r * cols, (r + 1) * cols):
-            h = (h ^ np.uint64(ks[j] & 0xFFFFFFFF)) * np.uint64(1099511628211)
+            h = (h * 1000003 + (ks[j] & 0xFFFFF)) % 2147483647
         keys[r] = h
     for r in range(1, rows):
         best, best_eq = 0, -1

@@ -183,6 +183,20 @@ def _kernel_outputs_digest():
         junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
         decoded, status = decode_levels_dq(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
         h.update(decoded.tobytes() + bytes([status]))
+    from nnc_fl._ratesearch import rate_costs
+    from nnc_fl._rowref import choose_refs, decode_rows, encode_rows
+
+    for dq in (False, True):
+        ks = _levels(rng, 600, "laplace").reshape(30, 20)
+        ks[20:] = ks[3:13]
+        refs = choose_refs(ks.ravel(), 20, 8, 0.6)
+        payload = encode_rows(ks.ravel(), refs, 20, 1, dq)
+        decoded, status = decode_rows(payload, 600, 20, 1, dq)
+        h.update(refs.tobytes() + payload.tobytes() + decoded.tobytes() + bytes([status]))
+        h.update(rate_costs(ks.ravel(), 20, dq).tobytes())
+        junk = rng.integers(0, 256, size=40, dtype=np.uint8)
+        decoded, status = decode_rows(junk, 200, 20, 0, dq)
+        h.update(decoded.tobytes() + bytes([status]))
     return h.hexdigest()
 
 
