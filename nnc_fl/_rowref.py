@@ -53,6 +53,8 @@ BAD_REF = 3
 #: reference to be used.
 SEARCH = 16384
 MIN_EQUAL = 0.6
+#: Columns looked at first when comparing two rows (all of them only if enough of these agree).
+_SAMPLES = 32
 
 
 @jit
@@ -76,10 +78,21 @@ def choose_refs(ks, cols, window, min_equal):
         for j in range(r * cols, (r + 1) * cols):
             h = (h * 1000003 + (ks[j] & 0xFFFFF)) % 2147483647
         keys[r] = h
+    stride = max(1, cols // _SAMPLES)
     for r in range(1, rows):
         best, best_eq = 0, -1
         for p in range(r - 1, -1, -1):
             if keys[p] == keys[r] or r - p <= window:
+                if keys[p] != keys[r]:
+                    # a first look at every stride-th column: most rows are far from a copy
+                    seen = 0
+                    hits = 0
+                    for j in range(0, cols, stride):
+                        seen += 1
+                        if ks[p * cols + j] == ks[r * cols + j]:
+                            hits += 1
+                    if hits < 0.75 * min_equal * seen:
+                        continue
                 eq = 0
                 for j in range(cols):
                     if ks[p * cols + j] == ks[r * cols + j]:

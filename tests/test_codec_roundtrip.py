@@ -333,7 +333,9 @@ def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
         searched = nnc_fl.encode(x, step=0.003, rate_search=True, **kw)
         assert len(searched) <= len(base) + 2
         out, ref = nnc_fl.decode(searched), nnc_fl.decode(base)
-        assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, other rates
+        if "rd_lambda" not in kw:  # RD decisions depend on the rates; else the same levels, other rates
+            assert all(np.array_equal(out[k], ref[k]) for k in x)
+        np.testing.assert_array_equal(out["n"], x["n"])
     assert {t.tools & 3 for t in nnc_fl.inspect(searched).tensors} != {0}
     assert nnc_fl.codecs.make_codec("nnc", rate_search=True).params() == {"rate_search": True}
 
