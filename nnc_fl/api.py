@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import bitstream as bs
 from . import payloads
+from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
+from ._ratesearch import rate_costs
+from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
 from .steps import check_rd_lambda, check_step_choice, resolve_step
@@ -36,9 +40,13 @@ def encode(
     lossless: Collection[str] = (),
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    schema_bound: bool = False,
+    dq: bool = False,
+    rate_search: bool = False,
+    row_refs: bool = False,
     grid: Mapping[str, float] | None = None,
 ) -> bytes:
-    """Code named tensors into one self-contained stream.
+    """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
     Parameters
     ----------
@@ -70,6 +78,32 @@ def encode(
         rounded to the nearest power-of-two multiple of it, at least the grid itself, so a model
         whose values lie on the grid stays on it when it adds the decoded tensor (exactly, in its
         own dtype, while its values stay below 2**22 grid steps).
+    dq
+        Dependent (trellis-coded) quantisation (FORMAT.md, tools bit 2): two quantisers of
+        spacing ``2 step`` (even and odd multiples of the step) switched by a 4-state machine,
+        the levels chosen by a Viterbi search minimising ``(error / (2 step))**2 + rd_lambda *
+        bits`` (bits from the adaptive contexts; ``rd_lambda=0``: distortion only). At equal
+        RMSE it needs ~3 % fewer bytes than ``rd_lambda`` alone on dense deltas (GRU,
+        transformer); errors stay below two steps. Use about half the step of plain coding
+        for the same RMSE. Decoders need nothing (the tools byte signals it).
+    rate_search
+        Per tensor, pick the probability adaptation rate pair (tools bits 0-1) whose estimated
+        code length (over the tensor's first 65 536 elements, whole rows) is smallest, instead of
+        pair 0; ~1 % smaller on GRU / transformer / tiny MLP deltas, 0.2-0.6 % on others.
+    row_refs
+        Row references (FORMAT.md, tools bit 3): a row of a tensor with two or more dimensions
+        may reference an earlier row; in it, each integer equal to the referenced row's costs
+        one flag. The encoder searches earlier rows (exact duplicates at any distance, others
+        within a bounded window) and uses a reference where most integers agree. Pays on small
+        dense layers with repeated units (dead or duplicated neurons).
+    schema_bound
+        Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
+        are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
+        bfloat16 (each tensor's step is rounded to the nearest one) and one CRC covers all
+        payloads -- about 5-7 bytes per tensor instead of ~20 + name. Decoding then needs the
+        schema: ``decode(data, expect=...)`` with the same names, shapes and dtypes in the same
+        order (both FL sides know the base model's); without it the decoder raises
+        :class:`SchemaError`.
 
     Returns
     -------
@@ -98,11 +132,14 @@ def encode(
     for name, g in grid.items():
         if not (g > 0 and math.isfinite(g) and math.frexp(g)[0] == 0.5):
             raise ValueError(f"grid step of tensor {name!r} must be a power of two, got {g!r}")
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search),
+        row_refs=bool(row_refs),
+    )
     records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits, grid.get(name))
+        _encode_one(name, value, step, qp, rel_step, name in lossless, limits, opts, grid.get(name))
         for name, value in tensors.items()
     ]
-    return bs.write_stream(records, fingerprint, limits=limits)
+    return bs.write_stream(records, fingerprint, limits=limits, schema_bound=bool(schema_bound))
 
 
 def _check_memory(tensors: Collection[TensorInfo], limits: Limits) -> None:
@@ -153,7 +190,7 @@ def decode(
     if expect is not None:
         limits = Limits.for_schema(expect)
     try:
-        info = bs.read_table(data, limits)
+        info = bs.read_table(data, limits, expect)
     except LimitError as exc:
         if expect is not None:  # the schema's limits are exact: a larger table is another schema
             raise SchemaError(f"the stream describes more than the expected tensors ({exc})") from exc
@@ -161,6 +198,7 @@ def decode(
     if expect is not None:
         _check_schema(info, expect)
     _check_memory(info.tensors, limits)
+    bs.check_payload_crc(data, info)
     view = memoryview(data).cast("B")
     return {t.name: _decode_one(view, t) for t in info.tensors}
 
@@ -170,12 +208,15 @@ def decode_tensor(
     name: str,
     *,
     limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
 ) -> np.ndarray:
     """Decode only tensor ``name`` (within ``limits``, its memory budget included); other payloads
-    are not read. ``KeyError`` if it is absent."""
-    info = bs.read_table(data, limits)
+    are not decoded (a schema-bound stream, which needs ``expect``, has one CRC over all payloads:
+    that is checked). ``KeyError`` if it is absent."""
+    info = bs.read_table(data, limits, expect)
     t = info.tensor(name)
     _check_memory([t], limits)
+    bs.check_payload_crc(data, info)
     return _decode_one(memoryview(data).cast("B"), t)
 
 
@@ -184,12 +225,24 @@ def read_fingerprint(data: bytes | bytearray | memoryview, *, limits: Limits = D
     return bs.read_fingerprint(data, limits)
 
 
-def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+def is_schema_bound(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` looks like a schema-bound stream (flag bit 2); reads only its first 6 bytes."""
+    view = memoryview(data).cast("B")
+    return len(view) >= 6 and bytes(view[:4]) == bs.MAGIC and bool(view[5] & bs.FLAG_SCHEMA)
+
+
+def inspect(
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
+) -> StreamInfo:
     """The header table of a stream (names, dtypes, shapes, modes, steps, sizes), without decoding.
 
-    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts.
+    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts. A
+    schema-bound stream needs its schema (``expect``), as for :func:`decode`.
     """
-    return bs.read_table(data, limits)
+    return bs.read_table(data, limits, expect)
 
 
 # --- encoding one tensor -------------------------------------------------------------------------
@@ -237,7 +290,18 @@ def _on_grid(s: float, g: float) -> float:
     return g * 2.0 ** max(0, round(math.log2(s / g)))
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits, grid=None) -> bs.TensorRecord:
+@dataclass(frozen=True)
+class _Options:
+    """Encoder settings that apply to every tensor of a stream."""
+
+    rd_lambda: float = 0.0
+    bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
+    dq: bool = False
+    rate_search: bool = False
+    row_refs: bool = False
+
+
+def _encode_one(name, value, step, qp, rel_step, exact, limits, opts: _Options, grid=None) -> bs.TensorRecord:
     arr = _as_array(name, value, limits)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -252,6 +316,8 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits, grid=
         s = resolve_step(name, arr, step, qp, rel_step)
         if grid is not None:
             s = _on_grid(s, grid)
+        if opts.bf16_steps:
+            s = bs.bf16_round(s)
         levels, s = _quantise_within_range(name, flat, s, dtype)
         mode = bs.MODE_QUANT
     else:
@@ -261,15 +327,51 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits, grid=
     if not levels.any():
         return _zero(name, arr)
     cols = _cols(shape, arr.size)
-    if mode == bs.MODE_QUANT and rd_lambda > 0:
-        payload = encode_levels_rd(levels, flat, s, rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
-        if not levels.any():
+    tools = DEFAULT_RATE_INDEX
+    if mode == bs.MODE_QUANT and opts.dq and float(np.abs(levels).max()) < MAX_DQ_INDEX:
+        # lambda per bit in units of the quantisers' spacing (2 steps) squared: x 4 in step units
+        payload, ks = encode_levels_dq(flat, s, 4.0 * opts.rd_lambda, cols, DEFAULT_RATE_INDEX)
+        if not ks.any():
             return _zero(name, arr)
+        levels = dq_levels(ks)
+        tools |= bs.TOOL_DQ
+        if float(np.abs(levels).max()) * s > float(np.finfo(dtype).max):
+            return _raw(name, arr)  # a level rounded past the dtype's range (float16 near 65504)
+        if opts.rate_search:
+            best = int(np.argmin(rate_costs(ks[: _search_span(ks.size, cols)], cols, True)))
+            if best != DEFAULT_RATE_INDEX:
+                payload, tools = encode_indices_dq(ks, cols, best), bs.TOOL_DQ | best
+        payload = payload.tobytes()
     else:
-        payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX).tobytes()
+        if opts.rate_search:  # on the rounded levels, before any RD lowering: one coding pass only
+            tools = int(np.argmin(rate_costs(levels[: _search_span(levels.size, cols)], cols, False)))
+        if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
+            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools)
+            if not levels.any():
+                return _zero(name, arr)
+        else:
+            payload = encode_levels(levels, cols, tools)
+        payload = payload.tobytes()
+    if opts.row_refs and arr.ndim >= 2 and shape[0] >= 2:
+        coded = ks if tools & bs.TOOL_DQ else levels
+        refs = choose_refs(coded, cols, max(1, SEARCH // cols), MIN_EQUAL)
+        if refs.any():
+            rate = tools & bs.TOOLS_RATE_MASK
+            with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
+            if len(with_refs) < len(payload):
+                payload, tools = with_refs, tools | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
         return _raw(name, arr)  # never larger than the raw values (and then exact)
-    return bs.TensorRecord(name, dtype, shape, mode, s, DEFAULT_RATE_INDEX, payload)
+    return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload)
+
+
+#: The rate-pair search looks at the first whole rows of at least this many elements of a tensor.
+RATE_SEARCH_ELEMENTS = 1 << 16
+
+
+def _search_span(n: int, cols: int) -> int:
+    """Elements the rate-pair search estimates on: whole rows, at least RATE_SEARCH_ELEMENTS."""
+    return min(n, max(cols, -(-RATE_SEARCH_ELEMENTS // cols) * cols))
 
 
 def _zero(name: str, arr: np.ndarray) -> bs.TensorRecord:
@@ -289,7 +391,7 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     if t.mode == bs.MODE_ZERO:
         return np.zeros(t.shape, native)
     payload = view[t.offset : t.offset + t.length]
-    if zlib.crc32(payload) != t.crc32:
+    if t.crc32 is not None and zlib.crc32(payload) != t.crc32:
         raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
     if t.zstd:
         payload = bs.unzstd_payload(payload, t)
@@ -301,7 +403,15 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         return payloads.decode_payload(payload, t)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
-    levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
+    cols, rate = _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK
+    if t.tools & bs.TOOL_ROW_REFS:
+        levels, status = decode_rows(data, numel, cols, rate, bool(t.tools & bs.TOOL_DQ))
+    elif t.tools & bs.TOOL_DQ:
+        levels, status = decode_levels_dq(data, numel, cols, rate)
+    else:
+        levels, status = decode_levels(data, numel, cols, rate)
+    if status == BAD_REF:
+        raise FormatError(f"tensor {t.name!r}: a row references a row not coded before it")
     if status == BAD_LEVEL:
         raise FormatError(f"tensor {t.name!r}: payload codes a level beyond 2**62")
     if status == SHORT_PAYLOAD:

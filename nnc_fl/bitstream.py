@@ -12,6 +12,7 @@ allows *before* decompressing. The ``zstandard`` package is imported only for su
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import zlib
@@ -21,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, LimitError
+from .errors import FormatError, LimitError, SchemaError
 
 MAGIC = b"NNCF"
 VERSION = 1
 FLAG_FINGERPRINT = 0x01
 FLAG_ZSTD = 0x02  # payloads of ZSTD_MODES are each one zstd frame of the plain layout
-_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD
+FLAG_SCHEMA = 0x04  # schema-bound table: names, dtypes and shapes referenced by a digest, not repeated
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_SCHEMA
+#: Bytes of the schema digest a schema-bound stream carries (see :func:`schema_digest`).
+SCHEMA_DIGEST_BYTES = 4
 MAX_FINGERPRINT_BYTES = 64
 
 # modes
@@ -60,9 +64,12 @@ MAX_LOWRANK_RANK = 255
 ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
 
-# tools byte (coded modes): bits 0-1 probability rate pair, the rest reserved for later tools
+# tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
+# mode only), bit 3 row references; the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
-_KNOWN_TOOLS = TOOLS_RATE_MASK
+TOOL_DQ = 0x04
+TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -199,6 +206,10 @@ class StreamInfo:
     total_bytes: int
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     zstd: bool = False  # stream flag bit 1
+    #: Schema-bound streams (flag bit 2): one CRC-32 over all payloads (None: no payload, or per
+    #: tensor CRCs in the self-contained table).
+    payload_crc: int | None = None
+    schema_bound: bool = False
 
     def tensor(self, name: str) -> TensorInfo:
         """The table row of tensor ``name`` (``KeyError`` if absent)."""
@@ -232,6 +243,8 @@ class StreamInfo:
             head += f", base {self.fingerprint.hex()[:16]}"
         if self.zstd:
             head += ", zstd payloads"
+        if self.schema_bound:
+            head += ", schema-bound"
         cols = ("name", "dtype", "shape", "mode", "step", "bytes", "bits/elem")
         rows = [
             (
@@ -363,19 +376,74 @@ def check_writable(records: list[TensorRecord], limits: Limits) -> None:
         raise ValueError(f"{total} elements in all, above the limit {limits.max_total_elements}")
 
 
+def _identity(out: bytearray, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """A tensor's name, dtype code, rank and dimensions, as the self-contained table writes them."""
+    raw = name.encode("utf-8")
+    _put_varint(out, len(raw))
+    out += raw
+    out.append(DTYPE_CODES[np.dtype(dtype).newbyteorder("<")])
+    out.append(len(shape))
+    for d in shape:
+        _put_varint(out, d)
+
+
+def schema_digest(schema: list[tuple[str, np.dtype, tuple[int, ...]]]) -> bytes:
+    """The :data:`SCHEMA_DIGEST_BYTES`-byte digest of an ordered schema ``[(name, dtype, shape)]``.
+
+    SHA-256 over ``"nnc-fl schema v1\0"``, the varint tensor count, then each tensor's name,
+    dtype code, rank and dimensions exactly as a self-contained table writes them; the first bytes.
+    """
+    body = bytearray(b"nnc-fl schema v1\0")
+    _put_varint(body, len(schema))
+    for name, dtype, shape in schema:
+        _identity(body, name, dtype, tuple(shape))
+    return hashlib.sha256(body).digest()[:SCHEMA_DIGEST_BYTES]
+
+
+def schema_of(tensors: Mapping[str, Any]) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """``[(name, dtype, shape)]`` of a mapping of arrays (or objects with ``shape`` and ``dtype``)."""
+    out = []
+    for name, v in tensors.items():
+        dtype = np.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype)
+        native = dtype.newbyteorder("=")
+        if native.newbyteorder("<") not in DTYPE_CODES:
+            raise SchemaError(f"tensor {name!r}: the schema's dtype {dtype} has no code in the format")
+        out.append((str(name), native, tuple(int(d) for d in np.shape(v))))
+    return out
+
+
+def bf16_bits(step: float) -> int | None:
+    """The 16 bits of ``step`` as a bfloat16 (the high half of its float32), or None if the float32
+    of ``step`` has non-zero low 16 bits (not exactly a bfloat16)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", step))
+    return None if bits & 0xFFFF else bits >> 16
+
+
+def bf16_round(step: float) -> float:
+    """``step`` rounded to the nearest bfloat16 (ties to even), as a float: the steps a schema-bound
+    table carries (2 bytes; relative precision 2**-9)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", step))
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
 def write_stream(
     records: list[TensorRecord],
     fingerprint: bytes | None = None,
     *,
     limits: Limits = DEFAULT_LIMITS,
     zstd_level: int | None = None,
+    schema_bound: bool = False,
 ) -> bytes:
     """Serialise ``records`` (in order) with an optional base-model ``fingerprint``.
 
     With ``zstd_level`` (1..22) the stream gets flag bit 1 and the payload of every record whose
     mode is in :data:`ZSTD_MODES` is stored as one zstd frame (content size declared) of the
-    record's plain payload; that needs the ``zstandard`` package. Raises ``ValueError`` for a
-    stream a decoder with the same ``limits`` would refuse.
+    record's plain payload; that needs the ``zstandard`` package. With ``schema_bound`` the stream
+    gets flag bit 2: the table references the records' names, dtypes and shapes by their
+    :func:`schema_digest` instead of repeating them (decoding then needs the schema), steps are
+    bfloat16 (every quant record's step must be one: :func:`bf16_round`) and one CRC-32 covers all
+    payloads. Raises ``ValueError`` for a stream a decoder with the same ``limits`` would refuse.
     """
     check_writable(records, limits)
     flags = 0
@@ -400,23 +468,34 @@ def write_stream(
         payloads = [
             compressor.compress(p) if r.mode in ZSTD_MODES else p for r, p in zip(records, payloads, strict=True)
         ]
-    _put_varint(table, len(records))
+    if schema_bound:
+        flags |= FLAG_SCHEMA
+        table += schema_digest([(r.name, r.dtype, r.shape) for r in records])
+    else:
+        _put_varint(table, len(records))
     for r, payload in zip(records, payloads, strict=True):
-        name = r.name.encode("utf-8")
-        _put_varint(table, len(name))
-        table += name
-        table.append(DTYPE_CODES[np.dtype(r.dtype).newbyteorder("<")])
-        table.append(len(r.shape))
-        for d in r.shape:
-            _put_varint(table, d)
+        if not schema_bound:
+            _identity(table, r.name, r.dtype, r.shape)
         table.append(r.mode)
         if r.mode == MODE_QUANT:
-            table += struct.pack("<f", r.step)
+            if schema_bound:
+                bits = bf16_bits(r.step)
+                if bits is None:
+                    raise ValueError(f"tensor {r.name!r}: step {r.step!r} is not a bfloat16 (schema-bound table)")
+                table += struct.pack("<H", bits)
+            else:
+                table += struct.pack("<f", r.step)
         if r.mode in _CODED_MODES:
             table.append(r.tools)
         if r.mode != MODE_ZERO:
             _put_varint(table, len(payload))
-            table += struct.pack("<I", zlib.crc32(payload))
+            if not schema_bound:
+                table += struct.pack("<I", zlib.crc32(payload))
+    if schema_bound and any(r.mode != MODE_ZERO for r in records):
+        crc = 0
+        for payload in payloads:
+            crc = zlib.crc32(payload, crc)
+        table += struct.pack("<I", crc)
     if len(table) > limits.max_header_bytes:
         raise ValueError(f"tensor table of {len(table)} bytes, above the limit {limits.max_header_bytes}")
     head = bytearray(MAGIC)
@@ -494,17 +573,46 @@ def read_fingerprint(data: bytes | bytearray | memoryview, limits: Limits = DEFA
     return _open_header(data, limits)[3]
 
 
-def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
-    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem."""
+def read_table(
+    data: bytes | bytearray | memoryview,
+    limits: Limits = DEFAULT_LIMITS,
+    schema: Mapping[str, Any] | None = None,
+) -> StreamInfo:
+    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem.
+
+    ``schema`` (a mapping name -> array-like with ``shape`` and ``dtype``, in the stream's order)
+    is needed for a schema-bound stream (flag bit 2) and ignored otherwise; a schema-bound stream
+    read without one, or with one whose digest differs, raises :class:`SchemaError`.
+    """
     view, table_end, r, fingerprint = _open_header(data, limits)
     total, version, zstd = len(view), view[4], bool(view[5] & FLAG_ZSTD)
-    count = r.varint("tensor count", limits.max_tensors)
+    bound = bool(view[5] & FLAG_SCHEMA)
+    if bound:
+        if schema is None:
+            raise SchemaError(
+                "schema-bound stream (flag bit 2): decoding needs the schema of its tensors (pass expect=...)"
+            )
+        identities = schema_of(schema)
+        digest = r.take(SCHEMA_DIGEST_BYTES, "schema digest")
+        if digest != schema_digest(identities):
+            raise SchemaError("schema-bound stream: its schema digest differs from the expected tensors'")
+        count = len(identities)
+        if count > limits.max_tensors:
+            raise LimitError(f"tensor count is {count}, above the limit {limits.max_tensors}")
+    else:
+        count = r.varint("tensor count", limits.max_tensors)
     tensors: list[TensorInfo] = []
     index: dict[str, int] = {}
     offset = table_end + 4
     total_elements = 0
     for i in range(count):
-        t = _read_entry(r, i, offset, limits, zstd)
+        if bound:
+            name, dtype, shape = identities[i]
+            dtype = DTYPES[DTYPE_CODES[dtype.newbyteorder("<")]]
+            _check_identity(f"tensor {name!r}", len(name.encode("utf-8")), len(shape), math.prod(shape), limits)
+        else:
+            name, dtype, shape = _read_identity(r, i, limits)
+        t = _read_coding(r, name, dtype, shape, offset, zstd, bound)
         if t.name in index:
             raise FormatError(f"duplicate tensor name {t.name!r}")
         total_elements += t.numel
@@ -513,15 +621,37 @@ def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
         index[t.name] = i
         tensors.append(t)
         offset += t.length
+    payload_crc = None
+    if bound and any(t.mode != MODE_ZERO for t in tensors):
+        (payload_crc,) = struct.unpack("<I", r.take(4, "payload CRC"))
     if r.pos != table_end:
         raise FormatError(f"{table_end - r.pos} unexplained bytes at the end of the header")
     if offset != total:
         how = "truncated" if offset > total else f"followed by {total - offset} trailing bytes"
         raise FormatError(f"payloads do not tile the stream: it is {how}")
-    return StreamInfo(version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd)
+    return StreamInfo(
+        version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd, payload_crc=payload_crc,
+        schema_bound=bound,
+    )
 
 
-def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool) -> TensorInfo:
+def check_payload_crc(data: bytes | bytearray | memoryview, info: StreamInfo) -> None:
+    """Schema-bound streams: check the one CRC-32 of all payloads (no-op for self-contained ones,
+    whose payloads are checked one by one)."""
+    if info.payload_crc is not None and zlib.crc32(memoryview(data).cast("B")[info.header_bytes :]) != info.payload_crc:
+        raise FormatError("payload CRC mismatch (corrupted)")
+
+
+def _check_identity(what: str, name_bytes: int, ndim: int, numel: int, limits: Limits) -> None:
+    if name_bytes > limits.max_name_bytes:
+        raise LimitError(f"{what}: name of {name_bytes} bytes, above the limit {limits.max_name_bytes}")
+    if ndim > limits.max_ndim:
+        raise LimitError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
+    if numel > limits.max_tensor_elements:
+        raise LimitError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
+
+
+def _read_identity(r: _Reader, i: int, limits: Limits) -> tuple[str, np.dtype, tuple[int, ...]]:
     what = f"tensor #{i}"
     name_len = r.varint(f"{what} name length", limits.max_name_bytes)
     try:
@@ -537,11 +667,15 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
     if ndim > limits.max_ndim:
         raise LimitError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
     shape = tuple(r.varint(f"{what} dimension", limits.max_tensor_elements) for _ in range(ndim))
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel > limits.max_tensor_elements:
-        raise LimitError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
+    _check_identity(what, name_len, ndim, math.prod(shape), limits)
+    return name, dtype, shape
+
+
+def _read_coding(
+    r: _Reader, name: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, zstd_flag: bool, bound: bool
+) -> TensorInfo:
+    what = f"tensor {name!r}"
+    numel = math.prod(shape)
     mode = r.u8(f"{what} mode")
     if mode not in MODE_NAMES:
         raise FormatError(f"{what}: unknown coding mode {mode}")
@@ -550,7 +684,11 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
     if mode == MODE_QUANT:
         if dtype.kind != "f":
             raise FormatError(f"{what}: mode 'quant' on non-float dtype {dtype.name}")
-        (step,) = struct.unpack("<f", r.take(4, f"{what} step"))
+        if bound:
+            (bits,) = struct.unpack("<H", r.take(2, f"{what} step"))
+            (step,) = struct.unpack("<f", struct.pack("<I", bits << 16))
+        else:
+            (step,) = struct.unpack("<f", r.take(4, f"{what} step"))
         if not (np.isfinite(step) and step > 0):
             raise FormatError(f"{what}: step {step} is not a positive finite number")
     if mode == MODE_INT and dtype.kind == "f":
@@ -560,16 +698,19 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on non-float dtype {dtype.name}")
         if numel == 0:
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on an empty tensor")
-        if mode == MODE_LOWRANK and ndim < 2:
-            raise FormatError(f"{what}: mode 'lowrank' on a tensor of rank {ndim} (needs >= 2)")
+        if mode == MODE_LOWRANK and len(shape) < 2:
+            raise FormatError(f"{what}: mode 'lowrank' on a tensor of rank {len(shape)} (needs >= 2)")
     if mode in _CODED_MODES:
         tools = r.u8(f"{what} tools")
         if tools & ~_KNOWN_TOOLS:
             raise FormatError(f"{what}: unknown coding tools 0x{tools:02x}")
+        if tools & TOOL_DQ and mode != MODE_QUANT:
+            raise FormatError(f"{what}: dependent quantisation on an exactly coded (int) tensor")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)
-        (crc,) = struct.unpack("<I", r.take(4, f"{what} payload CRC"))
+        if not bound:
+            (crc,) = struct.unpack("<I", r.take(4, f"{what} payload CRC"))
     zstd = zstd_flag and mode in ZSTD_MODES
     if mode == MODE_RAW and not zstd and length != numel * dtype.itemsize:
         raise FormatError(f"{what}: raw payload of {length} bytes for {numel} x {dtype.itemsize}-byte elements")

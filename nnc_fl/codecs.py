@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .api import decode, encode, read_fingerprint
+from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
@@ -173,6 +173,17 @@ def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
     return tuple((str(p), check_step(p, s)) for p, s in items)
 
 
+def _flag(value: object, what: str) -> bool:
+    """A boolean codec parameter (bools, or 0/1 and "true"/"false" as they may travel as text)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
@@ -187,6 +198,15 @@ class NNCCodec:
     :data:`DEFAULT_LOSSLESS`, the BatchNorm-style running statistics; ``""`` for none); ``steps``
     gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
     tensors they match (the first matching pattern wins).
+
+    ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
+    per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
+    :func:`nnc_fl.encode`).
+    ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
+    bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
+    (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
+    encoded, so decoding its own stream again without ``expect`` (error feedback on the client)
+    works; any other schema-bound stream needs ``expect``.
     """
 
     name = "nnc"
@@ -199,6 +219,10 @@ class NNCCodec:
         rd_lambda: float = 0.0,
         lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
         steps: str | Mapping[str, float] = "",
+        schema_bound: bool = False,
+        dq: bool = False,
+        rate_search: bool = False,
+        row_refs: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -209,6 +233,11 @@ class NNCCodec:
         self.rd_lambda = check_rd_lambda(rd_lambda)
         self.lossless = _patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
+        self.schema_bound = _flag(schema_bound, "schema_bound")
+        self.dq = _flag(dq, "dq")
+        self.rate_search = _flag(rate_search, "rate_search")
+        self.row_refs = _flag(row_refs, "row_refs")
+        self._last_schema: dict[str, np.ndarray] | None = None
 
     #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
     supports_grid = True
@@ -244,7 +273,13 @@ class NNCCodec:
                 lossless=[n for n in tensors if n not in anchored],
                 fingerprint=fingerprint,
                 limits=limits or DEFAULT_LIMITS,
+                rate_search=self.rate_search,
             )
+        bound = self.schema_bound
+        if bound:  # zero-memory stand-ins with the shapes and dtypes (see decode)
+            self._last_schema = {
+                n: np.broadcast_to(np.zeros((), np.asarray(v).dtype), np.shape(v)) for n, v in tensors.items()
+            }
         return encode(
             tensors,
             step=step,
@@ -255,9 +290,17 @@ class NNCCodec:
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
             grid=grid,
+            schema_bound=bound,
+            dq=self.dq,
+            rate_search=self.rate_search,
+            row_refs=self.row_refs,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        if expect is None and self._last_schema is not None and is_schema_bound(data):
+            # own stream decoded again (error feedback): the schema is the one just encoded; the
+            # digest check still refuses any stream of another schema
+            return decode(data, expect=self._last_schema)
         return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
@@ -277,6 +320,14 @@ class NNCCodec:
             out["lossless"] = ",".join(self.lossless)
         if self.steps:
             out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
+        if self.schema_bound:
+            out["schema_bound"] = True
+        if self.dq:
+            out["dq"] = True
+        if self.rate_search:
+            out["rate_search"] = True
+        if self.row_refs:
+            out["row_refs"] = True
         return out
 
     def __repr__(self) -> str:

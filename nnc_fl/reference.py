@@ -40,6 +40,33 @@ PROB_MIN = 32
 RANGE_MASK = 0xFFFFFFFF
 RANGE_TOP = 1 << 24
 
+# --- Dependent quantisation (tools bit 2; FORMAT.md, "Dependent quantisation") --------------------
+
+#: Next state by (state, parity of the index): states 0, 1 use quantiser Q0, states 2, 3 use Q1.
+DQ_TRANS = ((0, 2), (2, 0), (1, 3), (3, 1))
+#: Significance contexts of states 2 and 3 (sets 1 and 2) follow the 72 of plain coding.
+DQ_SIG_CTX = 72
+N_CONTEXTS_DQ = 126
+MAX_DQ_INDEX = 1 << 61
+
+# --- Row references (tools bit 3; FORMAT.md, "Row references") ------------------------------------
+
+#: Context of the per-row reference flag, then 3 equal-flag contexts (by min(|referenced|, 2)).
+REF_CTX = 126
+EQ_CTX = 127
+N_CONTEXTS_ROWS = 130
+
+
+def dq_sig_base(state: int) -> int:
+    return 0 if state < 2 else DQ_SIG_CTX + 27 * (state - 2)
+
+
+def dq_level(k: int, state: int) -> int:
+    """Reconstruction level of index k: 2k in Q0 (states 0, 1), 2k - sgn(k) in Q1 (states 2, 3)."""
+    if state < 2 or k == 0:
+        return 2 * k
+    return 2 * k - (1 if k > 0 else -1)
+
 
 def warmup_shift(n: int) -> int:
     """Largest shift the n-th update of a context (n = 0, 1, ...) may use: max(1, floor(log2(n + 2)))."""
@@ -48,10 +75,10 @@ def warmup_shift(n: int) -> int:
 class _Model:
     """Two-rate probability estimate of a one, per context."""
 
-    def __init__(self, rate_index: int):
+    def __init__(self, rate_index: int, n_contexts: int = N_CONTEXTS):
         self.fast, self.slow = RATE_PAIRS[rate_index]
-        self.p = [[P_INIT, P_INIT] for _ in range(N_CONTEXTS)]
-        self.count = [0] * N_CONTEXTS
+        self.p = [[P_INIT, P_INIT] for _ in range(n_contexts)]
+        self.count = [0] * n_contexts
 
     def p1(self, c: int) -> int:
         return min(max((self.p[c][0] + self.p[c][1]) >> 2, PROB_MIN), PROB_ONE - PROB_MIN)
@@ -184,15 +211,39 @@ def _update_activity(activity: list[int], col: int, q: int) -> None:
     activity[col] = (activity[col] * 15 + 64 * min(abs(q), 2)) >> 4
 
 
-def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> bytes:
-    """Reference of ``nnc_fl._levels.encode_levels``."""
-    model, enc = _Model(rate_index), RangeEncoder()
+def encode_levels(
+    levels: Sequence[int], cols: int, rate_index: int = 0, dq: bool = False, refs: Sequence[int] | None = None
+) -> bytes:
+    """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
+    (``levels`` are then the quantisation indices); with ``refs`` (per row, the distance to the
+    referenced row or 0), of ``nnc_fl._rowref.encode_rows``."""
+    n_ctx = N_CONTEXTS_ROWS if refs is not None else (N_CONTEXTS_DQ if dq else N_CONTEXTS)
+    model, enc = _Model(rate_index, n_ctx), RangeEncoder()
     levels = [int(v) for v in levels]
     activity = [0] * cols
+    state = 0
+    d = 0
     for i, q in enumerate(levels):
-        assert abs(q) <= MAX_LEVEL
+        assert abs(q) <= (MAX_DQ_INDEX if dq else MAX_LEVEL)
+        row = i // cols
+        if refs is not None and i % cols == 0 and row > 0:
+            d = int(refs[row])
+            enc.bin(int(d > 0), model.p1(REF_CTX))
+            model.update(REF_CTX, int(d > 0))
+            if d:
+                enc.bypass(d - 1, (row - 1).bit_length())
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        if dq:
+            c_sig += dq_sig_base(state)
+            state = DQ_TRANS[state][q & 1]
         _update_activity(activity, i % cols, q)
+        if d:
+            ref = levels[i - d * cols]
+            c_eq = EQ_CTX + min(abs(ref), 2)
+            enc.bin(int(q == ref), model.p1(c_eq))
+            model.update(c_eq, int(q == ref))
+            if q == ref:
+                continue
         for c, bit in ((c_sig, int(q != 0)),) + (((c_sign, int(q < 0)),) if q else ()):
             enc.bin(bit, model.p1(c))
             model.update(c, bit)
@@ -213,40 +264,80 @@ def encode_levels(levels: Sequence[int], cols: int, rate_index: int = 0) -> byte
     return enc.finish()
 
 
-def decode_levels(data: bytes, n: int, cols: int, rate_index: int = 0, stats: dict | None = None) -> list[int]:
-    """Reference of ``nnc_fl._levels.decode_levels`` for valid payloads.
+def decode_levels(
+    data: bytes,
+    n: int,
+    cols: int,
+    rate_index: int = 0,
+    stats: dict | None = None,
+    dq: bool = False,
+    rows: bool = False,
+) -> list[int]:
+    """Reference of ``nnc_fl._levels.decode_levels`` (with ``dq``: ``nnc_fl._dq.decode_levels_dq``,
+    returning reconstruction levels; with ``rows``: ``nnc_fl._rowref.decode_rows``) for valid payloads.
 
     If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the decoder consumed.
     """
-    model, dec = _Model(rate_index), RangeDecoder(data)
-    levels: list[int] = []
+    n_ctx = N_CONTEXTS_ROWS if rows else (N_CONTEXTS_DQ if dq else N_CONTEXTS)
+    model, dec = _Model(rate_index, n_ctx), RangeDecoder(data)
+    levels: list[int] = []  # the coded integers: levels, or indices with dq
+    out: list[int] = []
     activity = [0] * cols
+    state = 0
+    d = 0
     for i in range(n):
+        row = i // cols
+        if rows and i % cols == 0 and row > 0:
+            d = 0
+            if dec.bin(model.p1(REF_CTX)):
+                model.update(REF_CTX, 1)
+                d = dec.bypass((row - 1).bit_length()) + 1
+                assert d <= row  # the kernel reports BAD_REF
+            else:
+                model.update(REF_CTX, 0)
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
-        sig = dec.bin(model.p1(c_sig))
-        model.update(c_sig, sig)
-        if not sig:
-            levels.append(0)
-            _update_activity(activity, i % cols, 0)
-            continue
-        neg = dec.bin(model.p1(c_sign))
-        model.update(c_sign, neg)
-        m = 1
-        for k in range(1, GT_FLAGS + 1):
-            c = GT_CTX + 3 * (k - 1) + g
-            bit = dec.bin(model.p1(c))
-            model.update(c, bit)
-            if not bit:
-                break
-            m = k + 1
-        if m > GT_FLAGS:
-            nb = 0
-            while dec.bypass(1):
-                nb += 1
-                assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
-            m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
-        levels.append(-m if neg else m)
-        _update_activity(activity, i % cols, m)
+        quantiser_state = state
+        if dq:
+            c_sig += dq_sig_base(state)
+        q = None
+        if d:
+            ref = levels[i - d * cols]
+            c_eq = EQ_CTX + min(abs(ref), 2)
+            eq = dec.bin(model.p1(c_eq))
+            model.update(c_eq, eq)
+            if eq:
+                q = ref
+        if q is None:
+            q = _decode_value(dec, model, c_sig, c_sign, g)
+        levels.append(q)
+        out.append(dq_level(q, quantiser_state) if dq else q)
+        state = DQ_TRANS[state][q & 1]
+        _update_activity(activity, i % cols, q)
     if stats is not None:
         stats["bytes_read"] = dec.pos
-    return levels
+    return out
+
+
+def _decode_value(dec: RangeDecoder, model: _Model, c_sig: int, c_sign: int, g: int) -> int:
+    """The bins of one level (or index): significance, sign, greater-than flags, Exp-Golomb."""
+    sig = dec.bin(model.p1(c_sig))
+    model.update(c_sig, sig)
+    if not sig:
+        return 0
+    neg = dec.bin(model.p1(c_sign))
+    model.update(c_sign, neg)
+    m = 1
+    for k in range(1, GT_FLAGS + 1):
+        c = GT_CTX + 3 * (k - 1) + g
+        bit = dec.bin(model.p1(c))
+        model.update(c, bit)
+        if not bit:
+            break
+        m = k + 1
+    if m > GT_FLAGS:
+        nb = 0
+        while dec.bypass(1):
+            nb += 1
+            assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
+        m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
+    return -m if neg else m

@@ -11,8 +11,10 @@ are the same with and without compression.
   (keyframes and deltas; a node that already holds the model gets no payload and counts 0; a chain
   of increments counts all its payloads against one model's raw size).
 - ``keyframes`` / ``keyframe_bytes``: how many of those were keyframes (a node's first contact, or a
-  node too far behind) and their bytes, included in ``down_bytes``.
-- ``eval_down_bytes``, ``eval_down_raw_bytes``, ``eval_keyframes``, ``eval_keyframe_bytes``: the same
+  node too far behind) and their bytes, included in ``down_bytes``; ``deltas``: how many were
+  increments against a model the node holds.
+- ``eval_down_bytes``, ``eval_down_raw_bytes``, ``eval_keyframes``, ``eval_keyframe_bytes``,
+  ``eval_deltas``: the same
   for the models sent with evaluate instructions. The round's whole downlink is
   ``down_bytes + eval_down_bytes``.
 - ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
@@ -52,11 +54,12 @@ FIELDS: tuple[str, ...] = (
     "down_raw_bytes",
     "keyframes",
     "keyframe_bytes",
+    "deltas",
     "eval_down_bytes",
     "eval_down_raw_bytes",
     "eval_keyframes",
     "eval_keyframe_bytes",
-    "deltas",
+    "eval_deltas",
     "encode_s",
     "decode_s",
     "client_encode_s",
@@ -108,7 +111,7 @@ class RoundStats:
         self._row[prefix + "down_raw_bytes"] += raw_bytes
         self._row[prefix + "keyframes"] += kind == protocol.KEYFRAME
         self._row[prefix + "keyframe_bytes"] += nbytes if kind == protocol.KEYFRAME else 0
-        self._row["deltas"] += kind == protocol.DELTA and train
+        self._row[prefix + "deltas"] += kind == protocol.DELTA
         self._row["encode_s"] += encode_s
 
     def train_metrics(self) -> dict[str, int]:

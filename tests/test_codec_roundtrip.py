@@ -287,3 +287,73 @@ def test_rate_distortion_payload_matches_the_reference_decoder():
     payload = encode_levels_rd(levels, x, 0.01, 0.3, 50, 0).tobytes()
     assert reference.decode_levels(payload, 500, 50) == levels.tolist()
     assert reference.encode_levels(levels.tolist(), 50) == payload
+
+
+def test_dependent_quantisation_round_trips_within_two_steps_and_is_signalled():
+    rng = np.random.default_rng(10)
+    x = {
+        "w": (rng.normal(size=(64, 96)) * 0.01).astype(np.float32),
+        "b": (rng.normal(size=64) * 0.01).astype(np.float32),
+        "n": np.arange(5),
+        "h": (rng.normal(size=(8, 8)) * 0.01).astype(np.float16),
+    }
+    for lam in (0.0, 0.075):
+        data = nnc_fl.encode(x, step=0.004, dq=True, rd_lambda=lam)
+        info = nnc_fl.inspect(data)
+        assert info.tensor("w").tools & nnc_fl.bitstream.TOOL_DQ and not info.tensor("n").tools
+        out = nnc_fl.decode(data)
+        np.testing.assert_array_equal(out["n"], x["n"])
+        s = float(np.float32(0.004))
+        for k in ("w", "b", "h"):
+            assert np.abs(out[k].astype(np.float64) - x[k]).max() < 2 * s * (1 + 1e-3)
+    # at about half the step, DQ reaches the RMSE of plain RD coding in fewer bytes
+    plain = nnc_fl.encode({"w": x["w"]}, step=0.008, rd_lambda=0.1)
+    dq = nnc_fl.encode({"w": x["w"]}, step=0.0047, rd_lambda=0.075, dq=True)
+    rmse = lambda d: float(np.sqrt(np.mean((nnc_fl.decode(d)["w"].astype(np.float64) - x["w"]) ** 2)))  # noqa: E731
+    assert rmse(dq) < rmse(plain) and len(dq) < len(plain)
+    tiny = {"w": np.full((3, 3), 1e-4, np.float32)}  # every index 0 after the trellis
+    assert nnc_fl.inspect(nnc_fl.encode(tiny, step=0.01, dq=True)).tensor("w").mode_name == "zero"
+    codec = nnc_fl.codecs.make_codec("nnc", dq=True, step=0.004)
+    assert codec.params() == {"step": 0.004, "dq": True}
+    assert nnc_fl.inspect(codec.encode(x)).tensor("w").tools & nnc_fl.bitstream.TOOL_DQ
+    assert not nnc_fl.inspect(codec.encode(x, exact=True)).tensor("n").tools
+
+
+def test_dependent_quantisation_keeps_float16_reconstructions_finite():
+    x = {"h": np.array([65504.0, -65504.0, 1.0, 0.0] * 4, np.float16)}
+    out = nnc_fl.decode(nnc_fl.encode(x, step=40.0, dq=True))["h"]
+    assert np.isfinite(out).all() and np.abs(out.astype(np.float64) - x["h"]).max() < 2 * 64
+
+
+def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
+    rng = np.random.default_rng(12)
+    x = {"w": (rng.normal(size=(128, 64)) * 0.01).astype(np.float32), "n": np.arange(300) % 7}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}):
+        base = nnc_fl.encode(x, step=0.003, **kw)
+        searched = nnc_fl.encode(x, step=0.003, rate_search=True, **kw)
+        assert len(searched) <= len(base) + 2
+        out, ref = nnc_fl.decode(searched), nnc_fl.decode(base)
+        if "rd_lambda" not in kw:  # RD decisions depend on the rates; else the same levels, other rates
+            assert all(np.array_equal(out[k], ref[k]) for k in x)
+        np.testing.assert_array_equal(out["n"], x["n"])
+    assert {t.tools & 3 for t in nnc_fl.inspect(searched).tensors} != {0}
+    assert nnc_fl.codecs.make_codec("nnc", rate_search=True).params() == {"rate_search": True}
+
+
+def test_row_references_code_repeated_units_cheaper_and_round_trip():
+    rng = np.random.default_rng(13)
+    w = (rng.laplace(size=(64, 64)) * 0.01).astype(np.float32)
+    w[10:17] = 0.0  # dead units
+    for r in range(20, 64, 4):
+        w[r] = w[int(rng.integers(0, r - 1))] + (rng.random(64) < 0.1) * 0.003  # near-copies
+    x = {"w": w, "b": w[:, 0].copy(), "i": (np.arange(64 * 4).reshape(64, 4) % 3).astype(np.int16)}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}, {"rate_search": True}):
+        plain = nnc_fl.encode(x, step=0.002, **kw)
+        refs = nnc_fl.encode(x, step=0.002, row_refs=True, **kw)
+        info = nnc_fl.inspect(refs)
+        assert info.tensor("w").tools & nnc_fl.bitstream.TOOL_ROW_REFS
+        assert not info.tensor("b").tools & nnc_fl.bitstream.TOOL_ROW_REFS  # one row: nothing to reference
+        assert info.tensor("w").length < 0.95 * nnc_fl.inspect(plain).tensor("w").length
+        out, ref = nnc_fl.decode(refs), nnc_fl.decode(plain)
+        assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, fewer bytes
+    assert nnc_fl.codecs.make_codec("nnc", row_refs=True).params() == {"row_refs": True}

@@ -84,7 +84,7 @@ def test_random_bytes(blob):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=64), st.integers(0, 3))
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 15))
 def test_hostile_payloads_with_valid_crcs_decode_or_fail_cleanly(payload, rate):
     # A tensor table claiming a coded float tensor whose payload is arbitrary bytes (CRC made valid):
     # the decoder must return *something* bounded or raise FormatError.
@@ -158,6 +158,13 @@ def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b
             "cannot come from a 1-byte payload",
         ),
         (_rebuild(b"\x02" + _one_entry_table()[1:] * 2, b""), "duplicate tensor name"),
+        (
+            _rebuild(
+                _one_entry_table(dtype=6, mode=bs.MODE_INT, extra=b"\x04\x01" + struct.pack("<I", zlib.crc32(b"a"))),
+                b"a",
+            ),
+            "dependent quantisation on an exactly coded",
+        ),
         (_rebuild(b"\x80\x00", b""), "non-minimal varint"),
     ],
 )

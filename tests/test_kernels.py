@@ -12,6 +12,7 @@ import pytest
 
 import nnc_fl
 from nnc_fl import encode, reference
+from nnc_fl._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
 from nnc_fl._quantise import dequantise, quantise
@@ -174,6 +175,28 @@ def _kernel_outputs_digest():
         junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
         decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
         h.update(decoded.tobytes() + bytes([status]))
+    for lam in (0.0, 0.4):
+        payload, ks = encode_levels_dq(x, 0.01, lam, 60, 1)
+        decoded, status = decode_levels_dq(payload, x.size, 60, 1)
+        h.update(payload.tobytes() + ks.tobytes() + decoded.tobytes() + bytes([status]))
+    for _ in range(30):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        decoded, status = decode_levels_dq(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        h.update(decoded.tobytes() + bytes([status]))
+    from nnc_fl._ratesearch import rate_costs
+    from nnc_fl._rowref import choose_refs, decode_rows, encode_rows
+
+    for dq in (False, True):
+        ks = _levels(rng, 600, "laplace").reshape(30, 20)
+        ks[20:] = ks[3:13]
+        refs = choose_refs(ks.ravel(), 20, 8, 0.6)
+        payload = encode_rows(ks.ravel(), refs, 20, 1, dq)
+        decoded, status = decode_rows(payload, 600, 20, 1, dq)
+        h.update(refs.tobytes() + payload.tobytes() + decoded.tobytes() + bytes([status]))
+        h.update(rate_costs(ks.ravel(), 20, dq).tobytes())
+        junk = rng.integers(0, 256, size=40, dtype=np.uint8)
+        decoded, status = decode_rows(junk, 200, 20, 0, dq)
+        h.update(decoded.tobytes() + bytes([status]))
     return h.hexdigest()
 
 
@@ -189,3 +212,226 @@ def test_kernels_give_the_same_bytes_with_the_jit_off():
     where, digest = out.stdout.split()
     assert Path(where).resolve() == Path(nnc_fl.__file__).resolve()
     assert digest == _kernel_outputs_digest()
+
+
+# --- dependent quantisation (tools bit 2) ---------------------------------------------------------
+
+
+
+def _indices(rng, n, kind):
+    if kind == "extreme":
+        return rng.choice(np.array([MAX_DQ_INDEX, -MAX_DQ_INDEX, 0, 1, -13, 14], np.int64), size=n)
+    return _levels(rng, n, kind)
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme"])
+@pytest.mark.parametrize("rate_index", [0, 3])
+def test_dq_kernels_match_reference_bit_for_bit(kind, rate_index):
+    rng = np.random.default_rng(rate_index * 5 + len(kind))
+    for n, cols in [(1, 1), (7, 7), (60, 12), (333, 37)]:
+        ks = _indices(rng, n, kind)
+        fast = encode_indices_dq(ks, cols, rate_index).tobytes()
+        assert fast == reference.encode_levels(ks.tolist(), cols, rate_index, dq=True)
+        expected = dq_levels(ks)
+        assert reference.decode_levels(fast, n, cols, rate_index, dq=True) == expected.tolist()
+        decoded, status = decode_levels_dq(np.frombuffer(fast, np.uint8), n, cols, rate_index)
+        assert status == OK
+        np.testing.assert_array_equal(decoded, expected)
+        assert [reference.dq_level(int(k), s) for k, s in zip(ks, _states(ks), strict=True)] == expected.tolist()
+
+
+def _states(ks):
+    out, s = [], 0
+    for k in ks.tolist():
+        out.append(s)
+        s = reference.DQ_TRANS[s][k & 1]
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 2.0])
+def test_dq_trellis_payload_is_its_indices_coded_and_errors_stay_below_two_steps(lam):
+    rng = np.random.default_rng(21)
+    x = rng.laplace(size=3000) * 0.05
+    x[::97] *= 400  # large values: Exp-Golomb bins in the rate estimate and the coder
+    for cols in (3000, 60, 7):
+        payload, ks = encode_levels_dq(x, 0.01, lam, cols, 0)
+        assert payload.tobytes() == encode_indices_dq(ks, cols, 0).tobytes()
+        assert reference.encode_levels(ks.tolist(), cols, 0, dq=True) == payload.tobytes()
+        levels = dq_levels(ks)
+        assert np.abs(levels * 0.01 - x).max() < 2 * 0.01
+        decoded, status = decode_levels_dq(payload, x.size, cols, 0)
+        assert status == OK and np.array_equal(decoded, levels)
+
+
+def test_dq_long_rows_are_searched_in_stretches():
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=5000) * 0.02  # one row longer than a search stretch
+    payload, ks = encode_levels_dq(x, 0.01, 0.3, 5000, 1)
+    decoded, status = decode_levels_dq(payload, x.size, 5000, 1)
+    assert status == OK and np.array_equal(decoded, dq_levels(ks))
+    assert np.abs(decoded * 0.01 - x).max() < 0.02
+
+
+def test_dq_beats_rounding_at_equal_distortion_on_gaussian_values():
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=20000)
+    payload, ks = encode_levels_dq(x, 0.1, 0.0, 200, 0)
+    mse_dq = np.mean((dq_levels(ks) * 0.1 - x) ** 2)
+    q, _ = quantise(x, 0.2, MAX_LEVEL)
+    mse_u = np.mean((q * 0.2 - x) ** 2)
+    plain = encode_levels(q, 200, 0)
+    assert mse_dq < 0.85 * mse_u and len(payload) < 1.03 * len(plain)  # trellis gain: ~1 dB, ~same rate
+
+
+def _one_index_payload(prefix_ones, low_bits):
+    """A DQ payload of one positive index (cols 1, rate 0) with the given Exp-Golomb part."""
+    model, enc = reference._Model(0, reference.N_CONTEXTS_DQ), reference.RangeEncoder()
+    gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit)
+    if low_bits is None:
+        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
+    else:
+        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+        enc.bypass(low_bits, prefix_ones)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "prefix_ones, low_bits, expected",
+    [
+        (60, (1 << 61) - 12 - (1 << 60), 2 * MAX_DQ_INDEX),  # index 2**61: the largest, level 2**62
+        (60, (1 << 61) - 11 - (1 << 60), None),  # one more
+        (63, None, None),  # prefix longer than MAX_EG_PREFIX
+    ],
+)
+def test_dq_indices_beyond_the_largest_are_reported(prefix_ones, low_bits, expected):
+    levels, status = decode_levels_dq(_one_index_payload(prefix_ones, low_bits), 1, 1, 0)
+    if expected is None:
+        assert status == BAD_LEVEL
+    else:
+        assert status == OK and levels.tolist() == [expected]
+
+
+def test_dq_truncated_payload_is_reported():
+    ks = np.arange(-500, 500, dtype=np.int64)
+    payload = encode_indices_dq(ks, 1000, 0)
+    _, status = decode_levels_dq(payload[: len(payload) // 3], ks.size, 1000, 0)
+    assert status != OK
+
+
+def test_golden_dq_payload():
+    payload = encode_indices_dq(GOLDEN_LEVELS, 4, 0).tobytes()
+    assert payload.hex() == GOLDEN_DQ_HEX
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, dq=True) == payload
+    x = np.linspace(-0.3, 0.5, 64) ** 3
+    payload, ks = encode_levels_dq(x, 0.002, 0.3, 8, 0)
+    assert hashlib.sha256(payload.tobytes() + ks.tobytes()).hexdigest() == GOLDEN_DQ_TRELLIS
+
+
+GOLDEN_DQ_HEX = "994e014000640521abec306be2f38d8be51e877c4fce738c4d6c394e923489e2c26180"
+GOLDEN_DQ_TRELLIS = "e16b18a84d00695e1c8a98c29eeee0a103283740c2cf8624a71d963b5d03c17a"
+
+
+def test_dq_reference_constants_equal_the_kernels():
+    from nnc_fl import _dq
+
+    assert tuple(tuple(r) for r in _dq.TRANS.tolist()) == reference.DQ_TRANS
+    assert reference.DQ_SIG_CTX == _dq.DQ_SIG_CTX and reference.N_CONTEXTS_DQ == _dq.N_CONTEXTS_DQ
+    assert reference.MAX_DQ_INDEX == _dq.MAX_DQ_INDEX
+
+
+# --- encoder search over the rate pairs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_rate_costs_estimate_each_pairs_payload(dq):
+    from nnc_fl._ratesearch import rate_costs
+
+    rng = np.random.default_rng(31)
+    for kind in ("laplace", "sparse"):
+        ks = _levels(rng, 4000, kind)
+        costs = rate_costs(ks, 80, dq)
+        coder = encode_indices_dq if dq else encode_levels
+        sizes = [len(coder(ks, 80, r)) for r in range(len(RATE_PAIRS))]
+        for bits, size in zip(costs, sizes, strict=True):
+            m = np.abs(ks)
+            eg = sum(2 * (int(v - 12).bit_length() - 1) + 1 for v in m[m > 12])
+            assert abs((bits + eg) / 8 - size) <= 0.01 * size + 8
+        assert sizes[int(np.argmin(costs))] <= min(sizes) * 1.01
+
+
+# --- row references (tools bit 3) -----------------------------------------------------------------
+
+
+def _repeating_rows(rng, rows, cols, kind):
+    base = _indices(rng, rows * cols, kind).reshape(rows, cols)
+    for r in range(2, rows, 3):  # copies and near-copies of earlier, non-adjacent rows
+        base[r] = base[int(rng.integers(0, r - 1))]
+        base[r, rng.random(cols) < 0.15] = 1
+    base[1] = 0
+    return base.ravel()
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "extreme"])
+@pytest.mark.parametrize("dq", [False, True])
+def test_row_reference_kernels_match_reference_bit_for_bit(kind, dq):
+    from nnc_fl._rowref import MIN_EQUAL, choose_refs, decode_rows, encode_rows
+
+    rng = np.random.default_rng(41 + dq + len(kind))
+    for rows, cols in [(2, 1), (9, 7), (40, 12)]:
+        ks = _repeating_rows(rng, rows, cols, kind)
+        refs = choose_refs(ks, cols, 4, MIN_EQUAL)
+        assert refs[0] == 0 and all(0 <= d <= r for r, d in enumerate(refs))
+        payload = encode_rows(ks, refs, cols, 2, dq).tobytes()
+        assert payload == reference.encode_levels(ks.tolist(), cols, 2, dq=dq, refs=refs.tolist())
+        expected = dq_levels(ks) if dq else ks
+        assert reference.decode_levels(payload, ks.size, cols, 2, dq=dq, rows=True) == expected.tolist()
+        decoded, status = decode_rows(np.frombuffer(payload, np.uint8), ks.size, cols, 2, dq)
+        assert status == OK and np.array_equal(decoded, expected)
+    assert refs.any()
+
+
+def test_row_references_find_exact_copies_at_any_distance_and_save_bytes():
+    from nnc_fl._rowref import choose_refs, encode_rows
+
+    rng = np.random.default_rng(42)
+    ks = _levels(rng, 200 * 50, "laplace").reshape(200, 50)
+    ks[150] = ks[3]
+    ks[151] = ks[100]
+    ks[151, :5] += 1
+    refs = choose_refs(ks.ravel(), 50, 60, 0.6)
+    assert refs[150] == 147 and refs[151] == 51  # the copy by hash, the near-copy in the window
+    assert len(encode_rows(ks.ravel(), refs, 50, 0, False)) < len(encode_levels(ks.ravel(), 50, 0)) - 20
+
+
+def test_row_reference_decoder_reports_bad_references_and_levels():
+    from nnc_fl._rowref import BAD_REF, decode_rows
+
+    payload = np.frombuffer(reference.encode_levels([0] * 8, 2, 0, refs=[0, 0, 0, 4]), np.uint8)
+    _, status = decode_rows(payload, 8, 2, 0, False)  # row 3 references "row -1"
+    assert status == BAD_REF
+    for prefix, low in [(63, None), (61, (1 << 61) - 11)]:
+        _, status = decode_rows(_one_level_payload(prefix, low), 1, 1, 0, False)
+        assert status == BAD_LEVEL
+    _, status = decode_rows(_one_index_payload(60, (1 << 61) - 11 - (1 << 60)), 1, 1, 0, True)
+    assert status == BAD_LEVEL
+    ks = np.arange(-500, 500, dtype=np.int64)
+    from nnc_fl._rowref import encode_rows
+
+    payload = encode_rows(ks, np.zeros(10, np.int64), 100, 0, False)
+    _, status = decode_rows(payload[: len(payload) // 3], ks.size, 100, 0, False)
+    assert status != OK
+
+
+def test_golden_row_reference_payload():
+    from nnc_fl._rowref import encode_rows
+
+    refs = np.array([0, 1, 0, 3, 2, 0, 0, 4, 1, 0, 2, 3, 0, 1, 5, 0], np.int64)
+    payload = encode_rows(GOLDEN_LEVELS, refs, 4, 0, False).tobytes()
+    assert hashlib.sha256(payload).hexdigest() == GOLDEN_ROWS
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, refs=refs.tolist()) == payload
+
+
+GOLDEN_ROWS = "cc2b29a935e889e97168980d88a78c8d725f48f27b660d04f8f9217c675fd65b"
