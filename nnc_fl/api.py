@@ -15,6 +15,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import payloads
+from ._floatcoder import decode_float_payload, encode_float_payload
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
@@ -33,6 +34,7 @@ def encode(
     rel_step: float | None = None,
     rd_lambda: float = 0.0,
     lossless: Collection[str] = (),
+    float_lossless: bool = False,
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
@@ -59,6 +61,11 @@ def encode(
         0 (the default) is plain rounding. Decoders need nothing: the stream format is the same.
     lossless
         Names of float tensors to code exactly instead of quantising.
+    float_lossless
+        Code those exact float tensors in mode float-lossless (sign, exponent and mantissa
+        entropy coded; about 17 % below the raw bytes for trained fp32 models, FORMAT.md) where
+        that is smaller than raw; ``False`` (the default) stores them raw, as decoders that
+        predate the mode expect.
     fingerprint
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
     limits
@@ -87,8 +94,10 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
+    if not isinstance(float_lossless, bool):
+        raise TypeError(f"float_lossless must be a bool, got {float_lossless!r}")
     records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
+        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits, float_lossless)
         for name, value in tensors.items()
     ]
     return bs.write_stream(records, fingerprint, limits=limits)
@@ -221,7 +230,7 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs.TensorRecord:
+def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits, float_lossless=False) -> bs.TensorRecord:
     arr = _as_array(name, value, limits)
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
@@ -231,7 +240,13 @@ def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs
             if not np.isfinite(arr).all():
                 raise ValueError(f"tensor {name!r} holds NaN or Inf values")
             # bitwise test: -0.0 is not zero for a lossless tensor
-            return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
+            if not arr.view(f"u{dtype.itemsize}").any():
+                return _zero(name, arr)
+            if float_lossless:
+                payload = encode_float_payload(arr)
+                if len(payload) < arr.nbytes:
+                    return bs.TensorRecord(name, dtype, shape, bs.MODE_FLOAT_LOSSLESS, payload=payload)
+            return _raw(name, arr)
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
         levels, s = _quantise_within_range(name, flat, resolve_step(name, arr, step, qp, rel_step), dtype)
         mode = bs.MODE_QUANT
@@ -280,6 +295,8 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         return np.frombuffer(payload, dtype=t.dtype).astype(native).reshape(t.shape)
     if t.mode in bs.FLOAT_MODES:
         return payloads.decode_payload(payload, t)
+    if t.mode == bs.MODE_FLOAT_LOSSLESS:
+        return decode_float_payload(payload, native, t.numel, f"tensor {t.name!r}").reshape(t.shape)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
     levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)

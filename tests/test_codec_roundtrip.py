@@ -287,3 +287,79 @@ def test_rate_distortion_payload_matches_the_reference_decoder():
     payload = encode_levels_rd(levels, x, 0.01, 0.3, 50, 0).tobytes()
     assert reference.decode_levels(payload, 500, 50) == levels.tolist()
     assert reference.encode_levels(levels.tolist(), 50) == payload
+
+
+# --- lossless floats in mode float-lossless (float_lossless=True) -----------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(), (1,), (17,), (5, 7), (4, 3, 3, 3), (64, 40)])
+def test_float_lossless_is_bit_exact(dtype, shape):
+    rng = np.random.default_rng(10)
+    x = _float_tensor(rng, shape, dtype)
+    if x.size > 2:
+        info = np.finfo(dtype)
+        x.flat[:3] = [-0.0, info.smallest_subnormal, -info.max]
+    tensors = {"x": x, "nz": np.array([-0.0, 0.0], dtype), "z": np.zeros(3, dtype)}
+    data = nnc_fl.encode(tensors, step=0.5, lossless=["x", "nz", "z"], float_lossless=True)
+    out = nnc_fl.decode(data)
+    _assert_same_layout(tensors, out)
+    for name, value in tensors.items():
+        assert out[name].tobytes() == value.tobytes(), name
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes["z"] == "zero"
+    # the coded mode where it is smaller than the raw bytes (a few values may stay raw)
+    assert modes["nz"] in ("raw", "float-lossless")
+    if x.size >= 64:
+        assert modes["x"] == "float-lossless"
+
+
+def test_float_lossless_is_smaller_and_opt_in():
+    rng = np.random.default_rng(11)
+    w = {"w": _float_tensor(rng, (128, 64), np.float32)}
+    raw = nnc_fl.encode(w, lossless=["w"])
+    coded = nnc_fl.encode(w, lossless=["w"], float_lossless=True)
+    assert nnc_fl.inspect(raw).tensor("w").mode_name == "raw"  # the default keeps today's bytes
+    assert nnc_fl.inspect(coded).tensor("w").mode_name == "float-lossless"
+    assert len(coded) < 0.87 * len(raw)
+    assert nnc_fl.decode(coded)["w"].tobytes() == w["w"].tobytes()
+    # quantised tensors are not affected by the switch
+    assert nnc_fl.encode(w, step=0.01, float_lossless=True) == nnc_fl.encode(w, step=0.01)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nnc_fl.encode({"w": np.array([1.0, np.inf])}, lossless=["w"], float_lossless=True)
+    with pytest.raises(TypeError, match="float_lossless"):
+        nnc_fl.encode(w, lossless=["w"], float_lossless=1)
+
+
+def test_nnc_codec_float_lossless_keyframes():
+    rng = np.random.default_rng(12)
+    model = {"w": _float_tensor(rng, (96, 50), np.float32), "b": _float_tensor(rng, (96,), np.float64),
+             "n": np.array(3, np.int64)}
+    codec = nnc_fl.codecs.make_codec("nnc", float_lossless=True)
+    assert codec.params() == {"float_lossless": True}
+    assert nnc_fl.codecs.make_codec("nnc", **codec.params()).params() == codec.params()
+    assert "float_lossless" not in nnc_fl.codecs.make_codec("nnc").params()
+    data = codec.encode(model, exact=True)
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes == {"w": "float-lossless", "b": "float-lossless", "n": "int"}
+    out = codec.decode(data, expect=model)
+    assert all(out[k].tobytes() == np.asarray(v).tobytes() for k, v in model.items())
+    assert len(data) < len(nnc_fl.codecs.make_codec("nnc").encode(model, exact=True))
+    with pytest.raises(ValueError, match="float_lossless"):
+        nnc_fl.codecs.make_codec("nnc", float_lossless="yes")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+        elements=st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True, width=16),
+    ),
+)
+def test_property_float_lossless_round_trip(arr):
+    data = nnc_fl.encode({"a": arr}, lossless=["a"], float_lossless=True)
+    out = nnc_fl.decode(data)["a"]
+    assert out.shape == arr.shape and out.dtype == arr.dtype
+    assert out.tobytes() == arr.tobytes()
+    assert len(data) <= len(nnc_fl.encode({"a": arr}, lossless=["a"]))
