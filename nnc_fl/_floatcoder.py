@@ -72,9 +72,10 @@ SHORT_PAYLOAD = 2
 _SPAN = 4096
 #: Upper bound of the bytes one value adds: 1 + 20 + 11 + 2 + 50 context bins of <= 10 bits each.
 _MAX_BYTES_PER_VALUE = 112
-#: The encoder tries the full profile when the sampled low bits promise to save this share.
+#: The encoder tries the full profile when the low bits of about _SAMPLE evenly spaced values
+#: promise to save this share of their size (an encoder choice, not part of the format).
 _FULL_TRY_SAVING = 0.02
-_SAMPLE = 1 << 16
+_SAMPLE = 1 << 14
 
 
 @jit_inline
