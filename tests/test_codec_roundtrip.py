@@ -349,11 +349,11 @@ def test_nnc_codec_float_lossless_keyframes():
         nnc_fl.codecs.make_codec("nnc", float_lossless="yes")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     arr=hnp.arrays(
         dtype=st.sampled_from([np.float16, np.float32, np.float64]),
-        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
         elements=st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True, width=16),
     ),
 )
