@@ -213,6 +213,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.round:  # plugin time of one round on a ResNet-18-sized model
+        from .bench_round import main as round_main
+
+        return round_main(a.bench_args)
     from .bench_codec import main
 
     return main(a.bench_args)
@@ -276,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where comparison.md/json/png go (default: the first DIR)")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("bench", help="codec benchmark on real trained deltas (see experiments.bench_codec)")
+    p = sub.add_parser("bench", add_help=False,
+                       help="codec benchmark on real trained deltas (experiments.bench_codec); "
+                       "'bench --round': plugin time per round on a ResNet-18-sized model (experiments.bench_round)")
+    p.add_argument("--round", action="store_true", help="the round benchmark (experiments.bench_round)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
 
@@ -285,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_inspect)
 
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)
+    if a.command == "bench":  # the benchmark scripts parse their own options
+        a.bench_args = [*extra, *a.bench_args]
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return a.fn(a)
     except (ValueError, OSError) as exc:

@@ -44,6 +44,7 @@ MODE_INT8 = 5  # float tensor: f32 scale, n int8 levels in [-127, 127]
 MODE_SPARSE = 6  # float tensor: k, position gaps, k float32 values (top-k)
 MODE_TERNARY = 7  # float tensor: k, Golomb parameter, f32 mu, Golomb-coded positions, signs (STC)
 MODE_LOWRANK = 8  # float tensor of rank >= 2: u8 rank r, then f32 factors P (rows x r), Q (cols x r)
+MODE_FLOAT_LOSSLESS = 9  # float tensor: exact values, sign/exponent/mantissa coded (nnc_fl._floatcoder)
 MODE_NAMES = {
     MODE_ZERO: "zero",
     MODE_RAW: "raw",
@@ -54,8 +55,11 @@ MODE_NAMES = {
     MODE_SPARSE: "sparse",
     MODE_TERNARY: "ternary",
     MODE_LOWRANK: "lowrank",
+    MODE_FLOAT_LOSSLESS: "float-lossless",
 }
 _CODED_MODES = (MODE_QUANT, MODE_INT)
+#: Range-coded payloads: their length bounds the number of elements (_ELEMENTS_PER_BYTE_SHIFT).
+_BOUNDED_MODES = (*_CODED_MODES, MODE_FLOAT_LOSSLESS)
 #: Modes whose payload layouts live in :mod:`nnc_fl.payloads`: float tensors only, never empty.
 FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY, MODE_LOWRANK)
 #: Largest rank of a lowrank payload (one byte); decoding costs r passes over the tensor.
@@ -370,7 +374,7 @@ def check_writable(records: list[TensorRecord], limits: Limits) -> None:
         if numel > limits.max_tensor_elements:
             raise ValueError(f"tensor {r.name!r}: {numel} elements, above the limit {limits.max_tensor_elements}")
         total += numel
-        if r.mode in _CODED_MODES and numel > (len(r.payload) + 16) << _ELEMENTS_PER_BYTE_SHIFT:
+        if r.mode in _BOUNDED_MODES and numel > (len(r.payload) + 16) << _ELEMENTS_PER_BYTE_SHIFT:
             raise ValueError(f"tensor {r.name!r}: {numel} elements in a {len(r.payload)}-byte payload")
     if total > limits.max_total_elements:
         raise ValueError(f"{total} elements in all, above the limit {limits.max_total_elements}")
@@ -511,7 +515,7 @@ def _check_record(r: TensorRecord) -> None:
     """Refuse a record the reader would reject for its mode (a bug in the encoder that made it)."""
     if r.mode not in MODE_NAMES:
         raise ValueError(f"tensor {r.name!r}: unknown mode {r.mode}")
-    if r.mode not in (MODE_RAW, *FLOAT_MODES):
+    if r.mode not in (MODE_RAW, MODE_FLOAT_LOSSLESS, *FLOAT_MODES):
         return
     dtype = np.dtype(r.dtype)
     numel = 1
@@ -521,6 +525,8 @@ def _check_record(r: TensorRecord) -> None:
         raise ValueError(f"tensor {r.name!r}: mode {MODE_NAMES[r.mode]!r} needs a non-empty float tensor")
     if r.mode == MODE_LOWRANK and len(r.shape) < 2:
         raise ValueError(f"tensor {r.name!r}: mode 'lowrank' needs a tensor of rank >= 2, got shape {r.shape}")
+    if r.mode == MODE_FLOAT_LOSSLESS:
+        return  # a range-coded payload: no plain size
     size, exact = plain_payload_size(r.mode, dtype, numel)
     if len(r.payload) > size or (exact and len(r.payload) != size):
         raise ValueError(
@@ -693,7 +699,7 @@ def _read_coding(
             raise FormatError(f"{what}: step {step} is not a positive finite number")
     if mode == MODE_INT and dtype.kind == "f":
         raise FormatError(f"{what}: mode 'int' on float dtype {dtype.name}")
-    if mode in FLOAT_MODES:
+    if mode in (*FLOAT_MODES, MODE_FLOAT_LOSSLESS):
         if dtype.kind != "f":
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on non-float dtype {dtype.name}")
         if numel == 0:
@@ -719,7 +725,7 @@ def _read_coding(
         if length > size or (exact and length != size):
             need = f"needs {size}" if exact else f"allows at most {size}"
             raise FormatError(f"{what}: {MODE_NAMES[mode]} payload of {length} bytes, shape {shape} {need}")
-    if mode in _CODED_MODES:
+    if mode in _BOUNDED_MODES:
         if numel == 0:
             raise FormatError(f"{what}: coded mode on an empty tensor")
         if numel > (length + 16) << _ELEMENTS_PER_BYTE_SHIFT:

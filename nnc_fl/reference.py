@@ -341,3 +341,162 @@ def _decode_value(dec: RangeDecoder, model: _Model, c_sig: int, c_sign: int, g: 
             assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
         m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))
     return -m if neg else m
+
+
+# --- Lossless float coding (FORMAT.md, "Mode float-lossless") -------------------------------------
+
+#: (exponent bits, mantissa bits) of IEEE binary16, binary32 and binary64, by item size.
+FLOAT_FIELDS = {2: (5, 10), 4: (8, 23), 8: (11, 52)}
+#: Payload header: u8 tz, u8 flags (bit 0: full profile), u16 e_top.
+FLOAT_HEADER_BYTES = 4
+FLOAT_FLAG_FULL = 1
+#: Context-coded unary bins of the exponent distance before the bypass escape.
+FLOAT_UNARY_BINS = 20
+#: Top mantissa bits coded down a tree of contexts, per distance class; distance classes.
+FLOAT_TREE_BITS = 2
+FLOAT_CLASSES = 32
+#: (fast, slow) shifts of the sign, exponent and tree contexts, and of the full profile's low bits.
+FLOAT_RATES = (5, 8)
+FLOAT_LOW_RATES = (7, 10)
+#: Context numbers: the sign, 20 unary bins, 3 tree nodes per class, the escape tree's nodes (from
+#: FLOAT_ESC_CTX, 2**esc_bits numbers), then the full profile's low bits (`low` per class).
+FLOAT_SIGN_CTX = 0
+FLOAT_EXP_CTX = 1
+FLOAT_TREE_CTX = 21
+FLOAT_ESC_CTX = 117
+
+
+class _FloatModel:
+    """Contexts of the float-lossless mode: the estimator of :class:`_Model`, rates given per bin."""
+
+    def __init__(self, n_contexts: int):
+        self.p = [[P_INIT, P_INIT] for _ in range(n_contexts)]
+        self.count = [0] * n_contexts
+
+    def p1(self, c: int) -> int:
+        return min(max((self.p[c][0] + self.p[c][1]) >> 2, PROB_MIN), PROB_ONE - PROB_MIN)
+
+    def update(self, c: int, bit: int, rates: tuple[int, int]) -> None:
+        fast, slow = rates
+        if self.count[c] < WARMUP_BINS:
+            warm = warmup_shift(self.count[c])
+            fast, slow = min(fast, warm), min(slow, warm)
+            self.count[c] += 1
+        for j, shift in ((0, fast), (1, slow)):
+            if bit:
+                self.p[c][j] += (65536 - self.p[c][j]) >> shift
+            else:
+                self.p[c][j] -= self.p[c][j] >> shift
+
+
+def _float_layout(itemsize: int, tz: int) -> tuple[int, int, int, int, int]:
+    """(exponent bits, mantissa bits, kept mantissa bits mp, tree bits, low bits) for ``tz``."""
+    ebits, mbits = FLOAT_FIELDS[itemsize]
+    mp = mbits - tz
+    tree = min(FLOAT_TREE_BITS, mp)
+    return ebits, mbits, mp, tree, mp - tree
+
+
+def encode_floats(patterns: Sequence[int], itemsize: int, full: bool = False) -> bytes:
+    """Reference of the float-lossless payload of the values with bit patterns ``patterns``
+    (unsigned integers of ``8 * itemsize`` bits, finite values), in the fast or the ``full`` profile
+    (``nnc_fl._floatcoder.encode_float_payload(values, full)``)."""
+    ebits, mbits = FLOAT_FIELDS[itemsize]
+    fields = [(p >> (ebits + mbits), (p >> mbits) & ((1 << ebits) - 1), p & ((1 << mbits) - 1)) for p in patterns]
+    e_top = max(e for _, e, _ in fields)
+    assert e_top < (1 << ebits) - 1  # no NaN or Inf
+    mant_or = 0
+    for _, _, m in fields:
+        mant_or |= m
+    tz = mbits if mant_or == 0 else (mant_or & -mant_or).bit_length() - 1
+    _, _, mp, tree, low = _float_layout(itemsize, tz)
+    full = bool(full) and low > 0
+    esc_bits = max(e_top - FLOAT_UNARY_BINS, 0).bit_length()
+    low_ctx = FLOAT_ESC_CTX + (1 << esc_bits)
+    model, enc = _FloatModel(low_ctx + FLOAT_CLASSES * low), RangeEncoder()
+
+    def code(c: int, bit: int, rates: tuple[int, int] = FLOAT_RATES) -> None:
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit, rates)
+
+    raw = 0
+    for i, (s, e, m) in enumerate(fields):
+        m >>= tz
+        code(FLOAT_SIGN_CTX, s)
+        d = e_top - e
+        for k in range(FLOAT_UNARY_BINS):
+            code(FLOAT_EXP_CTX + k, int(d > k))
+            if d <= k:
+                break
+        else:  # escape: d - FLOAT_UNARY_BINS down a tree of esc_bits bins
+            node = 1
+            for j in range(esc_bits):
+                bit = ((d - FLOAT_UNARY_BINS) >> (esc_bits - 1 - j)) & 1
+                code(FLOAT_ESC_CTX + node - 1, bit)
+                node = 2 * node + bit
+        cls = min(d, FLOAT_CLASSES - 1)
+        node = 1
+        for j in range(tree):
+            bit = (m >> (mp - 1 - j)) & 1
+            code(FLOAT_TREE_CTX + 3 * cls + node - 1, bit)
+            node = 2 * node + bit
+        if full:
+            for j in range(low):
+                code(low_ctx + low * cls + j, (m >> (low - 1 - j)) & 1, FLOAT_LOW_RATES)
+        else:
+            raw |= (m & ((1 << low) - 1)) << (i * low)
+    head = bytes([tz, FLOAT_FLAG_FULL if full else 0]) + e_top.to_bytes(2, "little")
+    tail = b"" if full else raw.to_bytes((len(fields) * low + 7) // 8, "little")
+    return head + enc.finish() + tail
+
+
+def decode_floats(payload: bytes, n: int, itemsize: int, stats: dict | None = None) -> list[int]:
+    """Reference decoder of a valid float-lossless payload of ``n`` values: their bit patterns.
+
+    If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the range decoder
+    consumed (of the coded part).
+    """
+    tz, flags, e_top = payload[0], payload[1], int.from_bytes(payload[2:4], "little")
+    ebits, mbits, _, tree, low = _float_layout(itemsize, tz)
+    full = bool(flags & FLOAT_FLAG_FULL)
+    raw_size = 0 if full else (n * low + 7) // 8
+    coded = payload[FLOAT_HEADER_BYTES : len(payload) - raw_size]
+    raw = int.from_bytes(payload[len(payload) - raw_size :], "little")
+    esc_bits = max(e_top - FLOAT_UNARY_BINS, 0).bit_length()
+    low_ctx = FLOAT_ESC_CTX + (1 << esc_bits)
+    model, dec = _FloatModel(low_ctx + FLOAT_CLASSES * low), RangeDecoder(coded)
+
+    def bin_(c: int, rates: tuple[int, int] = FLOAT_RATES) -> int:
+        bit = dec.bin(model.p1(c))
+        model.update(c, bit, rates)
+        return bit
+
+    out = []
+    for i in range(n):
+        s = bin_(FLOAT_SIGN_CTX)
+        d = 0
+        while True:
+            if d == FLOAT_UNARY_BINS:
+                node = 1
+                for _ in range(esc_bits):
+                    node = 2 * node + bin_(FLOAT_ESC_CTX + node - 1)
+                d += node - (1 << esc_bits)
+                break
+            if not bin_(FLOAT_EXP_CTX + d):
+                break
+            d += 1
+        assert d <= e_top  # the kernel reports BAD_EXPONENT
+        cls = min(d, FLOAT_CLASSES - 1)
+        node = 1
+        for _ in range(tree):
+            node = 2 * node + bin_(FLOAT_TREE_CTX + 3 * cls + node - 1)
+        m = node - (1 << tree)
+        if full:
+            for j in range(low):
+                m = (m << 1) | bin_(low_ctx + low * cls + j, FLOAT_LOW_RATES)
+        else:
+            m = (m << low) | ((raw >> (i * low)) & ((1 << low) - 1))
+        out.append((s << (ebits + mbits)) | ((e_top - d) << mbits) | (m << tz))
+    if stats is not None:
+        stats["bytes_read"] = dec.pos
+    return out

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._quantise import on_grid as on_grid_kernel
+from ._quantise import sum_squares
+
 #: NNC's QP density: 2**QP_DENSITY steps per octave.
 QP_DENSITY = 2
 #: Default policy: the step is the power of two at or below ``rms / DEFAULT_RMS_DIVISOR`` for
@@ -35,8 +38,25 @@ def qp_to_step(qp: int, qp_density: int = QP_DENSITY) -> float:
     return float((k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density))
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """``x`` as a flat contiguous float32/float64 array for the kernels (float16 widened, exactly)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+
+
 def _rms(x: np.ndarray) -> float:
-    return math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return math.sqrt(sum_squares(_flat(x)) / x.size) if x.size else 0.0
+
+
+def on_grid(x: np.ndarray, grid: float, max_steps: float) -> bool:
+    """Whether every value of float tensor ``x`` is an integer multiple of ``grid`` (a power of
+    two) of at most ``max_steps`` grid steps in magnitude (one pass, no temporary arrays)."""
+    if not (grid > 0 and math.isfinite(grid) and math.frexp(grid)[0] == 0.5):
+        raise ValueError(f"grid step must be a power of two, got {grid!r}")
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"on_grid takes a float tensor, got dtype {x.dtype}")
+    return bool(on_grid_kernel(_flat(x), 1.0 / grid, float(max_steps)))
 
 
 def relative_step(x: np.ndarray, rel_step: float) -> float:

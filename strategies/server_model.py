@@ -25,7 +25,7 @@ from logging import WARNING
 import numpy as np
 from flwr.supercore import log
 
-from nnc_fl import protocol
+from nnc_fl import protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta
@@ -86,8 +86,7 @@ def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str
 
 def on_grid(t: np.ndarray, g: float) -> bool:
     """Whether every value of ``t`` is an integer multiple of ``g`` within :data:`GRID_RANGE` steps."""
-    x = np.asarray(t, np.float64) / g
-    return bool(np.all(np.abs(x) <= GRID_RANGE) and np.array_equal(x, np.rint(x)))
+    return steps.on_grid(t, g, GRID_RANGE)
 
 
 class ServerModel:

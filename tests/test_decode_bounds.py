@@ -50,6 +50,21 @@ def test_a_small_stream_claiming_2_31_elements_is_refused_before_any_allocation(
         nnc_fl.decode_tensor(data, "w")
 
 
+def test_a_float_lossless_stream_claiming_2_31_elements_is_refused_before_any_allocation():
+    payload = b"\x17\x00\x93\x00" + b"\x00" * (((1 << 31) >> 14) - 16 - 4)  # at the elements-per-byte bound
+    record = bs.TensorRecord("w", np.dtype("<f4"), (1 << 31,), bs.MODE_FLOAT_LOSSLESS, payload=payload)
+    data = bs.write_stream([record], limits=nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40))
+    tracemalloc.start()
+    with pytest.raises(LimitError, match="memory budget"):
+        nnc_fl.decode(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 5 << 20
+    one_more = bs.TensorRecord("w", np.dtype("<f4"), ((1 << 31) + 1,), bs.MODE_FLOAT_LOSSLESS, payload=payload)
+    with pytest.raises(ValueError, match="elements in a"):
+        bs.write_stream([one_more], limits=nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40))
+
+
 def test_the_memory_budget_is_the_callers():
     w = np.ones((1000, 100), np.float32)
     data = nnc_fl.encode({"w": w}, step=0.5)

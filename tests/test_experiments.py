@@ -97,3 +97,31 @@ def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_val
     assert losses[-1] < losses[0]
     rows = strategy.bandwidth
     assert all(r["accepted"] == 3 and 0 < r["up_bytes"] < 0.1 * r["up_raw_bytes"] for r in rows)
+
+
+def test_float_lossless_keyframes_travel_smaller_and_change_nothing_else(tmp_path):
+    # the codec parameter reaches the clients through the round's config; exact keyframes (no
+    # anchor grid) stay exact
+    params = {"rel_step": 2.0}
+    raw = run(RunConfig(_tiny("uc10"), rounds=2, fraction=0.67, codec="nnc", codec_params=params,
+                        keyframe_grid=None), tmp_path / "a")
+    coded = run(RunConfig(_tiny("uc10"), rounds=2, fraction=0.67, codec="nnc", keyframe_grid=None,
+                          codec_params={**params, "float_lossless": True}), tmp_path / "b")
+    a, b = raw["rounds"][1], coded["rounds"][1]
+    assert a["keyframes"] == b["keyframes"] == 2
+    assert b["keyframe_bytes"] < 0.9 * a["keyframe_bytes"]
+    assert [r["test_accuracy"] for r in coded["rounds"]] == [r["test_accuracy"] for r in raw["rounds"]]
+    assert [r["up_bytes"] for r in coded["rounds"]] == [r["up_bytes"] for r in raw["rounds"]]
+
+
+def test_lossless_benchmark_rows():
+    import numpy as np
+
+    from experiments.bench_lossless import bench_model
+
+    rng = np.random.default_rng(0)
+    weights = {"w": (rng.normal(size=(64, 100)) * 0.05).astype(np.float32), "n": np.array(3, np.int64)}
+    rows = {r["method"]: r for r in bench_model(weights, repeat=1)}
+    assert set(rows) == {"float-lossless", "raw", "zstd-19", "lzma", "planes+zstd-19"}
+    assert rows["float-lossless"]["bytes"] < min(rows[m]["bytes"] for m in ("zstd-19", "lzma", "raw"))
+    assert rows["float-lossless"]["full"] == "0/1"

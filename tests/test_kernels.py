@@ -13,9 +13,15 @@ import pytest
 import nnc_fl
 from nnc_fl import encode, reference
 from nnc_fl._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
+from nnc_fl._floatcoder import BAD_EXPONENT as FLOAT_BAD_EXPONENT
+from nnc_fl._floatcoder import FLAG_FULL as FLOAT_FLAG_FULL
+from nnc_fl._floatcoder import OK as FLOAT_OK
+from nnc_fl._floatcoder import READ_SLACK as FLOAT_READ_SLACK
+from nnc_fl._floatcoder import SHORT_PAYLOAD as FLOAT_SHORT_PAYLOAD
+from nnc_fl._floatcoder import decode_float_payload, decode_floats, encode_float_payload
 from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
-from nnc_fl._quantise import dequantise, quantise
+from nnc_fl._quantise import dequantise, on_grid, quantise, sum_squares
 
 
 def _levels(rng, n, kind):
@@ -196,6 +202,19 @@ def _kernel_outputs_digest():
         h.update(rate_costs(ks.ravel(), 20, dq).tobytes())
         junk = rng.integers(0, 256, size=40, dtype=np.uint8)
         decoded, status = decode_rows(junk, 200, 20, 0, dq)
+        h.update(decoded.tobytes() + bytes([status]))
+    for kind in FLOAT_KINDS:
+        for dtype in FLOAT_DTYPES:
+            x = _floats(rng, 150, kind, dtype)
+            for full in (False, True, None):
+                payload = encode_float_payload(x, full)
+                h.update(payload + decode_float_payload(payload, x.dtype, x.size, "x").tobytes())
+    for _ in range(60):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        itemsize = int(rng.choice([2, 4, 8]))
+        mbits = {2: 10, 4: 23, 8: 52}[itemsize]
+        tz, e_top, full = int(rng.integers(0, mbits + 1)), int(rng.integers(0, 40)), bool(rng.integers(0, 2))
+        decoded, status = decode_floats(junk, junk[:5], 100, itemsize, mbits, tz, e_top, full)
         h.update(decoded.tobytes() + bytes([status]))
     return h.hexdigest()
 
@@ -435,3 +454,206 @@ def test_golden_row_reference_payload():
 
 
 GOLDEN_ROWS = "cc2b29a935e889e97168980d88a78c8d725f48f27b660d04f8f9217c675fd65b"
+
+
+# --- Lossless float coding (mode float-lossless) ----------------------------------------------------
+
+FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+
+
+def _floats(rng, n, kind, dtype):
+    """Test values of one ``kind``; every kind is finite and exercises a part of the float coder."""
+    info = np.finfo(dtype)
+    if kind == "normal":  # trained-weight-like
+        return (rng.normal(size=n) * 0.05).astype(dtype)
+    if kind == "uniform":  # initial weights: a + (b - a) * u with 24-bit u, low bits of small values zero
+        u = (rng.integers(0, 1 << 24, size=n) * 2.0**-24).astype(np.float32)
+        return (np.float32(-0.03) + np.float32(0.06) * u).astype(dtype)
+    if kind == "special":  # zeros of both signs, subnormals, extremes of the dtype
+        pool = [0.0, -0.0, 1.0, -1.0, info.max, -info.max, info.tiny, info.smallest_subnormal,
+                -info.smallest_subnormal, info.tiny / 3, 0.1]
+        return rng.choice(np.array(pool, dtype), size=n)
+    if kind == "wide":  # exponent distances beyond the unary bins (escape)
+        top = np.log10(float(info.max)) - 1
+        x = 10.0 ** rng.uniform(np.log10(float(info.smallest_subnormal)), top, size=n)
+        return (x * rng.choice([-1, 1], size=n)).astype(dtype)
+    if kind == "rounded":  # fewer mantissa bits than the dtype's (tz > 0)
+        return (rng.normal(size=n) * 3).astype(np.float16).astype(dtype)
+    if kind == "subnormal":  # top exponent 0: below the unary bins
+        return (rng.integers(-50, 50, size=n) * info.smallest_subnormal).astype(dtype)
+    if kind == "pow2":  # no mantissa bits at all (tz = all of them)
+        return (2.0 ** rng.integers(-10, 10, size=n) * rng.choice([-1, 1], size=n)).astype(dtype)
+    raise ValueError(kind)
+
+
+FLOAT_KINDS = ["normal", "uniform", "special", "wide", "rounded", "subnormal", "pow2"]
+
+
+@pytest.mark.parametrize("kind", FLOAT_KINDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_float_kernels_match_reference_bit_for_bit(kind, dtype):
+    rng = np.random.default_rng(FLOAT_KINDS.index(kind) * 3 + FLOAT_DTYPES.index(dtype))
+    for n in (1, 2, 257):
+        x = _floats(rng, n, kind, dtype)
+        patterns = x.view(f"u{x.itemsize}").tolist()
+        for full in (False, True):
+            fast = encode_float_payload(x, full)
+            slow = reference.encode_floats(patterns, x.itemsize, full)
+            assert fast == slow, (n, full)
+            assert reference.decode_floats(slow, n, x.itemsize) == patterns
+            assert decode_float_payload(fast, x.dtype, n, "x").tobytes() == x.tobytes()
+        assert encode_float_payload(x) in (encode_float_payload(x, False), encode_float_payload(x, True))
+
+
+def test_float_reference_constants_equal_the_kernels():
+    from nnc_fl import _floatcoder as fc
+
+    kernels = {
+        "FLOAT_FIELDS": fc.FLOAT_FIELDS,
+        "FLOAT_HEADER_BYTES": fc.HEADER_BYTES,
+        "FLOAT_FLAG_FULL": fc.FLAG_FULL,
+        "FLOAT_UNARY_BINS": fc.UNARY_BINS,
+        "FLOAT_TREE_BITS": fc.TREE_BITS,
+        "FLOAT_CLASSES": fc.CLASSES,
+        "FLOAT_RATES": fc.RATES,
+        "FLOAT_LOW_RATES": fc.LOW_RATES,
+        "FLOAT_SIGN_CTX": fc.SIGN_CTX,
+        "FLOAT_EXP_CTX": fc.EXP_CTX,
+        "FLOAT_TREE_CTX": fc.TREE_CTX,
+        "FLOAT_ESC_CTX": fc.ESC_CTX,
+    }
+    for name, value in kernels.items():
+        assert getattr(reference, name) == value, name
+
+
+def test_float_profiles_where_they_pay():
+    rng = np.random.default_rng(8)
+    trained = _floats(rng, 4000, "normal", np.float32)
+    initial = _floats(rng, 4000, "uniform", np.float32)
+    # near-random low mantissa bits: the fast profile (raw low bits), chosen without trying the other
+    assert encode_float_payload(trained)[1] == 0
+    assert len(encode_float_payload(trained, False)) < len(encode_float_payload(trained, True))
+    # low bits of small initial weights are zeros: the full profile codes them in context, and wins
+    assert encode_float_payload(initial)[1] == FLOAT_FLAG_FULL
+    assert len(encode_float_payload(initial, True)) < 0.97 * len(encode_float_payload(initial, False))
+    # zero low mantissa bits are not sent at all
+    assert encode_float_payload(trained.astype(np.float16).astype(np.float32))[0] == 13
+    assert len(encode_float_payload(trained)) < 0.85 * trained.nbytes
+
+
+def test_float_encoder_refuses_non_finite_values():
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            encode_float_payload(np.array([1.0, bad], np.float32))
+
+
+def test_float_decoder_reads_at_most_four_bytes_past_the_coded_part():
+    rng = np.random.default_rng(4)
+    worst = 0
+    for trial in range(63):
+        dtype = FLOAT_DTYPES[trial % 3]
+        x = _floats(rng, int(rng.integers(1, 120)), FLOAT_KINDS[trial % len(FLOAT_KINDS)], dtype)
+        for full in (False, True):
+            payload = encode_float_payload(x, full)
+            stats = {}
+            reference.decode_floats(payload, x.size, x.itemsize, stats)
+            low = _float_low_bits(x.itemsize, payload[0])
+            coded = len(payload) - 4 - (0 if payload[1] else (x.size * low + 7) // 8)
+            worst = max(worst, stats["bytes_read"] - coded)
+    assert worst <= 4 <= FLOAT_READ_SLACK
+
+
+def _float_low_bits(itemsize, tz):
+    """Mantissa bits below the tree bits, for ``tz`` dropped bits (FORMAT.md: ``low``)."""
+    mp = reference.FLOAT_FIELDS[itemsize][1] - tz
+    return mp - min(reference.FLOAT_TREE_BITS, mp)
+
+
+def _float_coded_part(bins):
+    """A coded part of hand-chosen bins ``(context, bit)`` in the float contexts at the main rates."""
+    model, enc = reference._FloatModel(reference.FLOAT_ESC_CTX + 64), reference.RangeEncoder()
+    for c, bit in bins:
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit, reference.FLOAT_RATES)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "e_top, x, status", [(25, 5, FLOAT_OK), (25, 6, FLOAT_BAD_EXPONENT), (19, 0, FLOAT_BAD_EXPONENT)]
+)
+def test_float_exponents_below_zero_are_reported(e_top, x, status):
+    # one float32 value, tz = 23 (no mantissa bits): sign, 20 unary ones, then x = d - 20 down the
+    # escape tree, in bitlength(e_top - 20) bins
+    unary = [(reference.FLOAT_EXP_CTX + k, 1) for k in range(reference.FLOAT_UNARY_BINS)]
+    esc_bits = max(e_top - reference.FLOAT_UNARY_BINS, 0).bit_length()
+    escape, node = [], 1
+    for j in range(esc_bits):
+        bit = (x >> (esc_bits - 1 - j)) & 1
+        escape.append((reference.FLOAT_ESC_CTX + node - 1, bit))
+        node = 2 * node + bit
+    coded = _float_coded_part([(reference.FLOAT_SIGN_CTX, 1), *unary, *escape])
+    out, got = decode_floats(coded, np.zeros(0, np.uint8), 1, 4, 23, 23, e_top, False)
+    assert got == status
+    if status == FLOAT_OK:  # d = 25 = e_top: exponent 0, sign 1, no mantissa: -0.0
+        assert out.tobytes() == np.array([-0.0], "<f4").tobytes()
+
+
+def test_float_truncated_coded_part_is_reported():
+    x = _floats(np.random.default_rng(5), 1000, "wide", np.float32)
+    payload = np.frombuffer(encode_float_payload(x, True), np.uint8)
+    tz, e_top = int(payload[0]), int(payload[2]) | int(payload[3]) << 8
+    _, status = decode_floats(payload[4:], np.zeros(0, np.uint8), x.size, 4, 23, tz, e_top, True)
+    assert status == FLOAT_OK
+    _, status = decode_floats(payload[4:40], np.zeros(0, np.uint8), x.size, 4, 23, tz, e_top, True)
+    assert status == FLOAT_SHORT_PAYLOAD
+
+
+# Golden float-lossless payloads: any change of these bytes is a format change.
+GOLDEN_FLOATS = np.array([0.5, -0.25, 0.0, -0.0, 1e-3, 3.0, -7.5e-5, 1e-40, 0.1, -0.1, 2.0**-10, 12.0], np.float32)
+
+
+def test_golden_float_payloads():
+    fast = encode_float_payload(GOLDEN_FLOATS, False)
+    full = encode_float_payload(GOLDEN_FLOATS, True)
+    assert fast.hex() == (
+        "00008200870493400315e21c74f74e0b07f1b000000000000000000000f02631000080545217b608cdccac9999010000000000"
+    )
+    assert full.hex() == (
+        "0001820087ffbff8287ffff0d000c83fffe9c494080159315979bfdb30fdd2a3867df51562d466d8d70c4c1efec8c1b0"
+    )
+    patterns = GOLDEN_FLOATS.view(np.uint32).tolist()
+    assert reference.encode_floats(patterns, 4, False) == fast
+    assert reference.encode_floats(patterns, 4, True) == full
+
+
+# --- grid test and sum of squares (nnc_fl.steps) ---------------------------------------------------
+
+
+def test_sum_squares_matches_numpy():
+    rng = np.random.default_rng(51)
+    for dtype in (np.float32, np.float64):
+        x = (rng.normal(size=1001) * 3).astype(dtype)
+        assert sum_squares(x) == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
+    assert sum_squares(np.zeros(0, np.float32)) == 0.0
+
+
+def test_on_grid_accepts_exact_multiples_within_range_only():
+    g = 2.0**-7
+    x = (np.arange(-50, 50) * g).astype(np.float32)
+    assert on_grid(x, 1 / g, 64.0)  # |x / g| <= 50
+    assert not on_grid(x, 1 / g, 49.0)  # out of range
+    y = x.copy()
+    y[17] += np.float32(g / 4)
+    assert not on_grid(y, 1 / g, 64.0)  # off the grid
+    for bad in (np.nan, np.inf):
+        z = x.copy()
+        z[3] = bad
+        assert not on_grid(z, 1 / g, 1e30)
+    assert on_grid(np.zeros(0, np.float64), 1 / g, 1.0)
+    from nnc_fl.steps import on_grid as checked
+
+    assert checked(x.astype(np.float16).reshape(10, 10), g, 64.0)  # widened exactly
+    with pytest.raises(ValueError, match="power of two"):
+        checked(x, 0.3, 64.0)
+    with pytest.raises(TypeError, match="float tensor"):
+        checked(np.arange(4), g, 64.0)

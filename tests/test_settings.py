@@ -81,6 +81,6 @@ def test_summary_logs_every_setting(caplog):
 
 
 def test_the_drop_in_default_compresses_with_the_measured_setting():
-    assert dict(CompressedStrategy(FedAvg()).spec_for(1).params) == {"rel_step": 2.0}
+    assert dict(CompressedStrategy(FedAvg()).spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True}
     assert dict(CompressedStrategy(FedAvg(), "nnc", {}).spec_for(1).params) == {}  # the codec's own default
     assert dict(CompressedStrategy(FedAvg(), None).spec_for(1).params) == {}  # fp32
