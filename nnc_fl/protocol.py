@@ -34,8 +34,9 @@ from .fingerprint import FINGERPRINT_SIZE
 
 R = TypeVar("R")
 
-#: Protocol name and major version; a peer speaking another one is refused.
-PROTOCOL = "nnc-fl/2"
+#: Protocol name and major version; a peer speaking another one is refused (3: downlink records
+#: carry ``payloads``, so one payload may span several versions; see FORMAT.md, "Protocol records").
+PROTOCOL = "nnc-fl/3"
 #: ``Array.stype`` of a coded payload.
 STYPE = "nnc-fl/1"
 #: Name of the payload ``Array`` inside its ``ArrayRecord``.
@@ -260,8 +261,9 @@ class Downlink:
 
     ``version``/``fingerprint`` name the model the node holds once it applied the payload;
     ``base_version``/``base_fingerprint`` the model a delta applies to (``-1``/``b""`` for a
-    keyframe). A delta chains ``version - base_version`` coded increments, applied in order (see
-    :func:`payloads_of`), so a node that missed rounds catches up without a keyframe.
+    keyframe). A delta carries ``payloads`` coded increments (1 .. ``version - base_version``),
+    applied in order (see :func:`payloads_of`): one per version (a chain), or fewer, each spanning
+    several versions (a catch-up), so a node that missed rounds catches up without a keyframe.
     ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
     ``arrays_key`` is the ``RecordDict`` key under which the user's function expects the model.
     ``nonce`` is fresh per message: a train reply binds its update to it (:func:`binding`).
@@ -283,6 +285,12 @@ class Downlink:
     nonce: bytes
     tensors: int
     elements: int
+    payloads: int = -1
+
+    def __post_init__(self) -> None:
+        if self.payloads == -1:  # default: what the kind implies (one increment per version)
+            implied = {KEYFRAME: 1, SAME: 0}.get(self.kind, self.version - self.base_version)
+            object.__setattr__(self, "payloads", implied)
 
     def to_config(self) -> dict[str, Any]:
         """Fields for a Flower ``ConfigRecord``."""
@@ -300,8 +308,8 @@ class Downlink:
 
     @property
     def chain_length(self) -> int:
-        """How many payloads the message carries (a delta chains one increment per version)."""
-        return {KEYFRAME: 1, SAME: 0}.get(self.kind, self.version - self.base_version)
+        """How many payloads the message carries."""
+        return self.payloads
 
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> Downlink:
@@ -325,13 +333,19 @@ class Downlink:
             nonce=_bytes_field(record, "nonce", (NONCE_SIZE,)),
             tensors=_field(record, "tensors", int),
             elements=_field(record, "elements", int),
+            payloads=_field(record, "payloads", int),
         )
         if not (0 <= out.tensors <= MAX_MODEL_TENSORS and 0 <= out.elements <= MAX_MODEL_ELEMENTS):
             raise ProtocolError(f"a model of {out.tensors} tensors and {out.elements} elements is beyond the bounds")
         if len(out.fingerprint) != FINGERPRINT_SIZE:
             raise ProtocolError("downlink fingerprint must hold 32 bytes")
         if kind == DELTA and not 1 <= out.version - out.base_version <= MAX_CHAIN:
-            raise ProtocolError(f"a delta must chain 1..{MAX_CHAIN} increments")
+            raise ProtocolError(f"a delta must span 1..{MAX_CHAIN} versions")
+        if kind == DELTA and not 1 <= out.payloads <= out.version - out.base_version:
+            span = out.version - out.base_version
+            raise ProtocolError(f"a delta over {span} versions cannot carry {out.payloads} payloads")
+        if kind != DELTA and out.payloads != {KEYFRAME: 1, SAME: 0}[kind]:
+            raise ProtocolError(f"a {kind} downlink cannot carry {out.payloads} payloads")
         return out
 
 

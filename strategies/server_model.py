@@ -4,8 +4,9 @@ How the server decides what a node gets lives here, and only here (:meth:`Server
 
 - a node known to hold ``G_v`` gets no payload (``same``);
 - a node known to hold an older ``G_u`` whose increments ``u+1 .. v`` the server still keeps (at most
-  ``max_chain``), all coded with one codec and together smaller than the model, gets that chain
-  (``delta``);
+  ``max_chain``) gets the cheapest exact way there (``delta``): that chain (when its increments share
+  one codec), or ``G_v - G_u`` coded as one exact *catch-up* increment (with the anchor grid), or a
+  keyframe if that is smaller still;
 - any other node (first contact, state unknown or lost, too far behind) gets a keyframe.
 
 The strategy tells the model what happened through event methods -- :meth:`~ServerModel.adopt`,
@@ -125,6 +126,11 @@ class ServerModel:
         self._pending: set[int] = set()
         #: tensor name -> anchor grid step (compressed keyframes); empty: exact keyframes
         self.grid: dict[str, float] = {}
+        #: catch-up increments: version u -> the tensors off the grid of G_u (for u within
+        #: max_chain), and, for the current version, u -> G_v - G_u on the grid, u -> coded
+        self._off_grid: dict[int, dict[str, np.ndarray]] = {}
+        self._sums: dict[int, dict[str, np.ndarray]] = {}
+        self._catch_ups: dict[int, Payload | None] = {}
 
     @property
     def raw_bytes(self) -> int:
@@ -158,6 +164,8 @@ class ServerModel:
         self._residual = {}
         self._keyframe = None
         self.shared_version = self.version if first and self.settings.shared_initial_model else None
+        self._off_grid.clear()
+        self._remember_off_grid()
 
     def _anchor(self, spec: CodecSpec | None, shared: bool) -> dict[str, float]:
         s = self.settings
@@ -189,6 +197,7 @@ class ServerModel:
         self.tensors = apply_delta(self.tensors, coded.decoded)
         for name in [n for n, g in self.grid.items() if not on_grid(self.tensors[n], g)]:
             del self.grid[name]  # e.g. values grown beyond the grid's range: exact keyframes from now on
+            self._off_grid.clear()  # catch-ups need that tensor's old values: from this version on
             log(WARNING, "nnc-fl: tensor %r left its anchor grid; its keyframes are exact from now on", name)
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
@@ -198,17 +207,119 @@ class ServerModel:
             del self.increments[old]
         for old in [u for u in self._fingerprints if u < self.version - s.max_chain]:
             del self._fingerprints[old]
+        for old in [u for u in self._off_grid if u < self.version - s.max_chain]:
+            del self._off_grid[old]
+        self._remember_off_grid()
         self._keyframe = None
+        self._sums.clear()
+        self._catch_ups.clear()
         return coded
+
+    # -- catch-up increments ---------------------------------------------------------------------
+
+    #: Catch-ups need the off-grid tensors of past versions: only while those are at most this
+    #: fraction of the model (BatchNorm statistics, counters), so the history stays small.
+    OFF_GRID_SHARE = 0.125
+    #: Partial sums ``G_v - G_u`` kept for the current version (each the size of the model).
+    MAX_SUMS = 4
+
+    def _remember_off_grid(self) -> None:
+        """Keep the current version's off-grid tensors for later catch-ups, if they are few."""
+        if not (self.settings.catch_up and self.grid):
+            return
+        off = {n: t for n, t in self.tensors.items() if n not in self.grid}
+        if 4 * sum(int(t.size) for t in off.values()) <= self.OFF_GRID_SHARE * self.raw_bytes:
+            self._off_grid[self.version] = {n: t.copy() for n, t in off.items()}
+
+    def _grid_sum(self, held: int) -> dict[str, np.ndarray] | None:
+        """``G_v - G_held`` of the grid tensors, in float64, summed from the decoded increments
+        (exact: every one is a multiple of its grid step); ``None`` if one is not on the grid."""
+        if held in self._sums:
+            return self._sums[held]
+        above = min((u for u in self._sums if u > held), default=self.version)
+        total = (
+            {n: self._sums[above][n].copy() for n in self.grid}
+            if above in self._sums
+            else {n: np.zeros(self.tensors[n].shape, np.float64) for n in self.grid}
+        )
+        for w in range(above, held, -1):
+            increment = self.increments[w]
+            decoded = increment.spec.make().decode(increment.data, expect=self.tensors)
+            for name in self.grid:
+                total[name] += decoded[name]
+        if not all(steps.on_grid(total[n], g, 2 * GRID_RANGE) for n, g in self.grid.items()):
+            return None
+        if len(self._sums) >= self.MAX_SUMS:
+            del self._sums[max(self._sums)]
+        self._sums[held] = total
+        return total
+
+    def _catch_up(self, held: int, spec: CodecSpec) -> Payload | None:
+        """``G_v - G_held`` coded exactly as one increment (cached per version), or ``None`` where
+        that cannot be exact: no anchor grid, a codec without grids, no record of ``G_held``."""
+        if held in self._catch_ups:
+            return self._catch_ups[held]
+        codec = spec.make()
+        then = self._off_grid.get(held)
+        result = None
+        if then is not None and getattr(codec, "supports_grid", False) and hasattr(codec, "encode_decoded"):
+            sums = self._grid_sum(held)
+            if sums is not None:
+                result = self._code_catch_up(held, then, sums, spec, codec)
+        self._catch_ups[held] = result
+        return result
+
+    def _code_catch_up(self, held, then, sums, spec, codec) -> Payload | None:
+        off_now = {n: t for n, t in self.tensors.items() if n not in self.grid}
+        delta = model_delta(off_now, then)
+        if fingerprint(apply_delta(then, delta)) != fingerprint(off_now):
+            return None  # a float difference that does not restore the value exactly
+        coarse = {}
+        for name, g in self.grid.items():
+            delta[name] = sums[name].astype(self.tensors[name].dtype)
+            levels = np.abs(np.rint(sums[name] / g)).astype(np.int64)
+            bits = int(np.bitwise_or.reduce(levels, axis=None)) if levels.size else 0
+            coarse[name] = g * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
+        delta = {n: delta[n] for n in self.tensors}
+        data, decoded = codec.encode_decoded(
+            delta, fingerprint=self._fingerprints[held], exact=True, limits=limits_for(self.tensors), grid=coarse
+        )
+        if any(decoded[n].tobytes() != delta[n].tobytes() for n in delta):
+            return None
+        return Payload(data, spec, self.raw_bytes)
 
     # -- what a node gets ------------------------------------------------------------------------
 
     def _chain(self, held: int) -> list[Payload] | None:
-        """Increments ``held+1 .. v`` if they share one codec spec and beat a keyframe, else None."""
+        """Increments ``held+1 .. v`` if they share one codec spec (a node decodes a chain with one
+        codec), else None."""
         chain = [self.increments[u] for u in range(held + 1, self.version + 1)]
-        if len({p.spec for p in chain}) != 1 or sum(len(p.data) for p in chain) >= self.raw_bytes:
-            return None
-        return chain
+        return chain if len({p.spec for p in chain}) == 1 else None
+
+    #: A delta costing more than this share of the model is compared with the keyframe's size.
+    KEYFRAME_CHECK_SHARE = 1 / 16
+
+    def _cheapest_delta(self, held: int, spec: CodecSpec) -> tuple[list[Payload] | None, float]:
+        """The cheapest exact way from ``G_held`` to ``G_v`` by increments (the chain or a
+        catch-up), or ``None`` if a keyframe is cheaper; plus the seconds spent coding."""
+        t0 = time.perf_counter()
+        options = []
+        chain = self._chain(held)
+        if chain is not None:
+            options.append(chain)
+        if self.version - held >= 2 and self.settings.catch_up:
+            catch_up = self._catch_up(held, spec)
+            if catch_up is not None:
+                options.append([catch_up])
+        best = min(options, key=lambda c: sum(len(p.data) for p in c), default=None)
+        cost = sum(len(p.data) for p in best) if best is not None else self.raw_bytes
+        seconds = time.perf_counter() - t0
+        if cost > self.KEYFRAME_CHECK_SHARE * self.raw_bytes:
+            keyframe, keyframe_s = self._keyframe_payload(spec)
+            seconds += keyframe_s
+            if len(keyframe.data) <= cost:
+                return None, seconds
+        return best, seconds
 
     def _keyframe_payload(self, spec: CodecSpec) -> tuple[Payload, float]:
         """The exact coding of ``G_v`` (cached per version) and the seconds spent encoding it."""
@@ -234,14 +345,14 @@ class ServerModel:
         """
         held = self.node_versions.get(node_id, self.shared_version)
         kind = choose_downlink(held, self.version, min(self.increments) if self.increments else None)
-        chain = self._chain(held) if kind == protocol.DELTA else None
+        chain, seconds = self._cheapest_delta(held, spec) if kind == protocol.DELTA else (None, 0.0)
         if kind == protocol.DELTA and chain is None:
             kind = protocol.KEYFRAME
         payloads: list[Payload] = []
-        seconds, base_v, base_fp = 0.0, -1, b""
+        base_v, base_fp = -1, b""
         if kind == protocol.KEYFRAME:
-            keyframe, seconds = self._keyframe_payload(spec)
-            payloads = [keyframe]
+            keyframe, keyframe_s = self._keyframe_payload(spec)
+            payloads, seconds = [keyframe], seconds + keyframe_s
         elif kind == protocol.DELTA:
             payloads, base_v, base_fp = chain, held, self._fingerprints[held]
         else:
@@ -262,6 +373,7 @@ class ServerModel:
             nonce=nonce,
             tensors=len(self.tensors),
             elements=sum(int(t.size) for t in self.tensors.values()),
+            payloads=len(payloads),
         )
         self._pending.add(node_id)
         return down, payloads, seconds

@@ -133,6 +133,10 @@ class DownlinkSettings:
         ``rms * 2**-keyframe_grid`` (the initial model is rounded onto it) and a keyframe codes its
         integer levels losslessly (see :class:`strategies.server_model.ServerModel`). ``None``:
         the initial model is kept bit for bit and keyframes are exact fp32.
+    catch_up : bool
+        A node two or more versions behind may get ``G_v - G_u`` coded as one exact increment
+        (a *catch-up*) instead of the chain, when that is smaller (with the anchor grid only:
+        there the sum of the increments is exact; see :class:`strategies.server_model.ServerModel`).
     """
 
     params: Mapping[str, ParamValue] = field(default_factory=dict)
@@ -141,9 +145,12 @@ class DownlinkSettings:
     max_chain: int = MAX_CHAIN
     shared_initial_model: bool = False
     keyframe_grid: int | None = 5
+    catch_up: bool = True
 
     def __post_init__(self) -> None:
         _frozen_mapping(self, "params")
+        if not isinstance(self.catch_up, bool):
+            raise TypeError(f"catch_up must be a bool, got {self.catch_up!r}")
         if isinstance(self.max_chain, bool) or not isinstance(self.max_chain, int):
             raise TypeError(f"max_chain must be an integer, got {self.max_chain!r}")
         if not 1 <= self.max_chain <= MAX_CHAIN:

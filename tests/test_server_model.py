@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nnc_fl import protocol as p
-from strategies.server_model import choose_downlink
+from nnc_fl.fingerprint import fingerprint
+from nnc_fl.protocol import CodecSpec
+from nnc_fl.updates import apply_delta
+from strategies import DownlinkSettings
+from strategies.server_model import ServerModel, choose_downlink
 
 
 @pytest.mark.parametrize(
@@ -29,3 +34,110 @@ def test_chain_longer_than_the_limit_gets_a_keyframe():
     v = p.MAX_CHAIN + 10
     assert choose_downlink(v - p.MAX_CHAIN, v, 1) == p.DELTA
     assert choose_downlink(v - p.MAX_CHAIN - 1, v, 1) == p.KEYFRAME
+
+
+# -- catch-up increments: G_v - G_u as one exact increment ----------------------------------------
+
+
+def _bn_model(rng) -> dict[str, np.ndarray]:
+    return {
+        "conv.weight": rng.normal(0, 0.1, (32, 16, 3, 3)).astype(np.float32),
+        "bn.running_var": rng.uniform(0.5, 1.5, 32).astype(np.float32),
+        "bn.num_batches_tracked": np.array(0, np.int64),
+        "fc.weight": rng.normal(0, 0.05, (10, 512)).astype(np.float32),
+    }
+
+
+def _advance_rounds(model: ServerModel, spec: CodecSpec, rng, rounds: int) -> None:
+    """FL-like rounds: a drift shared across rounds plus noise; BatchNorm statistics move too."""
+    drift = {n: rng.normal(0, 0.004, t.shape).astype(np.float32) for n, t in model.tensors.items()}
+    for _ in range(rounds):
+        target = {}
+        for name, t in model.tensors.items():
+            if t.dtype == np.int64:
+                target[name] = t + 10
+            elif name == "bn.running_var":
+                target[name] = (t * 0.9 + 0.1 * rng.uniform(0.5, 1.5, t.shape)).astype(np.float32)
+            else:
+                target[name] = t + drift[name] + rng.normal(0, 0.001, t.shape).astype(np.float32)
+        model.advance(target, spec)
+
+
+def _rebuild(base: dict[str, np.ndarray], down, payloads) -> dict[str, np.ndarray]:
+    """What a node holding ``base`` makes of the downlink (as clients.state does)."""
+    codec = CodecSpec.from_wire(down.payload_codec, down.payload_codec_params).make()
+    model = base
+    for payload in payloads:
+        model = apply_delta(model, codec.decode(payload.data, expect=model))
+    return model
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_a_node_that_missed_rounds_gets_the_cheaper_of_chain_and_catch_up(catch_up):
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "float_lossless": True})
+    rng = np.random.default_rng(1)
+    model = ServerModel(DownlinkSettings(catch_up=catch_up))
+    model.adopt(_bn_model(rng), spec)
+    held = dict(model.tensors)
+    model.acknowledged(7, model.version, model.fingerprint)
+    _advance_rounds(model, spec, rng, 4)
+    chain_bytes = sum(len(model.increments[u].data) for u in range(2, 6))
+    down, payloads, _ = model.downlink(7, spec, "arrays", 5, bytes(16))
+    assert down.kind == p.DELTA and (down.base_version, down.version) == (1, 5)
+    assert down.payloads == len(payloads) == (1 if catch_up else 4)
+    sent = sum(len(x.data) for x in payloads)
+    if catch_up:
+        assert sent < 0.8 * chain_bytes  # the summed drift codes in fewer bits than four increments
+    else:
+        assert sent == chain_bytes
+    rebuilt = _rebuild(held, down, payloads)
+    assert fingerprint(rebuilt) == down.fingerprint == model.fingerprint  # exact, BN statistics included
+    assert down == p.Downlink.from_config(down.to_config())
+
+
+def test_catch_ups_need_the_anchor_grid():
+    """Without the grid, sums of float32 increments are not exact: chains only."""
+    spec = CodecSpec("nnc", {"rel_step": 2.0})
+    rng = np.random.default_rng(2)
+    model = ServerModel(DownlinkSettings(keyframe_grid=None))
+    model.adopt(_bn_model(rng), spec)
+    model.acknowledged(7, model.version, model.fingerprint)
+    _advance_rounds(model, spec, rng, 3)
+    down, payloads, _ = model.downlink(7, spec, "arrays", 4, bytes(16))
+    assert down.kind == p.DELTA and down.payloads == len(payloads) == 3
+
+
+def test_catch_ups_of_many_nodes_stay_exact_and_are_reused():
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "float_lossless": True})
+    rng = np.random.default_rng(3)
+    model = ServerModel(DownlinkSettings())
+    model.adopt(_bn_model(rng), spec)
+    held = {}
+    for node in range(6):  # node k last saw version k + 1
+        held[node] = (model.version, dict(model.tensors))
+        model.acknowledged(node, model.version, model.fingerprint)
+        _advance_rounds(model, spec, rng, 1)
+    for node in range(6):
+        down, payloads, _ = model.downlink(node, spec, "arrays", 9, bytes(16))
+        assert down.base_version == held[node][0]
+        assert fingerprint(_rebuild(held[node][1], down, payloads)) == model.fingerprint
+        _, payloads_again, _ = model.downlink(node, spec, "arrays", 9, bytes(16))
+        assert [x.data for x in payloads_again] == [x.data for x in payloads]  # cached per version
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"payloads": 0}, "cannot carry 0"),
+        ({"payloads": 4}, "cannot carry 4"),  # more payloads than versions
+        ({"kind": p.KEYFRAME, "payloads": 2}, "keyframe downlink cannot carry 2"),
+        ({"kind": p.SAME, "payloads": 1}, "same downlink cannot carry 1"),
+    ],
+)
+def test_downlink_payload_count_is_bounded(change, message):
+    fields = dict(kind=p.DELTA, version=5, fingerprint=bytes(32), base_version=2, base_fingerprint=bytes(32),
+                  payload_codec="nnc", payload_codec_params="{}", codec="nnc", codec_params="{}",
+                  arrays_key="arrays", server_round=5, nonce=bytes(p.NONCE_SIZE), tensors=1, elements=1)
+    record = {**p.Downlink(**fields).to_config(), **change}
+    with pytest.raises(p.ProtocolError, match=message):
+        p.Downlink.from_config(record)
