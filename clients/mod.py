@@ -166,7 +166,7 @@ def _coded_reply(
     if record_key is None:
         return _error_reply(msg, "the train reply must carry exactly one ArrayRecord (the trained model)")
     try:
-        coded = node.send(protocol.tensors_of(reply.content[record_key]), codec, down.nonce)
+        coded = node.send(protocol.tensors_of(reply.content[record_key]), codec, down.nonce, down.residual_max_age)
     except ValueError as exc:  # names or shapes differ from the received model
         return _error_reply(msg, f"cannot code the trained model: {exc}")
     payload = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(coded.data))})

@@ -6,7 +6,8 @@ deployment alike). A ``RecordDict`` can hold only ``ArrayRecord``, ``MetricRecor
 
 - ``nnc-fl.base`` (``ArrayRecord``): the global model ``G_v`` it holds, bit-exact;
 - ``nnc-fl.residual`` (``ArrayRecord``): the error-feedback residual of its floating tensors;
-- ``nnc-fl.meta`` (``ConfigRecord``): ``version`` (int) and ``fingerprint`` (32 bytes) of ``G_v``.
+- ``nnc-fl.meta`` (``ConfigRecord``): ``version`` (int) and ``fingerprint`` (32 bytes) of ``G_v``,
+  and ``residual_version`` (int): the version the residual was made against.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class NodeState:
         self.fingerprint: bytes | None = None
         self.base: dict[str, np.ndarray] = {}
         self.residual: dict[str, np.ndarray] = {}
+        self.residual_version: int | None = None
         self._stored = False  # whether context.state holds the model described here
         meta, base = state.get(META_KEY), state.get(BASE_KEY)
         if not isinstance(meta, ConfigRecord) or not isinstance(base, ArrayRecord):
@@ -56,6 +58,8 @@ class NodeState:
         self._stored = True
         residual = state.get(RESIDUAL_KEY)
         self.residual = protocol.tensors_of(residual) if isinstance(residual, ArrayRecord) else {}
+        residual_version = meta.get("residual_version")
+        self.residual_version = residual_version if isinstance(residual_version, int) else None
 
     def holds_nothing(self) -> bool:
         """Whether the node holds no model yet."""
@@ -65,8 +69,14 @@ class NodeState:
         """Take ``tensors`` as the model ``version`` with ``fingerprint_`` and remember it."""
         self.version, self.fingerprint, self.base = version, fingerprint_, dict(tensors)
         self._state[BASE_KEY] = protocol.to_record(tensors, ArrayRecord, Array)
-        self._state[META_KEY] = ConfigRecord({"version": int(version), "fingerprint": bytes(fingerprint_)})
+        self._write_meta()
         self._stored = True
+
+    def _write_meta(self) -> None:
+        meta = {"version": int(self.version), "fingerprint": bytes(self.fingerprint)}
+        if self.residual_version is not None:
+            meta["residual_version"] = int(self.residual_version)
+        self._state[META_KEY] = ConfigRecord(meta)
 
     def adopt_shared(
         self, down: protocol.Downlink, shared_model: Callable[[], Mapping[str, np.ndarray] | None]
@@ -85,9 +95,18 @@ class NodeState:
             self.version, self.fingerprint, self.base = version, fp, tensors
 
     def keep_residual(self, residual: Mapping[str, np.ndarray]) -> None:
-        """Remember the error-feedback residual (replacing the previous one)."""
-        self.residual = dict(residual)
+        """Remember the error-feedback residual (replacing the previous one), made against the
+        model the node holds."""
+        self.residual, self.residual_version = dict(residual), self.version
         self._state[RESIDUAL_KEY] = protocol.to_record(residual, ArrayRecord, Array)
+        self._write_meta()
+
+    def residual_age(self) -> int | None:
+        """Versions between the model the residual was made against and the one held (``None``:
+        unknown, e.g. a residual stored by an older nnc-fl)."""
+        if self.residual_version is None or self.version is None:
+            return None
+        return self.version - self.residual_version
 
     # -- receive ---------------------------------------------------------------------------------
 
@@ -132,14 +151,23 @@ class NodeState:
 
     # -- send ------------------------------------------------------------------------------------
 
-    def send(self, trained: Mapping[str, np.ndarray], codec: UpdateCodec, nonce: bytes) -> CodedUpdate:
+    def send(
+        self, trained: Mapping[str, np.ndarray], codec: UpdateCodec, nonce: bytes, residual_max_age: int = -1
+    ) -> CodedUpdate:
         """Code ``trained - G_v`` plus the residual with ``codec``, bound to ``G_v`` and the ``nonce``
         of the message it answers (:func:`nnc_fl.protocol.binding`); keep the new residual.
+        A residual made more than ``residual_max_age`` versions ago (or of unknown age) is dropped
+        first (``-1``: kept whatever its age).
 
         Raises ``ValueError`` if ``trained`` does not have ``G_v``'s tensor names and shapes.
         """
         delta = model_delta(cast_like(trained, self.base), self.base)
         binding = protocol.binding(self.fingerprint, nonce)
-        coded = code_update(delta, codec, residual=self.residual, fingerprint=binding)
+        residual = self.residual
+        if residual_max_age >= 0 and residual:
+            age = self.residual_age()
+            if age is None or age > residual_max_age:
+                residual = {}
+        coded = code_update(delta, codec, residual=residual, fingerprint=binding)
         self.keep_residual(coded.residual)
         return coded

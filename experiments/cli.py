@@ -69,6 +69,8 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="keyframes on an anchor grid of rms * 2**-N (default 5); 'none': exact fp32 keyframes")
     p.add_argument("--shared-initial-model", action="store_true",
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
+    p.add_argument("--residual-max-age", type=int, default=None, metavar="K",
+                   help="clients drop error-feedback residuals made more than K versions ago (default: keep)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
 
 
@@ -161,7 +163,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfgs = [
         RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
-                  keyframe_grid=a.keyframe_grid, backend=a.backend)
+                  keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
+                  backend=a.backend)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
@@ -193,7 +196,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         for seed in range(a.seed, a.seed + a.seeds):
             cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
                             codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
-                            keyframe_grid=a.keyframe_grid, backend=a.backend)
+                            keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
+                  backend=a.backend)
             sub = out_dir / slug(cfg.name())
             tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
     outs = _run_tasks(tasks, a.jobs)

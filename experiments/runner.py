@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from strategies import CompressedStrategy, DownlinkSettings
+from strategies import CodecSettings, CompressedStrategy, DownlinkSettings
 from strategies.inprocess import InProcessGrid
 
 from .baselines import register_baselines
@@ -52,6 +52,8 @@ class RunConfig:
     shared_initial_model: bool = False
     #: compressed keyframes on an anchor grid of rms * 2**-keyframe_grid (None: exact fp32 keyframes)
     keyframe_grid: int | None = 5
+    #: clients drop error-feedback residuals older than this many versions (None: keep them)
+    residual_max_age: int | None = None
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
 
@@ -64,6 +66,8 @@ class RunConfig:
         name = f"{name} down({down})" if down else name
         if self.keyframe_grid is None:
             name = f"{name} exact-keyframes"
+        if self.residual_max_age is not None:
+            name = f"{name} residual-age<={self.residual_max_age}"
         return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
@@ -87,7 +91,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
-        strategy = CompressedStrategy(inner, codec=cfg.codec, codec_params=cfg.codec_params or None, downlink=downlink)
+        codec = CodecSettings(cfg.codec, cfg.codec_params or None, residual_max_age=cfg.residual_max_age)
+        strategy = CompressedStrategy(inner, codec=codec, downlink=downlink)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),

@@ -53,6 +53,8 @@ UPDATE, RESYNC, ACK = "update", "resync", "ack"
 
 #: Most increments one downlink message may chain: the bound a node enforces when it reads one.
 MAX_CHAIN = 64
+#: Largest ``residual_max_age`` a downlink may name (versions).
+MAX_RESIDUAL_AGE = 1 << 30
 _MAX_PARAMS_CHARS = 4096
 #: Longest text field a peer's record may hold (codec names, keys, reasons); longer is refused.
 MAX_TEXT_CHARS = 1024
@@ -269,6 +271,8 @@ class Downlink:
     ``nonce`` is fresh per message: a train reply binds its update to it (:func:`binding`).
     ``tensors`` and ``elements`` say how large the model is, so a node can size its decoder's
     limits for a keyframe (at most :data:`MAX_MODEL_TENSORS` and :data:`MAX_MODEL_ELEMENTS`).
+    ``residual_max_age``: a node drops its error-feedback residual when it was made against a model
+    more than this many versions older than ``version`` (``-1``: it keeps it).
     """
 
     kind: str
@@ -286,6 +290,7 @@ class Downlink:
     tensors: int
     elements: int
     payloads: int = -1
+    residual_max_age: int = -1
 
     def __post_init__(self) -> None:
         if self.payloads == -1:  # default: what the kind implies (one increment per version)
@@ -334,6 +339,7 @@ class Downlink:
             tensors=_field(record, "tensors", int),
             elements=_field(record, "elements", int),
             payloads=_field(record, "payloads", int),
+            residual_max_age=_field(record, "residual_max_age", int),
         )
         if not (0 <= out.tensors <= MAX_MODEL_TENSORS and 0 <= out.elements <= MAX_MODEL_ELEMENTS):
             raise ProtocolError(f"a model of {out.tensors} tensors and {out.elements} elements is beyond the bounds")
@@ -346,6 +352,8 @@ class Downlink:
             raise ProtocolError(f"a delta over {span} versions cannot carry {out.payloads} payloads")
         if kind != DELTA and out.payloads != {KEYFRAME: 1, SAME: 0}[kind]:
             raise ProtocolError(f"a {kind} downlink cannot carry {out.payloads} payloads")
+        if not -1 <= out.residual_max_age <= MAX_RESIDUAL_AGE:
+            raise ProtocolError(f"residual_max_age must be in -1..{MAX_RESIDUAL_AGE}, not {out.residual_max_age}")
         return out
 
 
@@ -447,6 +455,7 @@ __all__ = [
     "DELTA",
     "KEYFRAME",
     "MAX_CHAIN",
+    "MAX_RESIDUAL_AGE",
     "MAX_TEXT_CHARS",
     "NONCE_SIZE",
     "PAYLOAD_KEY",

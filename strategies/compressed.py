@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,8 @@ class CompressedStrategy(Strategy):
             if train:
                 self._nonces[node] = nonce
             down, payloads, seconds = self.model.downlink(node, spec, keys[0], server_round, nonce)
+            if self.codec.residual_max_age is not None:
+                down = replace(down, residual_max_age=self.codec.residual_max_age)
             datas = [p.data for p in payloads] or [b""]
             content = RecordDict(dict(msg.content.items()))
             content[keys[0]] = ArrayRecord(

@@ -19,7 +19,7 @@ from typing import Any
 
 from nnc_fl.auth import check_key, read_keyring
 from nnc_fl.codecs import ParamValue
-from nnc_fl.protocol import MAX_CHAIN, CodecSpec
+from nnc_fl.protocol import MAX_CHAIN, MAX_RESIDUAL_AGE, CodecSpec
 
 CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 
@@ -78,11 +78,17 @@ class CodecSettings:
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
+    residual_max_age : int, optional
+        A node drops its error-feedback residual (the quantisation error it carries into its next
+        update) when that was made against a model more than this many versions older than the one
+        it trains on; ``None`` (the default) keeps it whatever its age. For cross-device settings,
+        where a node trains every ~10 rounds (see the README for what it measured).
     """
 
     name: str = "nnc"
     params: Mapping[str, ParamValue] | None = None
     schedule: CodecSchedule | None = None
+    residual_max_age: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -95,6 +101,13 @@ class CodecSettings:
         object.__setattr__(self, "params", MappingProxyType(params))
         if self.schedule is not None and not callable(self.schedule):
             raise TypeError("schedule must be a callable f(server_round) -> codec parameters")
+        if self.residual_max_age is not None and (
+            isinstance(self.residual_max_age, bool)
+            or not isinstance(self.residual_max_age, int)
+            or not 0 <= self.residual_max_age <= MAX_RESIDUAL_AGE
+        ):
+            raise ValueError(f"residual_max_age must be an integer in 0..{MAX_RESIDUAL_AGE} or None, "
+                             f"got {self.residual_max_age!r}")
         spec = CodecSpec(self.name, self.params)
         spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now
         spec.make()  # unknown codec or bad parameters: fail now

@@ -27,7 +27,8 @@ def _numpy(record):
     return {k: a.numpy() for k, a in record.items()}
 
 
-def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", mtype="train", payload=None):
+def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", mtype="train", payload=None,
+             residual_max_age=-1):
     c = make_codec("nnc", step=STEP)
     if payload is None:
         if kind == protocol.KEYFRAME:
@@ -54,6 +55,7 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         nonce=NONCE,
         tensors=len(model),
         elements=sum(np.asarray(v).size for v in model.values()),
+        residual_max_age=residual_max_age,
     )
     content = RecordDict(
         {
@@ -139,6 +141,20 @@ def test_error_feedback_carries_the_residual_into_the_next_update(context):
     new_residual = NodeState(context.state).residual["w"]
     np.testing.assert_allclose(delta["w"] + new_residual, 0.02 + residual, atol=1e-6)
     assert np.max(np.abs(new_residual)) <= STEP / 2 + 1e-6
+
+
+@pytest.mark.parametrize(("max_age", "kept"), [(-1, True), (3, True), (2, False), (0, False)])
+def test_a_residual_older_than_the_servers_limit_is_dropped(context, max_age, kept):
+    nnc_mod(_message(protocol.KEYFRAME, G1, 1), context, User())  # residual made against version 1
+    residual = NodeState(context.state).residual["w"].copy()
+    assert NodeState(context.state).residual_version == 1 and np.abs(residual).max() > 0
+    g4 = {"w": (G1["w"] + 0.05).astype(np.float32), "n": np.array(4, np.int64)}
+    message = _message(protocol.KEYFRAME, g4, 4, residual_max_age=max_age)  # three versions later
+    _, delta = _decode_reply(nnc_mod(message, context, User(shift=0.02)))
+    state = NodeState(context.state)
+    carried = residual if kept else 0.0
+    np.testing.assert_allclose(delta["w"] + state.residual["w"], 0.02 + carried, atol=1e-6)
+    assert state.residual_version == 4
 
 
 def test_same_reuses_the_stored_model(context):

@@ -132,6 +132,9 @@ def test_catch_ups_of_many_nodes_stay_exact_and_are_reused():
         ({"payloads": 4}, "cannot carry 4"),  # more payloads than versions
         ({"kind": p.KEYFRAME, "payloads": 2}, "keyframe downlink cannot carry 2"),
         ({"kind": p.SAME, "payloads": 1}, "same downlink cannot carry 1"),
+        ({"residual_max_age": -2}, "residual_max_age"),
+        ({"residual_max_age": 1 << 31}, "residual_max_age"),
+        ({"residual_max_age": 1.5}, "residual_max_age"),
     ],
 )
 def test_downlink_payload_count_is_bounded(change, message):

@@ -219,6 +219,17 @@ def test_nodes_that_missed_rounds_catch_up_with_a_chain_of_increments(make_grid,
     assert max(_chains(grid)) >= 2  # some node skipped rounds and got several increments at once
 
 
+def test_residual_max_age_reaches_the_nodes(make_grid, initial_arrays):
+    random.seed(3)
+    grid = make_grid(6)
+    inner = FedAvg(fraction_train=0.34, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(inner, CodecSettings("nnc", {"step": 0.05}, residual_max_age=1))
+    run_federation(strategy, grid, initial_arrays, 4)  # checks bit-identical models every round
+    ages = {m.content[protocol.RECORD_KEY]["residual_max_age"] for m in grid.sent if protocol.RECORD_KEY in m.content}
+    assert ages == {1}
+    assert "residual_max_age=1" in repr(strategy.codec)
+
+
 def test_server_model_chains_increments_while_smaller_than_a_keyframe():
     spec = CodecSpec("nnc", {"step": 0.01})
     rng = np.random.default_rng(0)
