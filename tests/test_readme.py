@@ -64,6 +64,14 @@ def test_recipes_disable_runtime_dependency_installation():
     assert "flwr run . " in BLOCKS["simulation"].text
 
 
+def test_signature_is_the_strategys():
+    from strategies import CompressedStrategy
+
+    params = list(inspect.signature(CompressedStrategy.__init__).parameters.values())[1:]
+    shown = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params)
+    assert f"CompressedStrategy({shown})".replace("'", '"') in README
+
+
 def _table(marker: str) -> dict[str, list[str]]:
     """Rows of the markdown table after ``<!-- table: marker -->``: first cell (unquoted) -> cells."""
     lines = README.splitlines()
