@@ -1,0 +1,1 @@
+"""nnc-fl quickstart: a compressed Flower app (BatchNorm CNN, scikit-learn digits, offline)."""
