@@ -501,7 +501,7 @@ def _numel(dims: Iterable) -> int:
 
 
 def _factor_shape(n: int, rng: np.random.Generator) -> list[int]:
-    """Random dims (rank 0-4) whose product is ``n``."""
+    """Random dims (rank 0-4) whose product is ``n`` (factors below 1000 spread, the rest in one)."""
     if n == 0:
         dims = [int(rng.integers(0, 4)) for _ in range(int(rng.integers(1, 4)))]
         dims[int(rng.integers(len(dims)))] = 0
@@ -509,7 +509,7 @@ def _factor_shape(n: int, rng: np.random.Generator) -> list[int]:
     rank = int(rng.integers(0 if n == 1 else 1, 5))
     dims = [1] * max(rank, 1)
     m, p = n, 2
-    while m > 1 and p * p <= m:
+    while m > 1 and p * p <= m and p < 1000:  # (n may be a huge number with a huge prime factor)
         while m % p == 0:
             dims[int(rng.integers(len(dims)))] *= p
             m //= p
@@ -1148,11 +1148,12 @@ def reason_template(message: str) -> str:
 
 @dataclass
 class CallResult:
-    outcome: str
+    outcome: str  # the classification: OUTCOMES
     seconds: float
     value: object = None
     error: str = ""
     trace: str = ""
+    completed: str = ""  # how the call ended (a slow call is a HANG but may have completed "ok")
 
 
 def _call(fn: Callable[[], object], hang_limit: float, alarm: bool) -> CallResult:
@@ -1172,11 +1173,10 @@ def _call(fn: Callable[[], object], hang_limit: float, alarm: bool) -> CallResul
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
     res.seconds = time.perf_counter() - t0
+    res.completed = res.outcome
     if res.outcome not in ("CRASH", "HANG") and res.seconds > hang_limit:
         res.error = f"{res.seconds:.2f} s (outcome {res.outcome}: {res.error})"
         res.outcome = "HANG"
-    if res.outcome not in ("ok", "CRASH", "HANG") and type(res.value) is not type(None):
-        res.value = None
     return res
 
 
@@ -1185,11 +1185,14 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _consistency(data: bytes, results: dict[str, list[CallResult]], expect: Mapping[str, np.ndarray]) -> str | None:
-    """Why the successful calls disagree, or None."""
+    """Why the calls that completed disagree, or None (slow calls count as completed; a call the
+    watchdog interrupted, or a crash, is not compared)."""
     dec, ins, exp = results["decode"][0], results["inspect"][0], results["decode_expect"][0]
-    if dec.outcome == "ok":
+    if any(r.completed in ("HANG", "CRASH") for rs in results.values() for r in rs):
+        return None
+    if dec.completed == "ok":
         out = dec.value
-        if ins.outcome != "ok":
+        if ins.completed != "ok":
             return "decode succeeded where inspect failed"
         info = ins.value
         if [t.name for t in info.tensors] != list(out):
@@ -1201,17 +1204,17 @@ def _consistency(data: bytes, results: dict[str, list[CallResult]], expect: Mapp
             if t.mode in _FINITE_MODES and arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 return f"tensor {t.name!r} of mode {t.mode_name} decoded to non-finite values"
         for r in results["decode_tensor"]:
-            if r.outcome != "ok":
+            if r.completed != "ok":
                 return f"decode_tensor failed ({r.error}) where decode succeeded"
             name, arr = r.value
             if not _same(arr, out[name]):
                 return f"decode_tensor({name!r}) differs from decode()"
         matches = [(t.name, t.shape, t.dtype.newbyteorder("=")) for t in info.tensors]
         schema = [(k, tuple(v.shape), v.dtype) for k, v in expect.items()]
-        if sorted(matches, key=lambda x: x[0]) == sorted(schema, key=lambda x: x[0]) and exp.outcome != "ok":
+        if sorted(matches, key=lambda x: x[0]) == sorted(schema, key=lambda x: x[0]) and exp.completed != "ok":
             return f"decode(expect=) refused a stream of exactly that schema ({exp.error})"
-    if exp.outcome == "ok":
-        if dec.outcome != "ok":
+    if exp.completed == "ok":
+        if dec.completed != "ok":
             return f"decode(expect=) succeeded where decode failed ({dec.error})"
         if list(exp.value) != list(dec.value) or not all(_same(exp.value[k], dec.value[k]) for k in dec.value):
             return "decode(expect=) differs from decode()"
@@ -1280,7 +1283,7 @@ def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float
     ins = _call(_inspect, hang_limit, alarm)
     results["inspect"] = [ins]
     results["decode_tensor"] = []
-    if ins.outcome == "ok":
+    if ins.completed == "ok":
         for t in ins.value.tensors:
             results["decode_tensor"].append(
                 _call(lambda name=t.name: (name, nnc_fl.decode_tensor(data, name)), hang_limit, alarm))
@@ -1436,8 +1439,10 @@ class Fuzzer:
             if len(data) < 2048 and sum(_claims(data)) < HEAVY_BYTES:
                 run_targets(data, self.expects[0], 1e9, False)
 
-    def one(self, index: int) -> None:
+    def one(self, index: int, generated: Callable[[], None] | None = None) -> None:
         c, kind, sub, data = make_input(self.seed, index, self.corpus)
+        if generated is not None:
+            generated()
         st = self.stats
         rss0 = _rss_kb()
         t0 = time.perf_counter()
@@ -1524,10 +1529,13 @@ def _worker(w, seed, indices, corpus, hang_limit, out_q, current, started, flush
     fuzzer.warm_up()
     last = time.monotonic()
     done = 0
+    def generated():
+        started.value = time.time()
+
     for index in indices:
         current.value = index
-        started.value = time.time()
-        fuzzer.one(index)
+        started.value = -time.time()  # negative: making the input (the fuzzer's own code)
+        fuzzer.one(index, generated)
         started.value = 0.0
         done += 1
         if done >= flush_every or time.monotonic() - last > 10:
@@ -1552,6 +1560,7 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
     pending = {w: list(range(w, n, workers)) for w in range(workers)}  # indices not reported yet
     procs: dict[int, tuple] = {}
     restarts = 0
+    generator_lost: list[dict] = []
 
     def start(w: int) -> None:
         current, started = spawn.Value("q", -1, lock=False), spawn.Value("d", 0.0, lock=False)
@@ -1577,11 +1586,14 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
     def lost(w: int, why: str) -> None:
         """Worker ``w`` died or hung on its current input: record it, skip that input, restart."""
         nonlocal restarts
-        p, current, _ = procs.pop(w)
+        p, current, started = procs.pop(w)
         p.join()
         drain()  # what it reported before it was lost counts; the rest is run again
         index = current.value
-        if index >= 0:
+        if index >= 0 and started.value < 0:  # lost while making the input: a bug of this script
+            generator_lost.append({"index": index, "error": why})
+            pending[w] = [i for i in pending[w] if i != index]
+        elif index >= 0:
             c, kind, sub, data = make_input(seed, index, corpus)
             outcome = "HANG" if "hung" in why else "CRASH"
             dead[outcome].append(_input_record(index, kind, sub, corpus[c].name, data, call="(worker)", error=why,
@@ -1612,7 +1624,7 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
                 drain()
                 if w in procs:  # no "done" message came: it died
                     lost(w, f"worker process died (exit code {p.exitcode})")
-            elif started.value and time.time() - started.value > kill_after:
+            elif started.value and time.time() - abs(started.value) > kill_after:
                 p.kill()
                 lost(w, f"worker hung > {kill_after:g} s in one input (killed)")
         if time.time() - last_log > 60:
@@ -1630,7 +1642,7 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
     report.update({
         "n": n, "seed": seed, "workers": workers, "hang_limit_s": hang_limit, "kill_after_s": kill_after,
         "elapsed_s": round(elapsed, 1), "throughput_inputs_per_s": round(total.inputs / elapsed, 1),
-        "worker_restarts": restarts,
+        "worker_restarts": restarts, "lost_while_making_the_input": generator_lost,
         "corpus": [{"name": c.name, "bytes": len(c.data), "tensors": len(c.schema)} for c in corpus],
         "command": " ".join(sys.argv),
     })
