@@ -903,8 +903,9 @@ def mutate_header(s: RawStream, rng: np.random.Generator, ctx: list[bytes]) -> s
 
 
 def _f32(x: float) -> bytes:
+    """``x`` as little-endian float32 bytes (beyond the float32 range: infinity)."""
     with np.errstate(over="ignore"):
-        return struct.pack("<f", float(np.float32(x))) if math.isfinite(x) or math.isnan(x) else struct.pack("<f", x)
+        return struct.pack("<f", float(np.float32(x)))
 
 
 def _plain_fields(mode: int, plain: bytes):
@@ -1497,8 +1498,8 @@ class Fuzzer:
                    "peak_growth_mb": round(growth / 2**20, 1), "input_hex": data.hex() if len(data) <= 8192 else None}
             st.measured += 1
             _push(st.memory, (growth, index, mem))
-            if growth > claim:
-                _push(st.memory_over_claim, (growth / max(claim, 1), index, mem))
+            if claim and growth > claim + (16 << 20):  # (claim 0: every call was refused up front)
+                _push(st.memory_over_claim, (growth / claim, index, mem))
             if growth > self.memory_budget:
                 st.over_budget_count += 1
                 st.anomalies[f"OVER_BUDGET {kind}:{sub}"] += 1
@@ -1529,6 +1530,7 @@ def _worker(w, seed, indices, corpus, hang_limit, out_q, current, started, flush
     fuzzer.warm_up()
     last = time.monotonic()
     done = 0
+
     def generated():
         started.value = time.time()
 
