@@ -99,8 +99,22 @@ def make_nnc_mod(shared_model: SharedModel | None = None, auth_key: AuthKey | No
     return nnc_mod
 
 
+#: ``context.state`` key of the flag that this node already warned about an uncompressed server.
+_WARNED_KEY = "nnc-fl.warned-plain"
+
+
+def _warn_plain_once(msg: Message, context: Context) -> None:
+    """A plain model from the server: nnc_mod has nothing to do. Say so once per node."""
+    if not msg.has_content() or not msg.content.array_records or _WARNED_KEY in context.state:
+        return
+    context.state[_WARNED_KEY] = ConfigRecord({"warned": True})
+    log(WARNING, "nnc_mod: the server sent an uncompressed model (no nnc-fl record): wrap the ServerApp's strategy "
+                 "in strategies.CompressedStrategy to compress the transfers; passing messages through unchanged")
+
+
 def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, shared_model, auth_key) -> Message:
     if not msg.has_content() or protocol.RECORD_KEY not in msg.content:
+        _warn_plain_once(msg, context)
         return call_next(msg, context)
     try:
         record = msg.content[protocol.RECORD_KEY]

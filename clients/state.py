@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from nnc_fl import FormatError, protocol
+from nnc_fl import DEFAULT_LIMITS, FormatError, Limits, protocol
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.updates import CodedUpdate, apply_delta, cast_like, code_update, model_delta
@@ -116,11 +116,12 @@ class NodeState:
             if down.kind == protocol.DELTA:  # a chain of increments, applied in order
                 model = self.base
                 for data in payloads:
-                    decoded = codec.decode(data)
+                    decoded = codec.decode(data, expect=model)
                     check_schema(decoded, model)
                     model = apply_delta(model, decoded)
             else:
-                model = dict(codec.decode(payloads[0]))
+                limits = Limits.for_size(down.tensors, down.elements).covering(DEFAULT_LIMITS)
+                model = dict(codec.decode(payloads[0], limits=limits))
             seconds = time.perf_counter() - t0
         except (protocol.ProtocolError, FormatError, UpdateRejected, ValueError) as exc:
             raise Resync(str(exc)) from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 #: Codecs of ``nnc-fl compare`` (name, uplink parameters, downlink parameters): the fp32 reference,
-#: ours at three rates, the classic baselines.
+#: ours at three rates, the classic baselines, then scaled sign, QSGD and PowerSGD-style low rank.
 COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("fp32", {}, {}),
     ("nnc", {"rel_step": 2.0}, {}),
@@ -21,9 +21,12 @@ COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("topk", {"ratio": 0.01}, {}),
     ("stc", {"ratio": 0.01}, {}),
     ("zstd", {}, {}),
+    ("sign", {}, {}),
+    ("qsgd", {"levels": 2, "norm": "max"}, {}),
+    ("powersgd", {"rank": 2}, {}),
 ]
-#: ``nnc-fl run``'s codec when none is given: ~1 % uplink, ~2 % downlink increments on UC10.
-DEFAULT_CODEC = ("nnc", {"rel_step": 3.0, "rd_lambda": 0.05}, {})
+#: ``nnc-fl run``'s codec when none is given.
+DEFAULT_CODEC = ("nnc", {}, {})  # CompressedStrategy's default setting (strategies.settings.DEFAULT_PARAMS)
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -47,46 +50,90 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (non-IID)")
     p.add_argument("--source", default="auto", help="uc10: auto, fashion-mnist, mnist-5k, digits")
     p.add_argument("--n-train", type=int, default=None, help="subsample the training set")
+    p.add_argument("--model", choices=["cnn", "cnn-bn", "vit"], default="cnn",
+                   help="cnn; cnn-bn: with BatchNorm; vit: a small transformer (LayerNorm, attention)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the (first) seed")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run every codec with seeds SEED, SEED+1, ..., SEED+N-1 and aggregate (mean ± std)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="run up to J runs at once, each in its own process with one torch thread")
+    p.add_argument("--attack", default="", help="one hostile client: sign-flip, scale-10, scale-1000, nan, huge, "
+                   "weight-1e6, weight-1e6-sign-flip, weight-negative-sign-flip, weight-nan, weight-zero")
+    p.add_argument("--attacker", type=int, default=0, help="partition id of the hostile client")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")
+    p.add_argument("--keyframe-grid", type=lambda v: None if v == "none" else int(v), default=5,
+                   help="keyframes on an anchor grid of rms * 2**-N (default 5); 'none': exact fp32 keyframes")
     p.add_argument("--shared-initial-model", action="store_true",
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
 
 
-def _federation(a: argparse.Namespace):
+def _federation(a: argparse.Namespace, seed: int | None = None):
     from .fl_app import Federation
 
     return Federation(
-        task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha, seed=a.seed,
-        n_train=a.n_train, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
+        task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha,
+        seed=a.seed if seed is None else seed,
+        n_train=a.n_train, model=a.model, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
+        attack=a.attack, attacker=a.attacker,
     )
 
 
 def _default_out(a: argparse.Namespace, kind: str) -> Path:
     part = a.partition if a.partition == "iid" else f"dir{a.alpha:g}"
-    return Path("runs") / f"{kind}-{a.task}-{part}-c{a.clients}-f{a.fraction:g}-r{a.rounds}-s{a.seed}"
+    seeds = f"s{a.seed}" if a.seeds == 1 else f"s{a.seed}-{a.seed + a.seeds - 1}"
+    return Path("runs") / f"{kind}-{a.task}-{part}-c{a.clients}-f{a.fraction:g}-r{a.rounds}-{seeds}"
 
 
 def _run_with_progress(cfg, out_dir):
     from tqdm import tqdm
 
-    from .runner import run
+    from .multiseed import run_one
 
-    bar = tqdm(total=cfg.rounds + 1, desc=f"{cfg.federation.task} {cfg.name()}", unit="round", leave=True)
+    seed = f" seed {cfg.federation.seed}"
+    bar = tqdm(total=cfg.rounds + 1, desc=f"{cfg.federation.task} {cfg.name()}{seed}", unit="round", leave=True)
 
     def progress(server_round, metrics):
         bar.set_postfix(acc=f"{100 * metrics['test_accuracy']:.2f}%")
         bar.update(1)
 
     try:
-        return run(cfg, out_dir, progress)
+        return run_one(cfg, out_dir, progress)
     finally:
         bar.close()
+
+
+def _check_seeds_jobs(a: argparse.Namespace) -> None:
+    if a.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {a.seeds}")
+    if a.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {a.jobs}")
+    if a.jobs > 1 and a.backend == "ray":
+        raise ValueError("--jobs > 1 runs the in-process backend in worker processes; Ray runs its own")
+
+
+def _run_tasks(tasks, jobs: int):
+    """Run ``(config, folder)`` tasks, with progress bars in this process or a line per finished run."""
+    from .multiseed import run_many
+
+    def done(i, out):
+        s = out["summary"]
+        print(f"[{i + 1}/{len(tasks)}] {s['name']} seed {tasks[i][0].federation.seed}: final accuracy "
+              f"{100 * s['final_accuracy']:.2f} %, uplink {s['up_pct']:.3f} %, {s['wall_s']:.0f} s", flush=True)
+
+    return run_many(tasks, jobs, run_in_process=_run_with_progress, done=done if jobs > 1 else None)
+
+
+def _write_seed_aggregate(outs, out_dir: Path) -> None:
+    from .multiseed import write_aggregate
+
+    title, table = write_aggregate(outs, out_dir)
+    print(f"\n{title}\n\n{table}\n\nmean ± sample std over {len(outs)} runs; "
+          f"written: {out_dir}/comparison.md, comparison.json, comparison.png")
 
 
 def _print_rounds(out: dict[str, Any]) -> None:
@@ -110,27 +157,49 @@ def cmd_run(a: argparse.Namespace) -> int:
     params.update(dict(a.param or []))
     down = dict(DEFAULT_CODEC[2]) if default else {}
     down.update(dict(a.down_param or []))
-    cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
-                    downlink_params=down, shared_initial_model=a.shared_initial_model, backend=a.backend)
+    _check_seeds_jobs(a)
+    cfgs = [
+        RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
+                  downlink_params=down, shared_initial_model=a.shared_initial_model,
+                  keyframe_grid=a.keyframe_grid, backend=a.backend)
+        for seed in range(a.seed, a.seed + a.seeds)
+    ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
-    out = _run_with_progress(cfg, out_dir)
-    _print_rounds(out)
-    print(f"results: {out_dir}/ (rounds.csv, rounds.json, summary.json, config.json, accuracy.png, bytes.png)")
+    if a.seeds == 1:
+        out = _run_with_progress(cfgs[0], out_dir)
+        _print_rounds(out)
+        print(f"results: {out_dir}/ (rounds.csv, rounds.json, summary.json, config.json, accuracy.png, bytes.png)")
+        return 0
+    outs = _run_tasks([(cfg, out_dir / f"seed-{cfg.federation.seed}") for cfg in cfgs], a.jobs)
+    _write_seed_aggregate(outs, out_dir)
     return 0
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    from .multiseed import slug
     from .report import comparison_table, plot_comparison
     from .runner import RunConfig
 
+    _check_seeds_jobs(a)
     out_dir = a.out or _default_out(a, "compare")
-    selected = [c for c in COMPARE_CODECS if not a.codecs or c[0] in a.codecs.split(",")]
-    outs = []
+    wanted = [c for c in a.codecs.split(",") if c]
+    known = {c[0] for c in COMPARE_CODECS}
+    if set(wanted) - known:
+        raise ValueError(f"unknown codec(s) {', '.join(sorted(set(wanted) - known))} for compare; "
+                         f"choose from {', '.join(dict.fromkeys(c[0] for c in COMPARE_CODECS))}")
+    selected = [c for c in COMPARE_CODECS if not wanted or c[0] in wanted]
+    tasks = []
     for codec, params, down in selected:
-        cfg = RunConfig(_federation(a), rounds=a.rounds, fraction=a.fraction, codec=codec, codec_params=params,
-                        downlink_params=down, shared_initial_model=a.shared_initial_model, backend=a.backend)
-        sub = out_dir / "".join(c if c.isalnum() or c in ".-_" else "-" for c in cfg.name()).strip("-")
-        outs.append(_run_with_progress(cfg, sub))
+        for seed in range(a.seed, a.seed + a.seeds):
+            cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
+                            codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
+                            keyframe_grid=a.keyframe_grid, backend=a.backend)
+            sub = out_dir / slug(cfg.name())
+            tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
+    outs = _run_tasks(tasks, a.jobs)
+    if a.seeds > 1:
+        _write_seed_aggregate(outs, out_dir)
+        return 0
     table = comparison_table(outs)
     s0 = outs[0]["summary"]
     part = a.partition if a.partition == "iid" else f"Dirichlet α={a.alpha:g}"
@@ -144,9 +213,27 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.round:  # plugin time of one round on a ResNet-18-sized model
+        from .bench_round import main as round_main
+
+        return round_main(a.bench_args)
     from .bench_codec import main
 
     return main(a.bench_args)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .multiseed import load_runs
+
+    # groups in the order compare runs them (its codec list), others after them by name
+    rank = {(c, json.dumps(p, sort_keys=True)): i for i, (c, p, _) in enumerate(COMPARE_CODECS)}
+    outs = sorted(load_runs(a.dirs), key=lambda o: (
+        rank.get((o["summary"]["codec"], json.dumps(o["summary"].get("codec_params", {}), sort_keys=True)),
+                 len(rank)),
+        o["summary"]["name"],
+    ))
+    _write_seed_aggregate(outs, a.out or Path(a.dirs[0]))
+    return 0
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -174,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="one federated run with one codec")
     _federation_args(p)
-    p.add_argument("--codec", default=DEFAULT_CODEC[0], help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd")
+    p.add_argument("--codec", default=DEFAULT_CODEC[0],
+                   help="nnc, fp32, fp16, int8-zstd, topk, stc, zstd, sign, qsgd, powersgd")
     p.add_argument("--param", type=_param, action="append", metavar="KEY=VALUE",
-                   help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01 (repeatable)")
+                   help="codec parameter, e.g. rel_step=4, step=0.001, qp=-40, ratio=0.01, levels=2, rank=2 "
+                   "(repeatable)")
     p.add_argument("--down-param", type=_param, action="append", metavar="KEY=VALUE",
                    help="codec parameter for the downlink increment only, e.g. rel_step=8 (repeatable)")
     p.set_defaults(fn=cmd_run)
@@ -186,7 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", default="", help="comma list to restrict (default: all)")
     p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser("bench", help="codec benchmark on real trained deltas (see experiments.bench_codec)")
+    p = sub.add_parser("report", help="re-aggregate existing run folders (mean ± std over seeds), no rerun")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched for run folders (recursively)")
+    p.add_argument("--out", type=Path, default=None, help="where comparison.md/json/png go (default: the first DIR)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("bench", add_help=False,
+                       help="codec benchmark on real trained deltas (experiments.bench_codec); "
+                       "'bench --round': plugin time per round on a ResNet-18-sized model (experiments.bench_round)")
+    p.add_argument("--round", action="store_true", help="the round benchmark (experiments.bench_round)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
 
@@ -195,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_inspect)
 
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)
+    if a.command == "bench":  # the benchmark scripts parse their own options
+        a.bench_args = [*extra, *a.bench_args]
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return a.fn(a)
     except (ValueError, OSError) as exc:

@@ -18,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from clients import make_nnc_mod
 
+from .attacks import attack
 from .baselines import register_baselines
 from .data import ImageDataset, load_dataset
 from .models import get_weights, make_model, set_weights
@@ -41,6 +42,8 @@ class Federation:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
+    attack: str = ""  # a hostile client (experiments.attacks), or none
+    attacker: int = 0  # the partition whose node runs the attack
 
 
 @lru_cache(maxsize=4)
@@ -96,9 +99,14 @@ def make_client_app(fed: Federation, shared_initial_model: bool = False) -> Clie
                 model, ds.x_train[idx], ds.y_train[idx], epochs=fed.local_epochs,
                 batch_size=fed.batch_size, lr=fed.lr, seed=fed.seed * 100_003 + server_round * 1009 + pid,
             )
+        weights = get_weights(model)
+        metrics = {"num-examples": len(idx), "train_loss": float(result.epoch_losses[-1])}
+        if fed.attack and pid == fed.attacker:
+            received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+            weights, metrics = attack(fed.attack)(received, weights, metrics)
         content = RecordDict({
-            "arrays": ArrayRecord({k: Array(v) for k, v in get_weights(model).items()}),
-            "metrics": MetricRecord({"num-examples": len(idx), "train_loss": float(result.epoch_losses[-1])}),
+            "arrays": ArrayRecord({k: Array(v) for k, v in weights.items()}),
+            "metrics": MetricRecord(metrics),
         })
         return Message(content=content, reply_to=msg)
 

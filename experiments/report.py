@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -93,6 +94,37 @@ def plot_comparison(outs: list[dict[str, Any]], folder: Path, title: str) -> Non
     _style(a, b)
     b.legend(fontsize=7)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(folder / "comparison.png", dpi=110)
+    plt.close(fig)
+
+
+def _band(ax, xs, values, label: str) -> None:
+    """Mean line and a mean ± standard deviation band (sample std over the rows of ``values``)."""
+    v = np.asarray(values, dtype=np.float64)
+    mean = v.mean(axis=0)
+    std = v.std(axis=0, ddof=1) if v.shape[0] > 1 else np.zeros_like(mean)
+    (line,) = ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={v.shape[0]})")
+    ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def plot_aggregate(groups: list[list[dict[str, Any]]], folder: Path, title: str) -> None:
+    """comparison.png over seeds: accuracy vs round and vs cumulative bytes (up + down, log x), one
+    line per group at the mean over its seeds with a band of ± one standard deviation (the bytes
+    axis uses the mean cumulative bytes of each round)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for runs in groups:
+        label = runs[0]["summary"]["name"]
+        n = min(len(o["rounds"]) for o in runs)
+        rows = [o["rounds"][:n] for o in runs]
+        _band(a, [r["round"] for r in rows[0]], [[100 * r["test_accuracy"] for r in rs] for rs in rows], label)
+        trained = [[r for r in rs if r["round"] > 0] for rs in rows]
+        if trained[0]:
+            x = np.mean([_cumulative_bytes(t) for t in trained], axis=0)
+            _band(b, x, [[100 * r["test_accuracy"] for r in t] for t in trained], label)
+    _style(a, b)
+    b.legend(fontsize=7)
+    fig.suptitle(title + "\n(mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=110)
     plt.close(fig)

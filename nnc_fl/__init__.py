@@ -13,7 +13,7 @@ Public API:
 - :class:`Limits`: the bounds a decoder enforces
 """
 
-from .api import DEFAULT_MEMORY_BUDGET, decode, decode_tensor, encode, inspect, read_fingerprint
+from .api import decode, decode_tensor, encode, inspect, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, SchemaError
 from .fingerprint import fingerprint
@@ -23,7 +23,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_LIMITS",
-    "DEFAULT_MEMORY_BUDGET",
     "FormatError",
     "Limits",
     "SchemaError",

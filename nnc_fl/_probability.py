@@ -4,8 +4,8 @@ Each context keeps two estimates of P(bin = 1) on a 16-bit scale, one adapting f
 (shift ``fast`` and ``slow``); the coder uses their average on the 15-bit scale, clamped so that
 neither symbol gets less than ``PROB_MIN``. A fresh context warms up: its n-th update uses a shift of
 at most ``floor(log2(n + 2))``, close to a running average, so sparse tensors whose contexts see few
-bins still learn quickly (measured: ~2-8 % smaller very sparse deltas, no loss on dense ones). The rate pair is chosen per tensor from
-:data:`RATE_PAIRS` and signalled in the tensor's tools byte.
+bins still learn quickly (measured: ~2-8 % smaller very sparse deltas, no loss on dense ones). The
+rate pair is chosen per tensor from :data:`RATE_PAIRS` and signalled in the tensor's tools byte.
 """
 
 import numpy as np

@@ -42,3 +42,24 @@ def dequantise(levels, step):
     for i in range(levels.size):
         out[i] = levels[i] * step
     return out
+
+
+@jit
+def sum_squares(x):
+    """``sum(x**2)`` of flat ``x`` in float64, in one pass without a temporary array."""
+    acc = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        acc += v * v
+    return acc
+
+
+@jit
+def on_grid(x, inv_g, limit):
+    """Whether every ``x[i] * inv_g`` of flat float ``x`` is an integer of magnitude at most
+    ``limit`` (``inv_g`` a power of two, so the product is exact); NaN and Inf are not."""
+    for i in range(x.size):
+        q = np.float64(x[i]) * inv_g
+        if not abs(q) <= limit or q != np.floor(q):
+            return False
+    return True

@@ -5,12 +5,14 @@ carry handling (a cached byte plus a count of pending 0xFF bytes). Bins are code
 probability of a one, ``p1`` in ``[PROB_MIN, PROB_ONE - PROB_MIN]`` (context-coded bins), or with
 probability 1/2 (bypass bins).
 
-Coder state travels as tuples of int64 (encoder ``(low, range, cache, pending, pos)``, decoder
-``(code, range, pos)``) that each primitive takes and returns, so numba keeps it in registers; state
-held in arrays was measured 10x slower. The encoder
-writes into a caller-provided buffer that has room for ``pending + 5`` more bytes (callers check this
-once per coded value). The decoder reads zero bytes past the end of its input, so truncated or hostile
-payloads decode to something bounded instead of reading out of bounds; integrity is the CRC's job.
+Coder state travels as tuples of integers (encoder ``(low, range, cache, pending, pos)``, decoder
+``(code, range, pos)``) that each primitive takes and returns, so numba keeps it in registers (the
+encoder with its state in an int64 array measured about 2x slower per bin). Every intermediate fits
+in int64 (``low`` < 2^33, ``code`` and ``range`` < 2^32), so the primitives give the same results as
+plain Python with ``NUMBA_DISABLE_JIT=1``. The encoder writes into a caller-provided buffer of at
+least :func:`enc_room` bytes plus room for the bins still to be coded (callers size it once per span
+of values). The decoder reads zero bytes past the end of its input, so truncated or hostile payloads
+decode to something bounded instead of reading out of bounds; integrity is the CRC's job.
 
 The very first byte an LZMA-style encoder emits is always zero; it is not written, and the decoder
 starts from four bytes instead of five. After the final flush, trailing zero bytes that the flush
@@ -30,7 +32,10 @@ _MASK32 = 0xFFFFFFFF
 
 @jit_inline
 def enc_init():
-    """Fresh encoder state ``(low, range, cache, pending, pos)``; ``pos = -1`` skips the leading zero."""
+    """Fresh encoder state ``(low, range, cache, pending, pos)``; ``pos = -1`` skips the leading zero.
+
+    ``pending`` counts the bytes held back: the cached byte and the 0xFF bytes after it.
+    """
     return 0, _MASK32, 0, 1, -1
 
 
@@ -84,7 +89,11 @@ def enc_bypass(state, buf, value, nbits):
 
 @jit_inline
 def enc_room(state):
-    """Bytes the buffer needs beyond the written ones before coding one more value (<= ~40 bytes)."""
+    """Buffer size that holds the bytes written so far, the pending ones and the final flush.
+
+    Each byte shifted out of ``low`` adds one to ``pos + pending``: coding more bins needs about one
+    more byte per 8 bits they cost.
+    """
     return max(state[4], 0) + state[3] + 64
 
 
@@ -113,8 +122,10 @@ def dec_init(data):
     """Decoder state ``(code, range, pos)`` after reading the first four bytes."""
     n = data.size
     code = 0
+    # int(): numba widens a uint8 byte to int64 anyway; plain Python (NUMBA_DISABLE_JIT=1) would keep
+    # numpy's uint8 and overflow in the shift below
     for k in range(4):
-        code = (code << 8) | (data[k] if k < n else 0)
+        code = (code << 8) | (int(data[k]) if k < n else 0)
     return code, _MASK32, 4
 
 
@@ -122,7 +133,7 @@ def dec_init(data):
 def _dec_normalise(code, rng, pos, data):
     n = data.size
     while rng < _TOP:
-        b = data[pos] if pos < n else 0
+        b = int(data[pos]) if pos < n else 0
         pos += 1
         rng = (rng << 8) & _MASK32
         code = ((code << 8) | b) & _MASK32

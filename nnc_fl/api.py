@@ -8,21 +8,52 @@ f16 / int8 / sparse / ternary (written by the baseline codecs of ``experiments/`
 
 from __future__ import annotations
 
+import math
+import os
 import zlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import bitstream as bs
 from . import payloads
+from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
+from ._floatcoder import decode_float_payload, encode_float_payload
 from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
+from ._ratesearch import rate_costs
+from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
 from .steps import check_rd_lambda, check_step_choice, resolve_step
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
+#: With ``threads=None``, streams of at least this many elements are coded and decoded in threads
+#: (the kernels release the GIL), at most :data:`MAX_AUTO_THREADS` of them; smaller ones in one.
+PARALLEL_ELEMENTS = 1 << 20
+MAX_AUTO_THREADS = 4
+
+
+def _thread_count(threads: int | None, elements: int) -> int:
+    if threads is None:
+        return 1 if elements < PARALLEL_ELEMENTS else max(1, min(os.cpu_count() or 1, MAX_AUTO_THREADS))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
+
+def _map_tensors(fn: Callable, items: Sequence, sizes: Sequence[int], threads: int) -> list:
+    """``[fn(x) for x in items]``, in ``threads`` threads (largest first) when more than one; the
+    first exception raised by ``fn`` (in item order) propagates."""
+    if threads <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    order = sorted(range(len(items)), key=lambda i: -sizes[i])
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        futures = {i: pool.submit(fn, items[i]) for i in order}
+        return [futures[i].result() for i in range(len(items))]
 
 
 def encode(
@@ -33,10 +64,18 @@ def encode(
     rel_step: float | None = None,
     rd_lambda: float = 0.0,
     lossless: Collection[str] = (),
+    float_lossless: bool = False,
     fingerprint: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
-) -> bytes:
-    """Code named tensors into one self-contained stream.
+    schema_bound: bool = False,
+    dq: bool = False,
+    rate_search: bool = False,
+    row_refs: bool = False,
+    grid: Mapping[str, float] | None = None,
+    threads: int | None = None,
+    return_decoded: bool = False,
+) -> bytes | tuple[bytes, dict[str, np.ndarray]]:
+    """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
     Parameters
     ----------
@@ -59,15 +98,59 @@ def encode(
         0 (the default) is plain rounding. Decoders need nothing: the stream format is the same.
     lossless
         Names of float tensors to code exactly instead of quantising.
+    float_lossless
+        Code those exact float tensors in mode float-lossless (sign, exponent and mantissa
+        entropy coded; about 17 % below the raw bytes for trained fp32 models, FORMAT.md) where
+        that is smaller than raw; ``False`` (the default) stores them raw, as decoders that
+        predate the mode expect.
     fingerprint
         Optional base-model fingerprint (1..64 bytes) bound into the stream.
     limits
         The limits the stream's decoders enforce: a stream they would refuse is not written.
+    grid
+        Anchor grid, name -> a power of two: the step of such a (float, not lossless) tensor is
+        rounded to the nearest power-of-two multiple of it, at least the grid itself, so a model
+        whose values lie on the grid stays on it when it adds the decoded tensor (exactly, in its
+        own dtype, while its values stay below 2**22 grid steps).
+    dq
+        Dependent (trellis-coded) quantisation (FORMAT.md, tools bit 2): two quantisers of
+        spacing ``2 step`` (even and odd multiples of the step) switched by a 4-state machine,
+        the levels chosen by a Viterbi search minimising ``(error / (2 step))**2 + rd_lambda *
+        bits`` (bits from the adaptive contexts; ``rd_lambda=0``: distortion only). At equal
+        RMSE it needs ~3 % fewer bytes than ``rd_lambda`` alone on dense deltas (GRU,
+        transformer); errors stay below two steps. Use about half the step of plain coding
+        for the same RMSE. Decoders need nothing (the tools byte signals it).
+    rate_search
+        Per tensor, pick the probability adaptation rate pair (tools bits 0-1) whose estimated
+        code length (over the tensor's first 65 536 elements, whole rows) is smallest, instead of
+        pair 0; ~1 % smaller on GRU / transformer / tiny MLP deltas, 0.2-0.6 % on others.
+    row_refs
+        Row references (FORMAT.md, tools bit 3): a row of a tensor with two or more dimensions
+        may reference an earlier row; in it, each integer equal to the referenced row's costs
+        one flag. The encoder searches earlier rows (exact duplicates at any distance, others
+        within a bounded window) and uses a reference where most integers agree. Pays on small
+        dense layers with repeated units (dead or duplicated neurons).
+    schema_bound
+        Write the compact, schema-bound table (FORMAT.md, flag bit 2): names, dtypes and shapes
+        are referenced by a 4-byte digest of the tensors' schema instead of repeated, steps are
+        bfloat16 (each tensor's step is rounded to the nearest one) and one CRC covers all
+        payloads -- about 5-7 bytes per tensor instead of ~20 + name. Decoding then needs the
+        schema: ``decode(data, expect=...)`` with the same names, shapes and dtypes in the same
+        order (both FL sides know the base model's); without it the decoder raises
+        :class:`SchemaError`.
+    threads
+        Tensors are coded independently, in this many threads (the stream's bytes do not depend
+        on it); ``None``: one for streams below :data:`PARALLEL_ELEMENTS` elements, else up to
+        :data:`MAX_AUTO_THREADS` (the CPU count).
+    return_decoded
+        Also return what :func:`decode` gives for the stream -- the reconstruction, built from the
+        encoder's own levels without decoding the payloads (an encoder that needs it, for error
+        feedback or to apply an increment it sends, saves the decoding pass).
 
     Returns
     -------
     bytes
-        The stream; see FORMAT.md.
+        The stream; see FORMAT.md. With ``return_decoded``: ``(stream, decoded)``.
 
     Raises
     ------
@@ -87,32 +170,39 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
-    records = [
-        _encode_one(name, value, step, qp, rel_step, rd_lambda, name in lossless, limits)
-        for name, value in tensors.items()
-    ]
-    return bs.write_stream(records, fingerprint, limits=limits)
+    if not isinstance(float_lossless, bool):
+        raise TypeError(f"float_lossless must be a bool, got {float_lossless!r}")
+    grid = dict(grid or {})
+    for name, g in grid.items():
+        if not (g > 0 and math.isfinite(g) and math.frexp(g)[0] == 0.5):
+            raise ValueError(f"grid step of tensor {name!r} must be a power of two, got {g!r}")
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search),
+        row_refs=bool(row_refs), float_lossless=float_lossless,
+    )
+    if not isinstance(return_decoded, bool):
+        raise TypeError(f"return_decoded must be a bool, got {return_decoded!r}")
+    items = list(tensors.items())
+    sizes = [int(np.size(v)) for _, v in items]
+    workers = _thread_count(threads, sum(sizes))
+
+    def one(item):
+        name, value = item
+        return _encode_one(
+            name, value, step, qp, rel_step, name in lossless, limits, opts, grid.get(name), return_decoded
+        )
+
+    coded = _map_tensors(one, items, sizes, workers)
+    data = bs.write_stream([c.record for c in coded], fingerprint, limits=limits, schema_bound=bool(schema_bound))
+    if return_decoded:
+        return data, {c.record.name: c.decoded for c in coded}
+    return data
 
 
-#: Memory a decoder may use by default for what it returns plus its working arrays: 1 GiB. A stream
-#: that needs more is refused before anything is allocated; pass ``memory_budget`` for larger models.
-DEFAULT_MEMORY_BUDGET = 1 << 30
-#: Working bytes per element of a coded tensor while it decodes (int64 levels, float64 values).
-_WORK_BYTES_PER_ELEMENT = 16
-
-
-def decoding_memory(tensors: Collection[TensorInfo]) -> int:
-    """Upper bound of the bytes :func:`decode` allocates for ``tensors``: every output, plus the
-    working arrays of the largest one."""
-    out = sum(t.numel * t.dtype.itemsize for t in tensors)
-    work = max((t.numel * _WORK_BYTES_PER_ELEMENT for t in tensors if t.mode != bs.MODE_ZERO), default=0)
-    return out + work
-
-
-def _check_memory(tensors: Collection[TensorInfo], budget: int) -> None:
-    need = decoding_memory(tensors)
-    if need > budget:
-        raise FormatError(f"decoding needs up to {need} bytes, above the memory budget of {budget}")
+def _check_memory(tensors: Collection[TensorInfo], limits: Limits) -> None:
+    need = bs.decoding_bytes([(t.numel, t.dtype.itemsize) for t in tensors if t.mode != bs.MODE_ZERO])
+    need += sum(t.numel * t.dtype.itemsize for t in tensors if t.mode == bs.MODE_ZERO)
+    if need > limits.max_decode_bytes:
+        raise LimitError(f"decoding needs up to {need} bytes, above the memory budget of {limits.max_decode_bytes}")
 
 
 def _check_schema(info: StreamInfo, expect: Mapping[str, object]) -> None:
@@ -136,21 +226,22 @@ def decode(
     *,
     limits: Limits = DEFAULT_LIMITS,
     expect: Mapping[str, object] | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode every tensor of a stream, in stream order (same names, shapes and dtypes).
 
     Parameters
     ----------
     limits
-        Bounds on the header (see :class:`Limits`).
+        Bounds on the header, and the memory budget (:attr:`Limits.max_decode_bytes`, 1 GiB by
+        default): a stream that needs more memory is refused before anything is allocated.
     expect
         The tensors the stream must describe (any arrays, or objects with ``shape`` and ``dtype``):
-        ``limits`` are replaced by theirs (:meth:`Limits.for_schema`) and the table is checked
-        against them before any payload is decoded (:class:`SchemaError` otherwise).
-    memory_budget
-        Bytes the decoder may allocate (outputs and working arrays); a stream that claims more
-        is refused before anything is allocated.
+        ``limits`` are replaced by theirs (:meth:`Limits.for_schema`, so the budget is exactly
+        what they need) and the table is checked against them before any payload is decoded
+        (:class:`SchemaError` otherwise).
+    threads
+        The tensors are decoded in this many threads (as for :func:`encode`; ``None``: by size).
 
     Raises :class:`FormatError` for any malformed, truncated, corrupted, unsupported or over-limit
     stream.
@@ -158,16 +249,19 @@ def decode(
     if expect is not None:
         limits = Limits.for_schema(expect)
     try:
-        info = bs.read_table(data, limits)
+        info = bs.read_table(data, limits, expect)
     except LimitError as exc:
         if expect is not None:  # the schema's limits are exact: a larger table is another schema
             raise SchemaError(f"the stream describes more than the expected tensors ({exc})") from exc
         raise
     if expect is not None:
         _check_schema(info, expect)
-    _check_memory(info.tensors, memory_budget)
+    _check_memory(info.tensors, limits)
+    bs.check_payload_crc(data, info)
     view = memoryview(data).cast("B")
-    return {t.name: _decode_one(view, t) for t in info.tensors}
+    workers = _thread_count(threads, sum(t.numel for t in info.tensors))
+    arrays = _map_tensors(lambda t: _decode_one(view, t), info.tensors, [t.numel for t in info.tensors], workers)
+    return {t.name: a for t, a in zip(info.tensors, arrays, strict=True)}
 
 
 def decode_tensor(
@@ -175,12 +269,15 @@ def decode_tensor(
     name: str,
     *,
     limits: Limits = DEFAULT_LIMITS,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    expect: Mapping[str, object] | None = None,
 ) -> np.ndarray:
-    """Decode only tensor ``name``; other payloads are not read. ``KeyError`` if it is absent."""
-    info = bs.read_table(data, limits)
+    """Decode only tensor ``name`` (within ``limits``, its memory budget included); other payloads
+    are not decoded (a schema-bound stream, which needs ``expect``, has one CRC over all payloads:
+    that is checked). ``KeyError`` if it is absent."""
+    info = bs.read_table(data, limits, expect)
     t = info.tensor(name)
-    _check_memory([t], memory_budget)
+    _check_memory([t], limits)
+    bs.check_payload_crc(data, info)
     return _decode_one(memoryview(data).cast("B"), t)
 
 
@@ -189,12 +286,24 @@ def read_fingerprint(data: bytes | bytearray | memoryview, *, limits: Limits = D
     return bs.read_fingerprint(data, limits)
 
 
-def inspect(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+def is_schema_bound(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` looks like a schema-bound stream (flag bit 2); reads only its first 6 bytes."""
+    view = memoryview(data).cast("B")
+    return len(view) >= 6 and bytes(view[:4]) == bs.MAGIC and bool(view[5] & bs.FLAG_SCHEMA)
+
+
+def inspect(
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    expect: Mapping[str, object] | None = None,
+) -> StreamInfo:
     """The header table of a stream (names, dtypes, shapes, modes, steps, sizes), without decoding.
 
-    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts.
+    ``str(inspect(data))`` is a human-readable table; ``.as_rows()`` gives plain dicts. A
+    schema-bound stream needs its schema (``expect``), as for :func:`decode`.
     """
-    return bs.read_table(data, limits)
+    return bs.read_table(data, limits, expect)
 
 
 # --- encoding one tensor -------------------------------------------------------------------------
@@ -237,36 +346,133 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
-def _encode_one(name, value, step, qp, rel_step, rd_lambda, exact, limits) -> bs.TensorRecord:
+def _on_grid(s: float, g: float) -> float:
+    """The power-of-two multiple of grid step ``g`` nearest to ``s`` (at least ``g``)."""
+    return g * 2.0 ** max(0, round(math.log2(s / g)))
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Encoder settings that apply to every tensor of a stream."""
+
+    rd_lambda: float = 0.0
+    bf16_steps: bool = False  # schema-bound tables carry bfloat16 steps
+    dq: bool = False
+    rate_search: bool = False
+    row_refs: bool = False
+    float_lossless: bool = False  # exact tensors coded by nnc_fl._floatcoder instead of raw
+
+
+@dataclass(frozen=True)
+class _Coded:
+    """One tensor's record, and what decoders reconstruct from it (with ``return_decoded``)."""
+
+    record: bs.TensorRecord
+    decoded: np.ndarray | None = None
+
+
+def _encode_one(
+    name, value, step, qp, rel_step, exact, limits, opts: _Options, grid=None, want_decoded=False
+) -> _Coded:
     arr = _as_array(name, value, limits)
+    record, levels = _code_tensor(name, arr, step, qp, rel_step, exact, opts, grid)
+    if not want_decoded:
+        return _Coded(record)
+    return _Coded(record, _reconstruction(record, arr, levels))
+
+
+def _reconstruction(record: bs.TensorRecord, arr: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
+    """What :func:`_decode_one` returns for ``record`` (coded from ``arr``; ``levels``: the coded
+    integers of modes quant and int), computed without decoding the payload."""
+    native = arr.dtype.newbyteorder("=")
+    if record.mode == bs.MODE_ZERO:
+        return np.zeros(arr.shape, native)
+    if record.mode == bs.MODE_QUANT:  # the stream carries the step as float32
+        return dequantise(levels, np.float64(np.float32(record.step))).astype(native).reshape(arr.shape)
+    if record.mode == bs.MODE_INT:
+        return levels.astype(native).reshape(arr.shape)
+    return arr.astype(native, copy=True)  # raw and float-lossless: exact
+
+
+def _code_tensor(
+    name, arr, step, qp, rel_step, exact, opts: _Options, grid
+) -> tuple[bs.TensorRecord, np.ndarray | None]:
+    """The record of tensor ``arr``, and its coded integers in modes quant and int (else ``None``)."""
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
-        return bs.TensorRecord(name, dtype, shape, bs.MODE_ZERO)
+        return bs.TensorRecord(name, dtype, shape, bs.MODE_ZERO), None
     if dtype.kind == "f":
         if exact:
             if not np.isfinite(arr).all():
                 raise ValueError(f"tensor {name!r} holds NaN or Inf values")
             # bitwise test: -0.0 is not zero for a lossless tensor
-            return _raw(name, arr) if arr.view(f"u{dtype.itemsize}").any() else _zero(name, arr)
+            if not arr.view(f"u{dtype.itemsize}").any():
+                return _zero(name, arr), None
+            if opts.float_lossless:
+                payload = encode_float_payload(arr)
+                if len(payload) < arr.nbytes:
+                    return bs.TensorRecord(name, dtype, shape, bs.MODE_FLOAT_LOSSLESS, payload=payload), None
+            return _raw(name, arr), None
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
-        levels, s = _quantise_within_range(name, flat, resolve_step(name, arr, step, qp, rel_step), dtype)
+        s = resolve_step(name, arr, step, qp, rel_step)
+        if grid is not None:
+            s = _on_grid(s, grid)
+        if opts.bf16_steps:
+            s = bs.bf16_round(s)
+        levels, s = _quantise_within_range(name, flat, s, dtype)
         mode = bs.MODE_QUANT
     else:
         if arr.dtype.itemsize == 8 and (arr.max() > MAX_LEVEL or (dtype.kind == "i" and arr.min() < -MAX_LEVEL)):
-            return _raw(name, arr)  # beyond what levels carry
+            return _raw(name, arr), None  # beyond what levels carry
         levels, s, mode = arr.reshape(-1).astype(np.int64), None, bs.MODE_INT
     if not levels.any():
-        return _zero(name, arr)
+        return _zero(name, arr), None
     cols = _cols(shape, arr.size)
-    if mode == bs.MODE_QUANT and rd_lambda > 0:
-        payload = encode_levels_rd(levels, flat, s, rd_lambda, cols, DEFAULT_RATE_INDEX).tobytes()
-        if not levels.any():
-            return _zero(name, arr)
+    tools = DEFAULT_RATE_INDEX
+    if mode == bs.MODE_QUANT and opts.dq and float(np.abs(levels).max()) < MAX_DQ_INDEX:
+        # lambda per bit in units of the quantisers' spacing (2 steps) squared: x 4 in step units
+        payload, ks = encode_levels_dq(flat, s, 4.0 * opts.rd_lambda, cols, DEFAULT_RATE_INDEX)
+        if not ks.any():
+            return _zero(name, arr), None
+        levels = dq_levels(ks)
+        tools |= bs.TOOL_DQ
+        if float(np.abs(levels).max()) * s > float(np.finfo(dtype).max):
+            return _raw(name, arr), None  # a level rounded past the dtype's range (float16 near 65504)
+        if opts.rate_search:
+            best = int(np.argmin(rate_costs(ks[: _search_span(ks.size, cols)], cols, True)))
+            if best != DEFAULT_RATE_INDEX:
+                payload, tools = encode_indices_dq(ks, cols, best), bs.TOOL_DQ | best
+        payload = payload.tobytes()
     else:
-        payload = encode_levels(levels, cols, DEFAULT_RATE_INDEX).tobytes()
+        if opts.rate_search:  # on the rounded levels, before any RD lowering: one coding pass only
+            tools = int(np.argmin(rate_costs(levels[: _search_span(levels.size, cols)], cols, False)))
+        if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
+            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools)
+            if not levels.any():
+                return _zero(name, arr), None
+        else:
+            payload = encode_levels(levels, cols, tools)
+        payload = payload.tobytes()
+    if opts.row_refs and arr.ndim >= 2 and shape[0] >= 2:
+        coded = ks if tools & bs.TOOL_DQ else levels
+        refs = choose_refs(coded, cols, max(1, SEARCH // cols), MIN_EQUAL)
+        if refs.any():
+            rate = tools & bs.TOOLS_RATE_MASK
+            with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
+            if len(with_refs) < len(payload):
+                payload, tools = with_refs, tools | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
-        return _raw(name, arr)  # never larger than the raw values (and then exact)
-    return bs.TensorRecord(name, dtype, shape, mode, s, DEFAULT_RATE_INDEX, payload)
+        return _raw(name, arr), None  # never larger than the raw values (and then exact)
+    return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload), levels
+
+
+#: The rate-pair search looks at the first whole rows of at least this many elements of a tensor.
+RATE_SEARCH_ELEMENTS = 1 << 16
+
+
+def _search_span(n: int, cols: int) -> int:
+    """Elements the rate-pair search estimates on: whole rows, at least RATE_SEARCH_ELEMENTS."""
+    return min(n, max(cols, -(-RATE_SEARCH_ELEMENTS // cols) * cols))
 
 
 def _zero(name: str, arr: np.ndarray) -> bs.TensorRecord:
@@ -286,7 +492,7 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     if t.mode == bs.MODE_ZERO:
         return np.zeros(t.shape, native)
     payload = view[t.offset : t.offset + t.length]
-    if zlib.crc32(payload) != t.crc32:
+    if t.crc32 is not None and zlib.crc32(payload) != t.crc32:
         raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
     if t.zstd:
         payload = bs.unzstd_payload(payload, t)
@@ -296,9 +502,19 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         return np.frombuffer(payload, dtype=t.dtype).astype(native).reshape(t.shape)
     if t.mode in bs.FLOAT_MODES:
         return payloads.decode_payload(payload, t)
+    if t.mode == bs.MODE_FLOAT_LOSSLESS:
+        return decode_float_payload(payload, native, t.numel, f"tensor {t.name!r}").reshape(t.shape)
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
-    levels, status = decode_levels(data, numel, _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK)
+    cols, rate = _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK
+    if t.tools & bs.TOOL_ROW_REFS:
+        levels, status = decode_rows(data, numel, cols, rate, bool(t.tools & bs.TOOL_DQ))
+    elif t.tools & bs.TOOL_DQ:
+        levels, status = decode_levels_dq(data, numel, cols, rate)
+    else:
+        levels, status = decode_levels(data, numel, cols, rate)
+    if status == BAD_REF:
+        raise FormatError(f"tensor {t.name!r}: a row references a row not coded before it")
     if status == BAD_LEVEL:
         raise FormatError(f"tensor {t.name!r}: payload codes a level beyond 2**62")
     if status == SHORT_PAYLOAD:

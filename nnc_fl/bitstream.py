@@ -12,6 +12,7 @@ allows *before* decompressing. The ``zstandard`` package is imported only for su
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 import zlib
@@ -21,13 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, LimitError
+from .errors import FormatError, LimitError, SchemaError
 
 MAGIC = b"NNCF"
 VERSION = 1
 FLAG_FINGERPRINT = 0x01
 FLAG_ZSTD = 0x02  # payloads of ZSTD_MODES are each one zstd frame of the plain layout
-_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD
+FLAG_SCHEMA = 0x04  # schema-bound table: names, dtypes and shapes referenced by a digest, not repeated
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_SCHEMA
+#: Bytes of the schema digest a schema-bound stream carries (see :func:`schema_digest`).
+SCHEMA_DIGEST_BYTES = 4
 MAX_FINGERPRINT_BYTES = 64
 
 # modes
@@ -39,6 +43,8 @@ MODE_F16 = 4  # float tensor: n float16
 MODE_INT8 = 5  # float tensor: f32 scale, n int8 levels in [-127, 127]
 MODE_SPARSE = 6  # float tensor: k, position gaps, k float32 values (top-k)
 MODE_TERNARY = 7  # float tensor: k, Golomb parameter, f32 mu, Golomb-coded positions, signs (STC)
+MODE_LOWRANK = 8  # float tensor of rank >= 2: u8 rank r, then f32 factors P (rows x r), Q (cols x r)
+MODE_FLOAT_LOSSLESS = 9  # float tensor: exact values, sign/exponent/mantissa coded (nnc_fl._floatcoder)
 MODE_NAMES = {
     MODE_ZERO: "zero",
     MODE_RAW: "raw",
@@ -48,17 +54,26 @@ MODE_NAMES = {
     MODE_INT8: "int8",
     MODE_SPARSE: "sparse",
     MODE_TERNARY: "ternary",
+    MODE_LOWRANK: "lowrank",
+    MODE_FLOAT_LOSSLESS: "float-lossless",
 }
 _CODED_MODES = (MODE_QUANT, MODE_INT)
+#: Range-coded payloads: their length bounds the number of elements (_ELEMENTS_PER_BYTE_SHIFT).
+_BOUNDED_MODES = (*_CODED_MODES, MODE_FLOAT_LOSSLESS)
 #: Modes whose payload layouts live in :mod:`nnc_fl.payloads`: float tensors only, never empty.
-FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY)
+FLOAT_MODES = (MODE_F16, MODE_INT8, MODE_SPARSE, MODE_TERNARY, MODE_LOWRANK)
+#: Largest rank of a lowrank payload (one byte); decoding costs r passes over the tensor.
+MAX_LOWRANK_RANK = 255
 #: Modes whose payloads are zstd frames when the stream has FLAG_ZSTD.
 ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
 
-# tools byte (coded modes): bits 0-1 probability rate pair, the rest reserved for later tools
+# tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
+# mode only), bit 3 row references; the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
-_KNOWN_TOOLS = TOOLS_RATE_MASK
+TOOL_DQ = 0x04
+TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -83,12 +98,25 @@ DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 _ELEMENTS_PER_BYTE_SHIFT = 14
 
 
+#: Working bytes per element while a coded tensor decodes (int64 levels, float64 values).
+WORK_BYTES_PER_ELEMENT = 16
+
+
+def decoding_bytes(tensors: list[tuple[int, int]]) -> int:
+    """Upper bound of the bytes decoding allocates for tensors of ``(elements, itemsize)``: every
+    output, plus the working arrays of the largest one."""
+    out = sum(n * size for n, size in tensors)
+    return out + WORK_BYTES_PER_ELEMENT * max((n for n, _ in tensors), default=0)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds a decoder enforces before trusting a stream, and an encoder before writing one.
 
-    Raise them for very large models, or derive them from the model a stream must describe with
-    :meth:`for_schema` (what a server does with its clients' updates).
+    ``max_decode_bytes`` is the decoder's memory budget: what it may allocate for its outputs and
+    working arrays (default 1 GiB); a stream that needs more is refused before anything is
+    allocated. Raise the limits for very large models, or derive them from the model a stream must
+    describe with :meth:`for_schema` (what a server does with its clients' updates).
     """
 
     max_header_bytes: int = 16 << 20
@@ -97,14 +125,17 @@ class Limits:
     max_ndim: int = 16
     max_tensor_elements: int = 1 << 31
     max_total_elements: int = 1 << 31
+    max_decode_bytes: int = 1 << 30
 
     @classmethod
     def for_schema(cls, schema: Mapping[str, Any]) -> Limits:
-        """The tightest limits a stream of exactly ``schema``'s tensors (objects with ``.shape``)
-        passes: its tensor count, longest name, highest rank, largest tensor and total size."""
+        """The tightest limits a stream of exactly ``schema``'s tensors (objects with ``.shape`` and
+        ``.dtype``) passes: its tensor count, longest name, highest rank, largest tensor, total
+        size, and the memory decoding it takes."""
         shapes = [tuple(np.shape(v)) for v in schema.values()]
         names = [len(n.encode("utf-8")) for n in schema]
         sizes = [math.prod(s) for s in shapes]
+        itemsizes = [np.dtype(getattr(v, "dtype", np.float64)).itemsize for v in schema.values()]
         return cls(
             # table entry: name, dtype, rank, <= 10 bytes per dimension, mode, step, tools, length, CRC
             max_header_bytes=64
@@ -115,7 +146,27 @@ class Limits:
             max_ndim=max((len(s) for s in shapes), default=0),
             max_tensor_elements=max(sizes, default=0),
             max_total_elements=sum(sizes),
+            max_decode_bytes=decoding_bytes(list(zip(sizes, itemsizes, strict=True))),
         )
+
+    @classmethod
+    def for_size(cls, tensors: int, elements: int) -> Limits:
+        """The widest limits a model of ``tensors`` tensors and ``elements`` elements in all may
+        need, whatever its names, ranks and dtypes (within the defaults for those)."""
+        d = cls()
+        return cls(
+            max_header_bytes=64 + MAX_FINGERPRINT_BYTES + tensors * (d.max_name_bytes + 10 * d.max_ndim + 32),
+            max_tensors=tensors,
+            max_name_bytes=d.max_name_bytes,
+            max_ndim=d.max_ndim,
+            max_tensor_elements=elements,
+            max_total_elements=elements,
+            max_decode_bytes=decoding_bytes([(elements, 8)]),
+        )
+
+    def covering(self, other: Limits) -> Limits:
+        """Limits that admit whatever either admits (field by field, the larger)."""
+        return Limits(*(max(getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__))
 
 
 DEFAULT_LIMITS = Limits()
@@ -159,6 +210,10 @@ class StreamInfo:
     total_bytes: int
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     zstd: bool = False  # stream flag bit 1
+    #: Schema-bound streams (flag bit 2): one CRC-32 over all payloads (None: no payload, or per
+    #: tensor CRCs in the self-contained table).
+    payload_crc: int | None = None
+    schema_bound: bool = False
 
     def tensor(self, name: str) -> TensorInfo:
         """The table row of tensor ``name`` (``KeyError`` if absent)."""
@@ -192,6 +247,8 @@ class StreamInfo:
             head += f", base {self.fingerprint.hex()[:16]}"
         if self.zstd:
             head += ", zstd payloads"
+        if self.schema_bound:
+            head += ", schema-bound"
         cols = ("name", "dtype", "shape", "mode", "step", "bytes", "bits/elem")
         rows = [
             (
@@ -264,8 +321,9 @@ class _Reader:
 def plain_payload_size(mode: int, dtype: np.dtype, numel: int) -> tuple[int, bool]:
     """``(size, exact)``: the size of a mode's plain (uncompressed) payload for ``numel`` elements.
 
-    Exact for raw, f16 and int8; for sparse and ternary an upper bound no valid payload exceeds
-    (k <= n kept positions, gaps < n, Golomb parameter <= 31; see FORMAT.md).
+    Exact for raw, f16 and int8; for sparse, ternary and lowrank an upper bound no valid payload
+    exceeds (k <= n kept positions, gaps < n, Golomb parameter <= 31; lowrank factors hold fewer
+    than n values; see FORMAT.md).
     """
     n = numel
     if mode == MODE_RAW:
@@ -278,6 +336,8 @@ def plain_payload_size(mode: int, dtype: np.dtype, numel: int) -> tuple[int, boo
         return varint_len(n) + n * (varint_len(max(n - 1, 0)) + 4), False
     if mode == MODE_TERNARY:
         return varint_len(n) + 1 + 4 + (33 * n + 7) // 8 + (n + 7) // 8, False
+    if mode == MODE_LOWRANK:
+        return 1 + 4 * max(n - 1, 0), False
     raise ValueError(f"mode {mode} has no plain payload size")
 
 
@@ -314,10 +374,61 @@ def check_writable(records: list[TensorRecord], limits: Limits) -> None:
         if numel > limits.max_tensor_elements:
             raise ValueError(f"tensor {r.name!r}: {numel} elements, above the limit {limits.max_tensor_elements}")
         total += numel
-        if r.mode in _CODED_MODES and numel > (len(r.payload) + 16) << _ELEMENTS_PER_BYTE_SHIFT:
+        if r.mode in _BOUNDED_MODES and numel > (len(r.payload) + 16) << _ELEMENTS_PER_BYTE_SHIFT:
             raise ValueError(f"tensor {r.name!r}: {numel} elements in a {len(r.payload)}-byte payload")
     if total > limits.max_total_elements:
         raise ValueError(f"{total} elements in all, above the limit {limits.max_total_elements}")
+
+
+def _identity(out: bytearray, name: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """A tensor's name, dtype code, rank and dimensions, as the self-contained table writes them."""
+    raw = name.encode("utf-8")
+    _put_varint(out, len(raw))
+    out += raw
+    out.append(DTYPE_CODES[np.dtype(dtype).newbyteorder("<")])
+    out.append(len(shape))
+    for d in shape:
+        _put_varint(out, d)
+
+
+def schema_digest(schema: list[tuple[str, np.dtype, tuple[int, ...]]]) -> bytes:
+    """The :data:`SCHEMA_DIGEST_BYTES`-byte digest of an ordered schema ``[(name, dtype, shape)]``.
+
+    SHA-256 over ``"nnc-fl schema v1\0"``, the varint tensor count, then each tensor's name,
+    dtype code, rank and dimensions exactly as a self-contained table writes them; the first bytes.
+    """
+    body = bytearray(b"nnc-fl schema v1\0")
+    _put_varint(body, len(schema))
+    for name, dtype, shape in schema:
+        _identity(body, name, dtype, tuple(shape))
+    return hashlib.sha256(body).digest()[:SCHEMA_DIGEST_BYTES]
+
+
+def schema_of(tensors: Mapping[str, Any]) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """``[(name, dtype, shape)]`` of a mapping of arrays (or objects with ``shape`` and ``dtype``)."""
+    out = []
+    for name, v in tensors.items():
+        dtype = np.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype)
+        native = dtype.newbyteorder("=")
+        if native.newbyteorder("<") not in DTYPE_CODES:
+            raise SchemaError(f"tensor {name!r}: the schema's dtype {dtype} has no code in the format")
+        out.append((str(name), native, tuple(int(d) for d in np.shape(v))))
+    return out
+
+
+def bf16_bits(step: float) -> int | None:
+    """The 16 bits of ``step`` as a bfloat16 (the high half of its float32), or None if the float32
+    of ``step`` has non-zero low 16 bits (not exactly a bfloat16)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", step))
+    return None if bits & 0xFFFF else bits >> 16
+
+
+def bf16_round(step: float) -> float:
+    """``step`` rounded to the nearest bfloat16 (ties to even), as a float: the steps a schema-bound
+    table carries (2 bytes; relative precision 2**-9)."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", step))
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
 def write_stream(
@@ -326,13 +437,17 @@ def write_stream(
     *,
     limits: Limits = DEFAULT_LIMITS,
     zstd_level: int | None = None,
+    schema_bound: bool = False,
 ) -> bytes:
     """Serialise ``records`` (in order) with an optional base-model ``fingerprint``.
 
     With ``zstd_level`` (1..22) the stream gets flag bit 1 and the payload of every record whose
     mode is in :data:`ZSTD_MODES` is stored as one zstd frame (content size declared) of the
-    record's plain payload; that needs the ``zstandard`` package. Raises ``ValueError`` for a
-    stream a decoder with the same ``limits`` would refuse.
+    record's plain payload; that needs the ``zstandard`` package. With ``schema_bound`` the stream
+    gets flag bit 2: the table references the records' names, dtypes and shapes by their
+    :func:`schema_digest` instead of repeating them (decoding then needs the schema), steps are
+    bfloat16 (every quant record's step must be one: :func:`bf16_round`) and one CRC-32 covers all
+    payloads. Raises ``ValueError`` for a stream a decoder with the same ``limits`` would refuse.
     """
     check_writable(records, limits)
     flags = 0
@@ -357,23 +472,34 @@ def write_stream(
         payloads = [
             compressor.compress(p) if r.mode in ZSTD_MODES else p for r, p in zip(records, payloads, strict=True)
         ]
-    _put_varint(table, len(records))
+    if schema_bound:
+        flags |= FLAG_SCHEMA
+        table += schema_digest([(r.name, r.dtype, r.shape) for r in records])
+    else:
+        _put_varint(table, len(records))
     for r, payload in zip(records, payloads, strict=True):
-        name = r.name.encode("utf-8")
-        _put_varint(table, len(name))
-        table += name
-        table.append(DTYPE_CODES[np.dtype(r.dtype).newbyteorder("<")])
-        table.append(len(r.shape))
-        for d in r.shape:
-            _put_varint(table, d)
+        if not schema_bound:
+            _identity(table, r.name, r.dtype, r.shape)
         table.append(r.mode)
         if r.mode == MODE_QUANT:
-            table += struct.pack("<f", r.step)
+            if schema_bound:
+                bits = bf16_bits(r.step)
+                if bits is None:
+                    raise ValueError(f"tensor {r.name!r}: step {r.step!r} is not a bfloat16 (schema-bound table)")
+                table += struct.pack("<H", bits)
+            else:
+                table += struct.pack("<f", r.step)
         if r.mode in _CODED_MODES:
             table.append(r.tools)
         if r.mode != MODE_ZERO:
             _put_varint(table, len(payload))
-            table += struct.pack("<I", zlib.crc32(payload))
+            if not schema_bound:
+                table += struct.pack("<I", zlib.crc32(payload))
+    if schema_bound and any(r.mode != MODE_ZERO for r in records):
+        crc = 0
+        for payload in payloads:
+            crc = zlib.crc32(payload, crc)
+        table += struct.pack("<I", crc)
     if len(table) > limits.max_header_bytes:
         raise ValueError(f"tensor table of {len(table)} bytes, above the limit {limits.max_header_bytes}")
     head = bytearray(MAGIC)
@@ -389,7 +515,7 @@ def _check_record(r: TensorRecord) -> None:
     """Refuse a record the reader would reject for its mode (a bug in the encoder that made it)."""
     if r.mode not in MODE_NAMES:
         raise ValueError(f"tensor {r.name!r}: unknown mode {r.mode}")
-    if r.mode not in (MODE_RAW, *FLOAT_MODES):
+    if r.mode not in (MODE_RAW, MODE_FLOAT_LOSSLESS, *FLOAT_MODES):
         return
     dtype = np.dtype(r.dtype)
     numel = 1
@@ -397,6 +523,10 @@ def _check_record(r: TensorRecord) -> None:
         numel *= d
     if r.mode != MODE_RAW and (dtype.kind != "f" or numel == 0):
         raise ValueError(f"tensor {r.name!r}: mode {MODE_NAMES[r.mode]!r} needs a non-empty float tensor")
+    if r.mode == MODE_LOWRANK and len(r.shape) < 2:
+        raise ValueError(f"tensor {r.name!r}: mode 'lowrank' needs a tensor of rank >= 2, got shape {r.shape}")
+    if r.mode == MODE_FLOAT_LOSSLESS:
+        return  # a range-coded payload: no plain size
     size, exact = plain_payload_size(r.mode, dtype, numel)
     if len(r.payload) > size or (exact and len(r.payload) != size):
         raise ValueError(
@@ -449,17 +579,46 @@ def read_fingerprint(data: bytes | bytearray | memoryview, limits: Limits = DEFA
     return _open_header(data, limits)[3]
 
 
-def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
-    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem."""
+def read_table(
+    data: bytes | bytearray | memoryview,
+    limits: Limits = DEFAULT_LIMITS,
+    schema: Mapping[str, Any] | None = None,
+) -> StreamInfo:
+    """Parse and check the header of ``data``; raise :class:`FormatError` for any problem.
+
+    ``schema`` (a mapping name -> array-like with ``shape`` and ``dtype``, in the stream's order)
+    is needed for a schema-bound stream (flag bit 2) and ignored otherwise; a schema-bound stream
+    read without one, or with one whose digest differs, raises :class:`SchemaError`.
+    """
     view, table_end, r, fingerprint = _open_header(data, limits)
     total, version, zstd = len(view), view[4], bool(view[5] & FLAG_ZSTD)
-    count = r.varint("tensor count", limits.max_tensors)
+    bound = bool(view[5] & FLAG_SCHEMA)
+    if bound:
+        if schema is None:
+            raise SchemaError(
+                "schema-bound stream (flag bit 2): decoding needs the schema of its tensors (pass expect=...)"
+            )
+        identities = schema_of(schema)
+        digest = r.take(SCHEMA_DIGEST_BYTES, "schema digest")
+        if digest != schema_digest(identities):
+            raise SchemaError("schema-bound stream: its schema digest differs from the expected tensors'")
+        count = len(identities)
+        if count > limits.max_tensors:
+            raise LimitError(f"tensor count is {count}, above the limit {limits.max_tensors}")
+    else:
+        count = r.varint("tensor count", limits.max_tensors)
     tensors: list[TensorInfo] = []
     index: dict[str, int] = {}
     offset = table_end + 4
     total_elements = 0
     for i in range(count):
-        t = _read_entry(r, i, offset, limits, zstd)
+        if bound:
+            name, dtype, shape = identities[i]
+            dtype = DTYPES[DTYPE_CODES[dtype.newbyteorder("<")]]
+            _check_identity(f"tensor {name!r}", len(name.encode("utf-8")), len(shape), math.prod(shape), limits)
+        else:
+            name, dtype, shape = _read_identity(r, i, limits)
+        t = _read_coding(r, name, dtype, shape, offset, zstd, bound)
         if t.name in index:
             raise FormatError(f"duplicate tensor name {t.name!r}")
         total_elements += t.numel
@@ -468,15 +627,37 @@ def read_table(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LI
         index[t.name] = i
         tensors.append(t)
         offset += t.length
+    payload_crc = None
+    if bound and any(t.mode != MODE_ZERO for t in tensors):
+        (payload_crc,) = struct.unpack("<I", r.take(4, "payload CRC"))
     if r.pos != table_end:
         raise FormatError(f"{table_end - r.pos} unexplained bytes at the end of the header")
     if offset != total:
         how = "truncated" if offset > total else f"followed by {total - offset} trailing bytes"
         raise FormatError(f"payloads do not tile the stream: it is {how}")
-    return StreamInfo(version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd)
+    return StreamInfo(
+        version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd, payload_crc=payload_crc,
+        schema_bound=bound,
+    )
 
 
-def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool) -> TensorInfo:
+def check_payload_crc(data: bytes | bytearray | memoryview, info: StreamInfo) -> None:
+    """Schema-bound streams: check the one CRC-32 of all payloads (no-op for self-contained ones,
+    whose payloads are checked one by one)."""
+    if info.payload_crc is not None and zlib.crc32(memoryview(data).cast("B")[info.header_bytes :]) != info.payload_crc:
+        raise FormatError("payload CRC mismatch (corrupted)")
+
+
+def _check_identity(what: str, name_bytes: int, ndim: int, numel: int, limits: Limits) -> None:
+    if name_bytes > limits.max_name_bytes:
+        raise LimitError(f"{what}: name of {name_bytes} bytes, above the limit {limits.max_name_bytes}")
+    if ndim > limits.max_ndim:
+        raise LimitError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
+    if numel > limits.max_tensor_elements:
+        raise LimitError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
+
+
+def _read_identity(r: _Reader, i: int, limits: Limits) -> tuple[str, np.dtype, tuple[int, ...]]:
     what = f"tensor #{i}"
     name_len = r.varint(f"{what} name length", limits.max_name_bytes)
     try:
@@ -492,11 +673,15 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
     if ndim > limits.max_ndim:
         raise LimitError(f"{what}: rank {ndim} above the limit {limits.max_ndim}")
     shape = tuple(r.varint(f"{what} dimension", limits.max_tensor_elements) for _ in range(ndim))
-    numel = 1
-    for d in shape:
-        numel *= d
-    if numel > limits.max_tensor_elements:
-        raise LimitError(f"{what}: {numel} elements, above the limit {limits.max_tensor_elements}")
+    _check_identity(what, name_len, ndim, math.prod(shape), limits)
+    return name, dtype, shape
+
+
+def _read_coding(
+    r: _Reader, name: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, zstd_flag: bool, bound: bool
+) -> TensorInfo:
+    what = f"tensor {name!r}"
+    numel = math.prod(shape)
     mode = r.u8(f"{what} mode")
     if mode not in MODE_NAMES:
         raise FormatError(f"{what}: unknown coding mode {mode}")
@@ -505,24 +690,33 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
     if mode == MODE_QUANT:
         if dtype.kind != "f":
             raise FormatError(f"{what}: mode 'quant' on non-float dtype {dtype.name}")
-        (step,) = struct.unpack("<f", r.take(4, f"{what} step"))
+        if bound:
+            (bits,) = struct.unpack("<H", r.take(2, f"{what} step"))
+            (step,) = struct.unpack("<f", struct.pack("<I", bits << 16))
+        else:
+            (step,) = struct.unpack("<f", r.take(4, f"{what} step"))
         if not (np.isfinite(step) and step > 0):
             raise FormatError(f"{what}: step {step} is not a positive finite number")
     if mode == MODE_INT and dtype.kind == "f":
         raise FormatError(f"{what}: mode 'int' on float dtype {dtype.name}")
-    if mode in FLOAT_MODES:
+    if mode in (*FLOAT_MODES, MODE_FLOAT_LOSSLESS):
         if dtype.kind != "f":
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on non-float dtype {dtype.name}")
         if numel == 0:
             raise FormatError(f"{what}: mode {MODE_NAMES[mode]!r} on an empty tensor")
+        if mode == MODE_LOWRANK and len(shape) < 2:
+            raise FormatError(f"{what}: mode 'lowrank' on a tensor of rank {len(shape)} (needs >= 2)")
     if mode in _CODED_MODES:
         tools = r.u8(f"{what} tools")
         if tools & ~_KNOWN_TOOLS:
             raise FormatError(f"{what}: unknown coding tools 0x{tools:02x}")
+        if tools & TOOL_DQ and mode != MODE_QUANT:
+            raise FormatError(f"{what}: dependent quantisation on an exactly coded (int) tensor")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)
-        (crc,) = struct.unpack("<I", r.take(4, f"{what} payload CRC"))
+        if not bound:
+            (crc,) = struct.unpack("<I", r.take(4, f"{what} payload CRC"))
     zstd = zstd_flag and mode in ZSTD_MODES
     if mode == MODE_RAW and not zstd and length != numel * dtype.itemsize:
         raise FormatError(f"{what}: raw payload of {length} bytes for {numel} x {dtype.itemsize}-byte elements")
@@ -531,7 +725,7 @@ def _read_entry(r: _Reader, i: int, offset: int, limits: Limits, zstd_flag: bool
         if length > size or (exact and length != size):
             need = f"needs {size}" if exact else f"allows at most {size}"
             raise FormatError(f"{what}: {MODE_NAMES[mode]} payload of {length} bytes, shape {shape} {need}")
-    if mode in _CODED_MODES:
+    if mode in _BOUNDED_MODES:
         if numel == 0:
             raise FormatError(f"{what}: coded mode on an empty tensor")
         if numel > (length + 16) << _ELEMENTS_PER_BYTE_SHIFT:

@@ -19,12 +19,14 @@ imported the defining module can still build the codec.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatchcase
 from importlib import metadata
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .api import decode, encode, read_fingerprint
+from .api import decode, encode, is_schema_bound, read_fingerprint
+from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
 
@@ -33,7 +35,12 @@ ParamValue = int | float | str | bool
 
 @runtime_checkable
 class UpdateCodec(Protocol):
-    """What the Flower wrappers need from a codec."""
+    """What the Flower wrappers need from a codec.
+
+    A codec may also offer ``encode_decoded(tensors, **same keywords as encode) -> (bytes,
+    decoded)``, returning with the stream what :meth:`decode` gives for it; the wrappers then
+    skip decoding their own streams (see :func:`nnc_fl.updates.code_update`).
+    """
 
     #: Registry name; sent to clients so they build the same codec.
     name: str
@@ -44,12 +51,20 @@ class UpdateCodec(Protocol):
         *,
         fingerprint: bytes | None = None,
         exact: bool = False,
+        limits: Limits | None = None,
     ) -> bytes:
-        """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes)."""
+        """Code ``tensors``; ``exact=True`` asks for a lossless representation (keyframes).
+
+        A stream a decoder with ``limits`` (default :data:`nnc_fl.DEFAULT_LIMITS`) would refuse is
+        not written (``ValueError``).
+        """
         ...
 
-    def decode(self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input.
+    def decode(
+        self, data: bytes, *, expect: Mapping[str, np.ndarray] | None = None, limits: Limits | None = None
+    ) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`encode`; raises :class:`FormatError` on malformed input or beyond
+        ``limits`` (default :data:`nnc_fl.DEFAULT_LIMITS`, memory budget included).
 
         With ``expect`` (the tensors the stream must describe), a stream describing other names,
         shapes or dtypes raises :class:`nnc_fl.SchemaError` before any payload is decoded, and the
@@ -130,6 +145,50 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
         raise ValueError(f"bad parameters for codec {name!r}: {exc}") from exc
 
 
+#: Tensors coded exactly by default: statistics that gradients do not train and whose invariants a
+#: quantised update could break (a BatchNorm running variance must stay >= 0).
+DEFAULT_LOSSLESS = "*running_mean,*running_var,*moving_mean,*moving_variance"
+
+
+def _patterns(value: object, what: str) -> tuple[str, ...]:
+    """Comma-separated ``fnmatch`` patterns (a string, or a list/tuple of strings) as a tuple."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be comma-separated name patterns, got {value!r}")
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
+    """``"pattern=step,pattern=step"`` (or a mapping pattern -> step) as ``((pattern, step), ...)``."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, str):
+        items = []
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            pattern, sep, number = part.rpartition("=")
+            if not sep or not pattern.strip():
+                raise ValueError(f"steps must be 'pattern=step,...', got {part!r}")
+            try:
+                items.append((pattern.strip(), float(number)))
+            except ValueError:
+                raise ValueError(f"steps: {number!r} is not a number (in {part!r})") from None
+    else:
+        raise TypeError(f"steps must be 'pattern=step,...' or a mapping, got {value!r}")
+    return tuple((str(p), check_step(p, s)) for p, s in items)
+
+
+def _flag(value: object, what: str) -> bool:
+    """A boolean codec parameter (bools, or 0/1 and "true"/"false" as they may travel as text)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"{what} must be true or false, got {value!r}")
+
+
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
@@ -138,6 +197,25 @@ class NNCCodec:
     :func:`nnc_fl.encode`); with none, the default per-tensor policy of
     :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes every tensor losslessly
     (keyframes).
+
+    Per-tensor policy, by ``fnmatch`` pattern on the tensor names (comma-separated, as they travel
+    to the clients as text): ``lossless`` names float tensors coded exactly (default
+    :data:`DEFAULT_LOSSLESS`, the BatchNorm-style running statistics; ``""`` for none); ``steps``
+    gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
+    tensors they match (the first matching pattern wins).
+
+    ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
+    per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
+    :func:`nnc_fl.encode`).
+    ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
+    bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
+    (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
+    encoded, so decoding its own stream again without ``expect`` (error feedback on the client)
+    works; any other schema-bound stream needs ``expect``.
+    ``float_lossless=True`` codes the float tensors that are coded exactly (``lossless`` ones,
+    and the keyframe tensors not on an anchor grid) in mode float-lossless where that is smaller
+    than raw (about 17 % for trained fp32 models; FORMAT.md); the default ``False`` keeps them
+    raw, readable by decoders that predate the mode.
     """
 
     name = "nnc"
@@ -148,6 +226,13 @@ class NNCCodec:
         qp: int | None = None,
         rel_step: float | None = None,
         rd_lambda: float = 0.0,
+        lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
+        steps: str | Mapping[str, float] = "",
+        schema_bound: bool = False,
+        dq: bool = False,
+        rate_search: bool = False,
+        row_refs: bool = False,
+        float_lossless: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         self.step = None if step is None else check_step("<all>", step)
@@ -156,21 +241,92 @@ class NNCCodec:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
+        self.lossless = _patterns(lossless, "lossless")
+        self.steps = _pattern_steps(steps)
+        self.schema_bound = _flag(schema_bound, "schema_bound")
+        self.dq = _flag(dq, "dq")
+        self.rate_search = _flag(rate_search, "rate_search")
+        self.row_refs = _flag(row_refs, "row_refs")
+        self.float_lossless = _flag(float_lossless, "float_lossless")
+        self._last_schema: dict[str, np.ndarray] | None = None
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
-        lossless = tuple(tensors) if exact else ()
+    #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
+    supports_grid = True
+
+    def lossless_names(self, names) -> list[str]:
+        """The names among ``names`` this codec codes exactly (its ``lossless`` patterns)."""
+        return self._policy(names)[0]
+
+    def _policy(self, names) -> tuple[list[str], dict[str, float]]:
+        """The lossless names and the per-name step overrides of ``names``."""
+        lossless = [n for n in names if any(fnmatchcase(n, p) for p in self.lossless)]
+        steps = {}
+        for n in names:
+            for pattern, value in self.steps:
+                if fnmatchcase(n, pattern):
+                    steps[n] = value
+                    break
+        return lossless, steps
+
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None) -> bytes:
+        """As :meth:`UpdateCodec.encode`; with ``grid`` (name -> power of two), the steps of those
+        tensors are power-of-two multiples of their grid step, and ``exact=True`` codes a model
+        that lies on the grid at exactly the grid step (its integer levels) instead of raw."""
+        return self._encode(tensors, fingerprint, exact, limits, grid, False)
+
+    def encode_decoded(
+        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None
+    ) -> tuple[bytes, dict[str, np.ndarray]]:
+        """As :meth:`encode`, and what :meth:`decode` returns for the stream, built from the
+        encoder's levels without decoding it (``nnc_fl.encode(..., return_decoded=True)``)."""
+        return self._encode(tensors, fingerprint, exact, limits, grid, True)
+
+    def _encode(self, tensors, fingerprint, exact, limits, grid, return_decoded):
+        lossless, overrides = self._policy(tensors)
+        step = self.step
+        if overrides:
+            step = overrides if step is None else {**dict.fromkeys(tensors, step), **overrides}
+        if exact:
+            anchored = dict(grid or {})
+            return encode(
+                tensors,
+                step=anchored,
+                lossless=[n for n in tensors if n not in anchored],
+                fingerprint=fingerprint,
+                limits=limits or DEFAULT_LIMITS,
+                rate_search=self.rate_search,
+                float_lossless=self.float_lossless,
+                return_decoded=return_decoded,
+            )
+        bound = self.schema_bound
+        if bound:  # zero-memory stand-ins with the shapes and dtypes (see decode)
+            self._last_schema = {
+                n: np.broadcast_to(np.zeros((), np.asarray(v).dtype), np.shape(v)) for n, v in tensors.items()
+            }
         return encode(
             tensors,
-            step=self.step,
+            step=step,
             qp=self.qp,
             rel_step=self.rel_step,
-            rd_lambda=0.0 if exact else self.rd_lambda,
+            rd_lambda=self.rd_lambda,
             lossless=lossless,
+            float_lossless=self.float_lossless,
             fingerprint=fingerprint,
+            limits=limits or DEFAULT_LIMITS,
+            grid=grid,
+            schema_bound=bound,
+            dq=self.dq,
+            rate_search=self.rate_search,
+            row_refs=self.row_refs,
+            return_decoded=return_decoded,
         )
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
-        return decode(data, expect=expect)
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        if expect is None and self._last_schema is not None and is_schema_bound(data):
+            # own stream decoded again (error feedback): the schema is the one just encoded; the
+            # digest check still refuses any stream of another schema
+            return decode(data, expect=self._last_schema)
+        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         return read_fingerprint(data)
@@ -185,6 +341,20 @@ class NNCCodec:
             out["rel_step"] = self.rel_step
         if self.rd_lambda:
             out["rd_lambda"] = self.rd_lambda
+        if self.lossless != _patterns(DEFAULT_LOSSLESS, "lossless"):
+            out["lossless"] = ",".join(self.lossless)
+        if self.steps:
+            out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
+        if self.schema_bound:
+            out["schema_bound"] = True
+        if self.dq:
+            out["dq"] = True
+        if self.rate_search:
+            out["rate_search"] = True
+        if self.row_refs:
+            out["row_refs"] = True
+        if self.float_lossless:
+            out["float_lossless"] = True
         return out
 
     def __repr__(self) -> str:
@@ -196,11 +366,11 @@ class Float32Codec:
 
     name = "fp32"
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
-        return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint)
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
+        return encode(tensors, lossless=tuple(tensors), fingerprint=fingerprint, limits=limits or DEFAULT_LIMITS)
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
-        return decode(data, expect=expect)
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         return read_fingerprint(data)
@@ -216,6 +386,7 @@ register_codec(NNCCodec.name, NNCCodec)
 register_codec(Float32Codec.name, Float32Codec)
 
 __all__ = [
+    "DEFAULT_LOSSLESS",
     "ENTRY_POINT_GROUP",
     "Float32Codec",
     "FormatError",

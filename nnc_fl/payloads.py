@@ -1,4 +1,5 @@
-"""Payloads of the float modes f16, int8, sparse (top-k) and ternary (STC): packers and readers.
+"""Payloads of the float modes f16, int8, sparse (top-k), ternary (STC) and lowrank (PowerSGD-style
+factors): packers and readers.
 
 Format code only (FORMAT.md, "Float modes"): a lossy transform elsewhere chooses the values (the
 classic FL baselines of ``experiments/baselines.py``); the ``pack_*`` functions here turn them into
@@ -238,6 +239,55 @@ def pack_ternary(positions: np.ndarray, negative: np.ndarray, mu: float, b: int)
     return bytes(head) + code + np.packbits(negative.astype(np.uint8)).tobytes()
 
 
+def lowrank_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(rows, cols)`` of the matrix a lowrank payload factors: ``shape[0]`` by the product of the rest."""
+    if len(shape) < 2:
+        raise ValueError(f"mode lowrank needs a tensor of rank >= 2, got shape {shape}")
+    rows = shape[0]
+    return rows, math.prod(shape[1:])
+
+
+def lowrank_fits(shape: tuple[int, ...], rank: int) -> bool:
+    """Whether rank-``rank`` factors of a ``shape`` tensor are a valid lowrank payload: ``1 <= rank <= 255``
+    and fewer factor values than elements (``rank * (rows + cols) < rows * cols``)."""
+    if len(shape) < 2 or not 1 <= rank <= bs.MAX_LOWRANK_RANK:
+        return False
+    rows, cols = lowrank_view(shape)
+    return rank * (rows + cols) < rows * cols
+
+
+def pack_lowrank(p: np.ndarray, q: np.ndarray) -> bytes:
+    """Mode lowrank: u8 rank ``r``, then ``P`` (rows x r) and ``Q`` (cols x r) as row-major float32.
+
+    The tensor is ``P @ Q.T`` reshaped, evaluated as :func:`lowrank_product` does. The factors must be
+    finite in float32 and the tensor must admit them (:func:`lowrank_fits`).
+    """
+    p = np.asarray(p, dtype="<f4")
+    q = np.asarray(q, dtype="<f4")
+    if p.ndim != 2 or q.ndim != 2 or p.shape[1] != q.shape[1]:
+        raise ValueError(f"lowrank factors must be rows x r and cols x r, got {p.shape} and {q.shape}")
+    rows, rank = p.shape
+    cols = q.shape[0]
+    if not lowrank_fits((rows, cols), rank):
+        raise ValueError(f"rank {rank} factors of a {rows} x {cols} matrix are not smaller than it (or r > 255)")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        raise ValueError("lowrank factors must be finite float32")
+    return bytes([rank]) + p.tobytes() + q.tobytes()
+
+
+def lowrank_product(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``sum_t outer(P[:, t], Q[:, t])`` in float64, ``t = 0, 1, ...`` in order, every product and sum
+    rounded once (no fused multiply-add), so every platform gets the same bits. (rows x cols)"""
+    rows, rank = p.shape
+    cols = q.shape[0]
+    acc = np.zeros((rows, cols), dtype=np.float64)
+    tmp = np.empty((rows, cols), dtype=np.float64)
+    for t in range(rank):
+        np.multiply.outer(p[:, t].astype(np.float64), q[:, t].astype(np.float64), out=tmp)
+        acc += tmp
+    return acc
+
+
 # --- reading (decoder side) ----------------------------------------------------------------------------
 
 
@@ -338,11 +388,34 @@ def _decode_ternary(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarra
     return out
 
 
+def _decode_lowrank(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarray:
+    if len(t.shape) < 2:
+        raise FormatError(f"tensor {t.name!r}: mode lowrank on a tensor of rank {len(t.shape)} (needs >= 2)")
+    rows, cols = lowrank_view(t.shape)
+    rank = r.u8("lowrank rank")
+    if not lowrank_fits(t.shape, rank):
+        raise FormatError(
+            f"tensor {t.name!r}: lowrank rank {rank} is 0 or its factors are not smaller than the "
+            f"{rows} x {cols} matrix"
+        )
+    need = 1 + 4 * rank * (rows + cols)
+    if len(view) != need:
+        raise FormatError(f"tensor {t.name!r}: lowrank payload of {len(view)} bytes, rank {rank} needs {need}")
+    p = np.frombuffer(view, dtype="<f4", count=rows * rank, offset=1).reshape(rows, rank)
+    q = np.frombuffer(view, dtype="<f4", offset=1 + 4 * rows * rank).reshape(cols, rank)
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        raise FormatError(f"tensor {t.name!r}: non-finite lowrank factor")
+    acc = lowrank_product(p, q)
+    _check_range(t, float(np.max(np.abs(acc), initial=0.0)), "lowrank value")
+    return acc.astype(_native(t)).reshape(-1)
+
+
 _DECODERS = {
     bs.MODE_F16: _decode_f16,
     bs.MODE_INT8: _decode_int8,
     bs.MODE_SPARSE: _decode_sparse,
     bs.MODE_TERNARY: _decode_ternary,
+    bs.MODE_LOWRANK: _decode_lowrank,
 }
 
 __all__ = [
@@ -351,8 +424,12 @@ __all__ = [
     "golomb_decode",
     "golomb_encode",
     "golomb_parameter",
+    "lowrank_fits",
+    "lowrank_product",
+    "lowrank_view",
     "pack_f16",
     "pack_int8",
+    "pack_lowrank",
     "pack_sparse",
     "pack_ternary",
     "varint_decode",

@@ -59,6 +59,8 @@ MAX_TEXT_CHARS = 1024
 #: must carry it (see :func:`binding`), so an update cannot be replayed in another round or by
 #: another node.
 NONCE_SIZE = 16
+#: Largest model (tensors, elements in all) a downlink may announce.
+MAX_MODEL_TENSORS, MAX_MODEL_ELEMENTS = 1 << 24, 1 << 40
 
 
 class ProtocolError(ValueError):
@@ -263,6 +265,8 @@ class Downlink:
     ``payload_codec`` decodes the payload; ``codec`` codes the reply (the round's rate).
     ``arrays_key`` is the ``RecordDict`` key under which the user's function expects the model.
     ``nonce`` is fresh per message: a train reply binds its update to it (:func:`binding`).
+    ``tensors`` and ``elements`` say how large the model is, so a node can size its decoder's
+    limits for a keyframe (at most :data:`MAX_MODEL_TENSORS` and :data:`MAX_MODEL_ELEMENTS`).
     """
 
     kind: str
@@ -277,6 +281,8 @@ class Downlink:
     arrays_key: str
     server_round: int
     nonce: bytes
+    tensors: int
+    elements: int
 
     def to_config(self) -> dict[str, Any]:
         """Fields for a Flower ``ConfigRecord``."""
@@ -317,7 +323,11 @@ class Downlink:
             arrays_key=_field(record, "arrays_key", str),
             server_round=_field(record, "server_round", int),
             nonce=_bytes_field(record, "nonce", (NONCE_SIZE,)),
+            tensors=_field(record, "tensors", int),
+            elements=_field(record, "elements", int),
         )
+        if not (0 <= out.tensors <= MAX_MODEL_TENSORS and 0 <= out.elements <= MAX_MODEL_ELEMENTS):
+            raise ProtocolError(f"a model of {out.tensors} tensors and {out.elements} elements is beyond the bounds")
         if len(out.fingerprint) != FINGERPRINT_SIZE:
             raise ProtocolError("downlink fingerprint must hold 32 bytes")
         if kind == DELTA and not 1 <= out.version - out.base_version <= MAX_CHAIN:

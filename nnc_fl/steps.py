@@ -7,6 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._quantise import on_grid as on_grid_kernel
+from ._quantise import sum_squares
+
 #: NNC's QP density: 2**QP_DENSITY steps per octave.
 QP_DENSITY = 2
 #: Default policy: the step is the power of two at or below ``rms / DEFAULT_RMS_DIVISOR`` for
@@ -35,8 +38,25 @@ def qp_to_step(qp: int, qp_density: int = QP_DENSITY) -> float:
     return float((k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density))
 
 
+def _flat(x: np.ndarray) -> np.ndarray:
+    """``x`` as a flat contiguous float32/float64 array for the kernels (float16 widened, exactly)."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+
+
 def _rms(x: np.ndarray) -> float:
-    return math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    return math.sqrt(sum_squares(_flat(x)) / x.size) if x.size else 0.0
+
+
+def on_grid(x: np.ndarray, grid: float, max_steps: float) -> bool:
+    """Whether every value of float tensor ``x`` is an integer multiple of ``grid`` (a power of
+    two) of at most ``max_steps`` grid steps in magnitude (one pass, no temporary arrays)."""
+    if not (grid > 0 and math.isfinite(grid) and math.frexp(grid)[0] == 0.5):
+        raise ValueError(f"grid step must be a power of two, got {grid!r}")
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"on_grid takes a float tensor, got dtype {x.dtype}")
+    return bool(on_grid_kernel(_flat(x), 1.0 / grid, float(max_steps)))
 
 
 def relative_step(x: np.ndarray, rel_step: float) -> float:
@@ -63,32 +83,36 @@ def resolve_step(
     qp: int | Mapping[str, int] | None,
     rel_step: float | None = None,
 ) -> float:
-    """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping; a
-    mapping without ``name`` falls back to the default policy), or ``rel_step`` times the tensor's
-    RMS (see :func:`relative_step`), else the default policy.
+    """The step for tensor ``name``: from ``step`` or ``qp`` (a number or a per-name mapping), or
+    ``rel_step`` times the tensor's RMS (see :func:`relative_step`), else the default policy.
 
-    The result is rounded to float32, the precision the bitstream carries.
+    A per-name mapping overrides for the names it holds; other names take the one scalar setting
+    given (``rel_step``, a scalar ``qp`` or ``step``), else the default policy. The result is
+    rounded to float32, the precision the bitstream carries.
     """
     check_step_choice(step, qp, rel_step)
     chosen: float | None = None
-    if rel_step is not None:
+    if isinstance(step, Mapping) and step.get(name) is not None:
+        chosen = check_step(name, step[name])
+    elif isinstance(qp, Mapping) and qp.get(name) is not None:
+        chosen = qp_to_step(qp[name])
+    elif rel_step is not None:
         chosen = relative_step(x, check_rel_step(rel_step))
-    elif step is not None:
-        value = step.get(name) if isinstance(step, Mapping) else step
-        if value is not None:
-            chosen = check_step(name, value)
-    elif qp is not None:
-        value = qp.get(name) if isinstance(qp, Mapping) else qp
-        if value is not None:
-            chosen = qp_to_step(value)
+    elif step is not None and not isinstance(step, Mapping):
+        chosen = check_step(name, step)
+    elif qp is not None and not isinstance(qp, Mapping):
+        chosen = qp_to_step(qp)
     if chosen is None:
         chosen = default_step(x)
     return float(np.float32(chosen))
 
 
 def check_step_choice(step: object, qp: object, rel_step: object) -> None:
-    """Refuse more than one of ``step``, ``qp`` and ``rel_step`` (``ValueError``)."""
-    if sum(v is not None for v in (step, qp, rel_step)) > 1:
+    """Refuse more than one setting for the same tensors (``ValueError``): at most one of a scalar
+    ``step``, a scalar ``qp`` and ``rel_step``, which per-name mappings of ``step`` or ``qp`` may
+    override for the names they hold."""
+    scalars = [v for v in (step, qp) if v is not None and not isinstance(v, Mapping)]
+    if len(scalars) + (rel_step is not None) > 1:
         raise ValueError("give at most one of step, qp and rel_step")
 
 

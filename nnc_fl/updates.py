@@ -10,15 +10,22 @@ message the same way.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from .bitstream import DEFAULT_LIMITS, Limits
 from .codecs import UpdateCodec
 
 Tensors = Mapping[str, np.ndarray]
+
+
+def limits_for(model: Tensors) -> Limits:
+    """Limits that admit streams of ``model``'s tensors (and whatever the defaults admit)."""
+    return Limits.for_schema(model).covering(DEFAULT_LIMITS)
 
 
 def model_delta(new: Tensors, base: Tensors) -> dict[str, np.ndarray]:
@@ -91,7 +98,7 @@ def usable_residual(residual: Tensors, model: Tensors) -> dict[str, np.ndarray]:
     out = {}
     for name, r in residual.items():
         m = model.get(name)
-        if m is not None and r.shape == m.shape and r.dtype == m.dtype and np.all(np.isfinite(r)):
+        if m is not None and r.shape == m.shape and r.dtype == m.dtype and _all_finite(r):
             out[name] = r
     return out
 
@@ -105,10 +112,19 @@ def quantisation_residual(delta: Tensors, decoded: Tensors) -> dict[str, np.ndar
     out = {}
     for name, d in delta.items():
         if np.issubdtype(d.dtype, np.floating):
-            r = (d - np.asarray(decoded[name]).astype(d.dtype)).astype(d.dtype)
-            if np.all(np.isfinite(r)):
+            with np.errstate(over="ignore", invalid="ignore"):
+                r = np.subtract(d, np.asarray(decoded[name]), dtype=d.dtype)
+            if _all_finite(r):
                 out[name] = r
     return out
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every value of float ``x`` is finite, without a temporary array where it can: a
+    float64 sum of float16/32 values cannot overflow, so it is finite exactly when they all are."""
+    if x.dtype.itemsize < 8:
+        return math.isfinite(float(np.add.reduce(x, axis=None, dtype=np.float64)))
+    return bool(np.isfinite(x).all())
 
 
 @dataclass(frozen=True)
@@ -129,12 +145,17 @@ def code_update(
     residual: Tensors | None = None,
     fingerprint: bytes | None = None,
     exact: bool = False,
+    limits: Limits | None = None,
+    grid: Mapping[str, float] | None = None,
 ) -> CodedUpdate:
     """Code ``delta`` plus the usable part of ``residual`` (error feedback) with ``codec``.
 
-    The stream is decoded again, as every receiver will decode it, and the new residual is what
-    the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
-    or ``exact=True`` (lossless coding) no feedback is added or kept. Raises ``ValueError`` if the
+    ``decoded`` is what every receiver decodes from the stream (from the codec's
+    ``encode_decoded`` where it has one, else by decoding the stream again), and the new residual
+    is what the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
+    or ``exact=True`` (lossless coding) no feedback is added or kept. ``limits`` (default: covering
+    ``delta``'s schema) are the ones the stream's decoders use; ``grid`` is passed to a codec that
+    supports anchor grids (see :meth:`nnc_fl.codecs.NNCCodec.encode`). Raises ``ValueError`` if the
     codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
     """
     delta = dict(delta)
@@ -142,11 +163,18 @@ def code_update(
     if feedback:
         for name, r in usable_residual(residual, delta).items():
             delta[name] = delta[name] + r
+    limits = limits if limits is not None else limits_for(delta)
     t0 = time.perf_counter()
-    data = codec.encode(delta, fingerprint=fingerprint, exact=exact)
-    t1 = time.perf_counter()
-    decoded = dict(codec.decode(data))
-    t2 = time.perf_counter()
+    extra = {"grid": grid} if grid else {}
+    joint = getattr(codec, "encode_decoded", None)
+    if joint is not None:  # the codec knows its reconstruction: no decoding pass
+        data, decoded = joint(delta, fingerprint=fingerprint, exact=exact, limits=limits, **extra)
+        t1 = t2 = time.perf_counter()
+    else:
+        data = codec.encode(delta, fingerprint=fingerprint, exact=exact, limits=limits, **extra)
+        t1 = time.perf_counter()
+        decoded = dict(codec.decode(data, limits=limits))
+        t2 = time.perf_counter()
     if set(decoded) != set(delta):
         raise ValueError(f"codec {codec.name!r} did not round-trip the tensor names")
     kept = quantisation_residual(delta, decoded) if feedback else {}
@@ -159,6 +187,7 @@ __all__ = [
     "apply_delta",
     "cast_like",
     "code_update",
+    "limits_for",
     "model_delta",
     "quantisation_residual",
     "usable_residual",

@@ -208,23 +208,26 @@ def _level(norms: Sequence[float]) -> float:
 class NormReference:
     """The scale of honest updates, learned from the accepted ones of the last ``window`` rounds.
 
-    :meth:`bound` is ``ratio`` times the larger of the current round's level and the largest level
-    of the remembered rounds (each round's level is the median of three or more norms, or the
-    smallest of fewer). One client can neither raise the bound (it would need every update of a
-    round to be large) nor hold it down for long (a round without it brings the honest level back).
+    :meth:`level` is the larger of the current round's level and the remembered rounds' levels,
+    each discounted by ``decay`` per round of age (a round's level is the median of three or more
+    norms, or the smallest of fewer). One client can neither raise it (it would need every update
+    of a round to be large) nor hold it down for long (a round without it brings the honest level
+    back); the discount lets it follow honest updates as they shrink over training, so a scaled
+    update late in training still stands out.
     """
 
-    def __init__(self, ratio: float, window: int = 8) -> None:
-        self.ratio = ratio
+    def __init__(self, window: int = 8, decay: float = 0.8) -> None:
+        self.decay = decay
         self._levels: deque[float] = deque(maxlen=window)
 
-    def bound(self, round_norms: Sequence[float]) -> float | None:
-        """Largest norm an update of this round may have (``None``: no update to measure)."""
-        levels = list(self._levels)
-        positive = [n for n in round_norms if n > 0]
+    def level(self, round_norms: Sequence[float]) -> float | None:
+        """The norm an honest update of this round has (``None``: no update to measure)."""
+        n = len(self._levels)
+        levels = [level * self.decay ** (n - i) for i, level in enumerate(self._levels)]
+        positive = [x for x in round_norms if x > 0]
         if positive:
             levels.append(_level(positive))
-        return self.ratio * max(levels) if levels else None
+        return max(levels) if levels else None
 
     def record(self, accepted_norms: Sequence[float]) -> None:
         """Remember the level of a round's accepted updates (rounds without any are skipped)."""
@@ -234,57 +237,92 @@ class NormReference:
 
 
 class DirectionReference:
-    """The direction the global model has recently moved in: an exponential average of its increments.
+    """Which nodes keep pulling the model back where it came from: a robust outlier test on each
+    node's mean cosine with the model's recent direction.
 
-    An update pointing against it (cosine below ``-threshold``) pulls the model back where it came
-    from, which is what a sign-flipping client does. Before the model has moved, updates are
-    compared with the sum of the round's other updates instead (a cohort of two that disagrees
-    that strongly cannot tell who is right, and both are refused).
+    The direction is an exponential average of the global increments. For every update, once the
+    model has moved, its cosine with the direction is added to its node's record. A node whose mean
+    cosine (over ``min_rounds`` or more rounds) lies below ``median - spread * 1.4826 * MAD`` of the
+    other recorded nodes' means (and below ``-floor``) is refused: a sign-flipping client averages
+    the negative of what it would have sent.
+
+    The threshold follows the federation's honest spread: measured honest UC10 nodes averaged above
+    -0.02 (so a flipper stands out), while label-skewed UC14A Dirichlet nodes averaged down to
+    -0.48 and single honest updates reached -0.8 -- there a flipper looks like an honest node and
+    the test stands aside rather than refuse honest updates. It needs ``min_nodes`` other recorded
+    nodes, so one client cannot set the reference alone.
     """
 
-    def __init__(self, threshold: float, decay: float = 0.5) -> None:
-        self.threshold = threshold
+    def __init__(
+        self,
+        spread: float,
+        *,
+        floor: float = 0.05,
+        min_rounds: int = 2,
+        min_nodes: int = 3,
+        decay: float = 0.5,
+    ) -> None:
+        self.spread = spread
+        self.floor = floor
+        self.min_rounds = min_rounds
+        self.min_nodes = min_nodes
         self.decay = decay
         self._direction: dict[str, np.ndarray] = {}
         self._norm = 0.0
+        self._record: dict[int, tuple[float, int]] = {}  # node -> (sum of cosines, count)
 
     def record(self, increment: Mapping[str, np.ndarray]) -> None:
         """Fold a global increment ``G_{v+1} - G_v`` into the direction."""
-        floats = {k: np.asarray(v, np.float64) for k, v in increment.items() if np.issubdtype(v.dtype, np.floating)}
+        floats = {k: np.asarray(v, np.float32) for k, v in increment.items() if np.issubdtype(v.dtype, np.floating)}
         if not self._direction:
-            self._direction = floats
+            self._direction = {k: v.copy() for k, v in floats.items()}
         else:
             for name, value in floats.items():
-                self._direction[name] = self.decay * self._direction[name] + value
-        self._norm = math.sqrt(float_dot(self._direction, self._direction)) if self._direction else 0.0
+                self._direction[name] = (self._direction[name] * np.float32(self.decay) + value).astype(np.float32)
+        self._norm = math.sqrt(float_dot(self._direction, self._direction))
 
     def reset(self) -> None:
         """Forget the direction (the model was replaced from outside)."""
         self._direction, self._norm = {}, 0.0
 
     def cosines(self, deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]) -> list[float | None]:
-        """Each update's cosine with the direction, or with the sum of the other updates before the
-        model has moved (``None`` where there is nothing to compare with)."""
-        if self._norm > 0:
-            return [cosine(d, self._direction, n, self._norm) for d, n in zip(deltas, norms, strict=True)]
-        out: list[float | None] = []
-        for i, (d, n) in enumerate(zip(deltas, norms, strict=True)):
-            others = [deltas[j] for j in range(len(deltas)) if j != i]
-            if not others:
-                out.append(None)
-                continue
-            total = {k: sum(np.asarray(o[k], np.float64) for o in others) for k, v in d.items()
-                     if np.issubdtype(v.dtype, np.floating)}
-            out.append(cosine(d, total, n, math.sqrt(float_dot(total, total))))
-        return out
+        """Each update's cosine with the direction (``None`` before the model has moved)."""
+        if self._norm <= 0:
+            return [None] * len(deltas)
+        return [cosine(d, self._direction, n, self._norm) for d, n in zip(deltas, norms, strict=True)]
 
-    def rejection(self, cos: float | None) -> UpdateRejected | None:
-        """The ``direction`` rejection for an update of cosine ``cos``, or ``None`` if it passes."""
-        if cos is None or cos >= -self.threshold:
+    def threshold(self, node: int) -> float | None:
+        """The mean cosine below which ``node`` is refused, from the other nodes' means (so the
+        node cannot widen its own yardstick); ``None`` while fewer than ``min_nodes`` are known."""
+        means = [t / c for n, (t, c) in self._record.items() if c >= self.min_rounds and n != node]
+        if len(means) < self.min_nodes:
             return None
-        return UpdateRejected(
-            "direction", f"update points against the model's recent direction (cosine {cos:.3f} < {-self.threshold:g})"
-        )
+        m = np.asarray(means)
+        med = float(np.median(m))
+        mad = float(np.median(np.abs(m - med)))
+        return min(-self.floor, med - self.spread * _MAD_SCALE * mad)
+
+    def review(
+        self, nodes: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]
+    ) -> list[UpdateRejected | None]:
+        """Record the round's cosines; the ``direction`` rejection of each update (``None``: passes)."""
+        for node, c in zip(nodes, self.cosines(deltas, norms), strict=True):
+            if c is not None:
+                total, count = self._record.get(node, (0.0, 0))
+                self._record[node] = (total + c, count + 1)
+        out: list[UpdateRejected | None] = []
+        for node in nodes:
+            total, count = self._record.get(node, (0.0, 0))
+            limit = self.threshold(node) if count >= self.min_rounds else None
+            if limit is not None and total / count < limit:
+                out.append(UpdateRejected(
+                    "direction",
+                    f"this node's updates point against the model's direction on average (mean cosine "
+                    f"{total / count:.3f} over {count} rounds, below {limit:.3f} for the federation)",
+                ))
+            else:
+                out.append(None)
+        return out
 
 
 __all__ = [

@@ -7,16 +7,21 @@ are the same with and without compression.
 
 - ``up_bytes`` / ``up_raw_bytes``: train replies that carried a payload (rejected ones included:
   they crossed the wire); raw = 4 bytes x elements of the model the client coded.
-- ``down_bytes`` / ``down_raw_bytes``: every model the server sent in the round, to train and to
-  evaluate (keyframes and deltas; a node that already holds the model gets no payload and counts
-  0; a chain of increments counts all its payloads against one model's raw size).
-- ``eval_down_bytes`` / ``eval_down_raw_bytes``: the part of those sent with evaluate instructions.
-- ``keyframes`` / ``keyframe_bytes``: how many of all those were keyframes (a node's first contact,
-  or a node too far behind) and their bytes, included in ``down_bytes``.
+- ``down_bytes`` / ``down_raw_bytes``: the models the server sent with train instructions
+  (keyframes and deltas; a node that already holds the model gets no payload and counts 0; a chain
+  of increments counts all its payloads against one model's raw size).
+- ``keyframes`` / ``keyframe_bytes``: how many of those were keyframes (a node's first contact, or a
+  node too far behind) and their bytes, included in ``down_bytes``; ``deltas``: how many were
+  increments against a model the node holds.
+- ``eval_down_bytes``, ``eval_down_raw_bytes``, ``eval_keyframes``, ``eval_keyframe_bytes``,
+  ``eval_deltas``: the same
+  for the models sent with evaluate instructions. The round's whole downlink is
+  ``down_bytes + eval_down_bytes``.
 - ``resyncs``: train and evaluate replies asking for a keyframe (the node could not rebuild ``G_v``).
 - ``clipped`` / ``weights_capped``: accepted updates whose norm was clipped, or whose weighting
   metric was capped (see :class:`strategies.settings.ValidationSettings`).
-- ``rejected_<code>``: refused updates by rejection code (:data:`nnc_fl.validation.REJECT_CODES`).
+- ``rejected_<code>``: refused updates by rejection code (:data:`nnc_fl.validation.REJECT_CODES`);
+  ``rejected_nodes``: who was refused why, as ``node:code`` separated by ``;``.
 - ``aggregate_failed``: 1 if the inner strategy failed or its aggregate could not be coded; the
   global model then stayed as it was.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,11 +52,14 @@ FIELDS: tuple[str, ...] = (
     "up_raw_bytes",
     "down_bytes",
     "down_raw_bytes",
-    "eval_down_bytes",
-    "eval_down_raw_bytes",
     "keyframes",
     "keyframe_bytes",
     "deltas",
+    "eval_down_bytes",
+    "eval_down_raw_bytes",
+    "eval_keyframes",
+    "eval_keyframe_bytes",
+    "eval_deltas",
     "encode_s",
     "decode_s",
     "client_encode_s",
@@ -59,10 +68,15 @@ FIELDS: tuple[str, ...] = (
     "weights_capped",
     "aggregate_failed",
     *(f"rejected_{code}" for code in REJECT_CODES),
+    "rejected_nodes",
 )
 
-#: Prefix of the bandwidth entries added to the round's train ``MetricRecord``.
+#: Prefix of the bandwidth entries added to the round's train and evaluate ``MetricRecord``s.
 METRIC_PREFIX = "nnc-fl."
+#: The columns reported in the train metrics (the rest is in the row, at DEBUG and in the log file).
+TRAIN_METRICS = ("up_bytes", "up_raw_bytes", "down_bytes", "down_raw_bytes", "keyframes", "accepted", "rejected")
+#: The columns reported in the evaluate metrics.
+EVALUATE_METRICS = ("eval_down_bytes", "eval_down_raw_bytes", "eval_keyframes")
 
 
 class RoundStats:
@@ -70,7 +84,7 @@ class RoundStats:
 
     def __init__(self, server_round: int, codec: str) -> None:
         self._row: dict[str, Any] = {name: 0 for name in FIELDS}
-        self._row.update(round=server_round, codec=codec)
+        self._row.update(round=server_round, codec=codec, rejected_nodes="")
         for name in ("encode_s", "decode_s", "client_encode_s", "client_decode_s"):
             self._row[name] = 0.0
 
@@ -86,29 +100,42 @@ class RoundStats:
         """The row as a plain dict, columns in :data:`FIELDS` order."""
         return dict(self._row)
 
-    def metrics(self) -> dict[str, int | float]:
-        """The numeric entries under :data:`METRIC_PREFIX` (for a ``MetricRecord``)."""
-        return {
-            METRIC_PREFIX + k: (float(v) if isinstance(v, float) else int(v))
-            for k, v in self._row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"
-        }
-
     # -- events --------------------------------------------------------------------------------
 
     def sent(self, kind: str, sizes: list[int], raw_bytes: int, *, train: bool, encode_s: float) -> None:
         """A downlink message of ``kind`` with payloads of ``sizes`` bytes (``raw_bytes``: fp32 size
         of the model it delivers, 0 without payload) went to one node, to train or to evaluate."""
+        prefix = "" if train else "eval_"
         nbytes = sum(sizes)
-        self._row["down_bytes"] += nbytes
-        self._row["down_raw_bytes"] += raw_bytes
-        if not train:
-            self._row["eval_down_bytes"] += nbytes
-            self._row["eval_down_raw_bytes"] += raw_bytes
-        self._row["keyframes"] += kind == protocol.KEYFRAME
-        self._row["keyframe_bytes"] += nbytes if kind == protocol.KEYFRAME else 0
-        self._row["deltas"] += kind == protocol.DELTA
+        self._row[prefix + "down_bytes"] += nbytes
+        self._row[prefix + "down_raw_bytes"] += raw_bytes
+        self._row[prefix + "keyframes"] += kind == protocol.KEYFRAME
+        self._row[prefix + "keyframe_bytes"] += nbytes if kind == protocol.KEYFRAME else 0
+        self._row[prefix + "deltas"] += kind == protocol.DELTA
         self._row["encode_s"] += encode_s
+
+    def train_metrics(self) -> dict[str, int]:
+        """The round's compact train metrics (the full row is in ``strategy.bandwidth``)."""
+        return {METRIC_PREFIX + k: int(self._row[k]) for k in TRAIN_METRICS}
+
+    def evaluate_metrics(self) -> dict[str, int]:
+        """The round's compact evaluate metrics: what the evaluate messages carried."""
+        return {METRIC_PREFIX + k: int(self._row[k]) for k in EVALUATE_METRICS}
+
+    def line(self) -> str:
+        """One compact line for the log."""
+        r = self._row
+        up = 100.0 * r["up_bytes"] / r["up_raw_bytes"] if r["up_raw_bytes"] else 0.0
+        down = 100.0 * r["down_bytes"] / r["down_raw_bytes"] if r["down_raw_bytes"] else 0.0
+        text = (f"nnc-fl round {r['round']}: up {r['up_bytes'] / 1e3:.1f} kB ({up:.2f} % of fp32) from "
+                f"{r['accepted']}/{r['clients']} accepted, down {r['down_bytes'] / 1e3:.1f} kB ({down:.2f} %), "
+                f"{r['keyframes']} keyframes")
+        if r["eval_down_raw_bytes"]:
+            text += f"; to evaluate {r['eval_down_bytes'] / 1e3:.1f} kB, {r['eval_keyframes']} keyframes"
+        extras = [f"{r[k]} {k}" for k in ("rejected", "clipped", "weights_capped", "resyncs", "failures") if r[k]]
+        if r["aggregate_failed"]:
+            extras.append("aggregation failed")
+        return text + (", " + ", ".join(extras) if extras else "")
 
     def configured(self, clients: int) -> None:
         """``clients`` nodes were asked to train."""
@@ -133,6 +160,7 @@ class RoundStats:
             if o.rejection is not None:
                 r["rejected"] += 1
                 r["rejected_" + o.rejection.code] += 1
+                r["rejected_nodes"] += f"{';' if r['rejected_nodes'] else ''}{o.node_id}:{o.rejection.code}"
         r["accepted"] = sum(o.kind == "update" for o in opened)
         r["failures"] += max(0, r["clients"] - len(opened))  # no reply at all
 
@@ -155,7 +183,9 @@ class RoundStats:
 
 
 class BandwidthLog:
-    """Appends finished rows to a CSV (``.csv``) or JSON-lines (any other suffix) file.
+    """The rows so far as a CSV (``.csv``) or JSON-lines (any other suffix) file, rewritten whole
+    (atomically: a temporary file, then a rename) whenever a row changes, so the file is complete
+    up to the last event even if the ServerApp dies mid-round.
 
     Parameters
     ----------
@@ -169,19 +199,21 @@ class BandwidthLog:
         self._csv = self.path is not None and self.path.suffix.lower() == ".csv"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", newline="", encoding="utf-8") as fh:
-                if self._csv:
-                    csv.writer(fh).writerow(FIELDS)
+            self.write_all([])
 
-    def write(self, row: Mapping[str, Any]) -> None:
-        """Append one finished row (no-op without a path)."""
+    def write_all(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the file's rows with ``rows`` (no-op without a path)."""
         if self.path is None:
             return
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
             if self._csv:
-                csv.writer(fh).writerow([row.get(name, "") for name in FIELDS])
+                writer = csv.writer(fh)
+                writer.writerow(FIELDS)
+                writer.writerows([row.get(name, "") for name in FIELDS] for row in rows)
             else:
-                fh.write(json.dumps({name: row.get(name) for name in FIELDS}) + "\n")
+                fh.writelines(json.dumps({name: row.get(name) for name in FIELDS}) + "\n" for row in rows)
+        os.replace(tmp, self.path)
 
 
 __all__ = ["FIELDS", "METRIC_PREFIX", "BandwidthLog", "RoundStats"]

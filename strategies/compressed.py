@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterable
-from logging import ERROR, INFO, WARNING
+from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,21 @@ from nnc_fl import protocol
 from nnc_fl.codecs import ParamValue
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
-from nnc_fl.validation import UpdateRejected, check_finite
+from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite
 
 from . import uplink as up
 from .bandwidth import BandwidthLog, RoundStats
 from .server_model import ServerModel
 from .settings import CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
+
+#: What a reply says when its ClientApp tried to read the coded model without nnc_mod.
+_NO_MOD_SIGNS = (protocol.STYPE, "Unsupported serialization type")
+_NO_MOD_HELP = "add nnc_mod to its ClientApp: `from clients import nnc_mod; app = ClientApp(mods=[nnc_mod])`"
+
+
+def _lacks_mod(msg: Message) -> bool:
+    """Whether an error reply shows a ClientApp that read the coded model without ``nnc_mod``."""
+    return msg.has_error() and any(sign in str(msg.error.reason) for sign in _NO_MOD_SIGNS)
 
 
 def _tensors(arrays: ArrayRecord):
@@ -49,7 +59,8 @@ class CompressedStrategy(Strategy):
         Name of a codec registered in :mod:`nnc_fl.codecs` (``None`` means ``"fp32"``: uncompressed,
         same code path), or a :class:`~strategies.settings.CodecSettings` (with a per-round schedule).
     codec_params : mapping, optional
-        The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only).
+        The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only); without
+        them, :data:`strategies.settings.DEFAULT_PARAMS` (for ``"nnc"``: ``rel_step=2.0, float_lossless=True``).
     downlink : DownlinkSettings, optional
         How the global model reaches the nodes (increment rate, exact coding, error feedback,
         chains, shared initial model).
@@ -74,7 +85,7 @@ class CompressedStrategy(Strategy):
             if codec_params is not None:
                 raise ValueError("give codec parameters inside CodecSettings, not also as codec_params")
         else:
-            codec = CodecSettings("fp32" if codec is None else codec, codec_params or {})
+            codec = CodecSettings("fp32" if codec is None else codec, codec_params)
         self.inner = inner
         self.codec: CodecSettings = codec
         self.downlink: DownlinkSettings = settings_of(DownlinkSettings, downlink, "downlink")
@@ -86,8 +97,8 @@ class CompressedStrategy(Strategy):
         self._log = BandwidthLog(bandwidth_log)
         self._global: ArrayRecord | None = None
         self._round_spec: dict[int, CodecSpec] = {}
-        self._written: set[int] = set()
         self._nonces: dict[int, bytes] = {}  # node -> nonce of the train message sent to it this round
+        self._accepted_any = False  # whether any node has ever sent a usable update
 
     # -- pass-through --------------------------------------------------------------------------
 
@@ -111,6 +122,29 @@ class CompressedStrategy(Strategy):
         log(INFO, "\t│\t└── Bandwidth log: %s", self._log.path or "-")
         self.inner.summary()
 
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any):
+        """Flower's :meth:`Strategy.start`, then one summary line of the run's traffic and rejections."""
+        result = super().start(grid, initial_arrays, *args, **kwargs)
+        log(INFO, "%s", self.run_summary())
+        return result
+
+    def run_summary(self) -> str:
+        """The whole run in one line: bytes up and down and their share of fp32, keyframes, refusals."""
+        rows = self.bandwidth
+        total = {k: sum(r[k] for r in rows) for k in ("up_bytes", "up_raw_bytes", "down_bytes", "down_raw_bytes",
+                                                      "eval_down_bytes", "eval_down_raw_bytes", "keyframes",
+                                                      "eval_keyframes", "rejected", "clipped", "resyncs")}
+        down = total["down_bytes"] + total["eval_down_bytes"]
+        down_raw = total["down_raw_bytes"] + total["eval_down_raw_bytes"]
+        share = lambda a, b: f"{100.0 * a / b:.2f} %" if b else "-"  # noqa: E731
+        reasons = {code: sum(r[f"rejected_{code}"] for r in rows) for code in REJECT_CODES}
+        why = ", ".join(f"{n} {c}" for c, n in reasons.items() if n)
+        up = share(total["up_bytes"], total["up_raw_bytes"])
+        return (f"nnc-fl: {len(rows)} rounds, up {total['up_bytes'] / 1e6:.3f} MB ({up} of fp32), "
+                f"down {down / 1e6:.3f} MB ({share(down, down_raw)}), "
+                f"{total['keyframes'] + total['eval_keyframes']} keyframes, {total['rejected']} rejected"
+                + (f" ({why})" if why else "") + f", {total['clipped']} clipped, {total['resyncs']} resyncs")
+
     # -- per-round bookkeeping -------------------------------------------------------------------
 
     @property
@@ -130,16 +164,13 @@ class CompressedStrategy(Strategy):
         """The statistics of ``server_round`` (created on first use)."""
         if self._rounds and self._rounds[-1].round == server_round:
             return self._rounds[-1]
-        self._flush()
         stats = RoundStats(server_round, self.spec_for(server_round).name)
         self._rounds.append(stats)
         return stats
 
     def _flush(self) -> None:
-        for stats in self._rounds:
-            if stats.round not in self._written:
-                self._written.add(stats.round)
-                self._log.write(stats.as_row())
+        """Write the bandwidth log as it stands (after each aggregation)."""
+        self._log.write_all(self.bandwidth)
 
     def _sync(self, arrays: ArrayRecord) -> None:
         """Make ``arrays`` the global model ``G_v`` (a new version unless it already is)."""
@@ -147,7 +178,7 @@ class CompressedStrategy(Strategy):
             return
         tensors = _tensors(arrays)
         if not self.model.matches(tensors):
-            self.model.adopt(tensors)
+            self.model.adopt(tensors, self.downlink_spec(max(1, len(self._rounds))))
             self.checks.model_replaced()
             log(INFO, "nnc-fl: new global model v%s from outside", self.model.version)
         self._global = arrays
@@ -222,20 +253,34 @@ class CompressedStrategy(Strategy):
         codec = spec.make()
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)
-        opened = [
-            self.checks.open(m, self.model, codec, self._nonces.pop(m.metadata.src_node_id, None)) for m in replies
-        ]
+        opened = self.checks.open_all(replies, self.model, codec, self._nonces, threads=os.cpu_count() or 1)
+        self._nonces.clear()
         self.checks.review(opened, self.model)
+        self._diagnose_missing_mod([o.msg for o in opened if o.kind == "error"], server_round, len(replies))
         up.log_rejections(opened, server_round)
         stats.replied(opened, self.model.raw_bytes)
         accepted = [up.to_plain_reply(o) for o in opened if o.kind == "update"]
+        self._accepted_any |= bool(accepted)
         metrics = self._aggregate(server_round, accepted + [o.msg for o in opened if o.kind == "error"], stats)
         stats.closed(self.model.version)
         self._global = _record(self.model.tensors)
         merged = MetricRecord(dict(metrics.items()) if metrics is not None else {})
-        for key, value in stats.metrics().items():
+        for key, value in stats.train_metrics().items():
             merged[key] = value
+        self._flush()
         return self._global, merged
+
+    def _diagnose_missing_mod(self, errors: list[Message], server_round: int, replies: int) -> None:
+        """Say so when replies show ClientApps without ``nnc_mod``; stop the run if no node has it."""
+        lacking = [m for m in errors if _lacks_mod(m)]
+        if not lacking:
+            return
+        nodes = ", ".join(str(m.metadata.src_node_id) for m in lacking[:10])
+        log(ERROR, "nnc-fl round %s: %d node(s) (%s) cannot read the compressed model: %s",
+            server_round, len(lacking), nodes, _NO_MOD_HELP)
+        if len(lacking) == replies and not self._accepted_any:
+            raise RuntimeError(f"no node of the federation runs nnc_mod, so none can read the compressed model: "
+                               f"{_NO_MOD_HELP}")
 
     def _aggregate(self, server_round: int, replies: list[Message], stats: RoundStats) -> MetricRecord | None:
         """Inner aggregation and the coded model step; ``G`` unchanged on any failure."""
@@ -281,6 +326,7 @@ class CompressedStrategy(Strategy):
         plain = []
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)
+        self._diagnose_missing_mod([m for m in replies if m.has_error()], server_round, len(replies))
         for msg in replies:
             node = msg.metadata.src_node_id
             record = msg.content.get(protocol.RECORD_KEY) if msg.has_content() else None
@@ -301,11 +347,19 @@ class CompressedStrategy(Strategy):
                     protocol.printable(ack.reason))
                 continue  # the node evaluated nothing; it gets a keyframe next time
             plain.append(up.strip_protocol(msg))
-        self.stats(server_round)
+        stats = self.stats(server_round)
         self._flush()
+        log(INFO, "%s", stats.line())
+        log(DEBUG, "nnc-fl round %s: %s", server_round, stats.as_row())
         try:
-            return self.inner.aggregate_evaluate(server_round, plain)
+            metrics = self.inner.aggregate_evaluate(server_round, plain)
         except Exception as exc:  # noqa: BLE001 -- a client's evaluate reply must not stop the run
             log(ERROR, "nnc-fl round %s: inner evaluate aggregation failed (%s: %s)",
                 server_round, type(exc).__name__, protocol.printable(str(exc), 300))
-            return None
+            metrics = None
+        if not stats["eval_down_raw_bytes"]:
+            return metrics  # no model went out with evaluate instructions
+        merged = MetricRecord(dict(metrics.items()) if metrics is not None else {})
+        for key, value in stats.evaluate_metrics().items():
+            merged[key] = value
+        return merged

@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -66,9 +67,14 @@ class InProcessGrid(Grid):
         raise NotImplementedError("use send_and_receive")
 
     def deliver(self, message: Message) -> Message:
-        """One round trip to the destination node (deep copies both ways)."""
+        """One round trip to the destination node (deep copies both ways). An exception of the
+        ClientApp comes back as an error reply, as Flower's runtime reports it."""
         node = message.metadata.dst_node_id
-        reply = self.app(copy.deepcopy(message), self.contexts[node])
+        try:
+            reply = self.app(copy.deepcopy(message), self.contexts[node])
+        except Exception as exc:  # noqa: BLE001 -- a node's failure is its reply, not the server's crash
+            reason = str(type(exc)) + ":<'" + str(exc) + "'>"
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
         return copy.deepcopy(reply)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:

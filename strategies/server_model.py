@@ -16,16 +16,19 @@ edits the record of who holds what itself.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
+from flwr.supercore import log
 
-from nnc_fl import protocol
+from nnc_fl import protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.updates import CodedUpdate, apply_delta, code_update, model_delta
+from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta
 
 from .settings import DownlinkSettings
 
@@ -59,6 +62,33 @@ class Payload:
     raw_bytes: int
 
 
+#: A model value may reach this many anchor-grid steps: float32 sums of grid values stay exact.
+GRID_RANGE = 2.0**22
+
+
+def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str, float]:
+    """Per float tensor of ``names``: the power of two at or below ``rms * 2**-bits`` (at least what
+    keeps its values within :data:`GRID_RANGE` steps; ``2**-24`` for an all-zero tensor)."""
+    grid = {}
+    for name in names:
+        t = np.asarray(tensors[name])
+        if t.dtype != np.float32 or t.size == 0:
+            continue  # float16/64 and empty tensors travel exactly
+        x = t.astype(np.float64)
+        rms = float(np.sqrt(np.mean(x * x)))
+        g = 2.0 ** math.floor(math.log2(rms * 2.0**-bits)) if rms > 0 else 2.0**-24
+        peak = float(np.abs(x).max())
+        while peak > GRID_RANGE * g:
+            g *= 2
+        grid[name] = g
+    return grid
+
+
+def on_grid(t: np.ndarray, g: float) -> bool:
+    """Whether every value of ``t`` is an integer multiple of ``g`` within :data:`GRID_RANGE` steps."""
+    return steps.on_grid(t, g, GRID_RANGE)
+
+
 class ServerModel:
     """The global model ``G_v`` and the downlink streams that bring a node to it.
 
@@ -66,6 +96,15 @@ class ServerModel:
     :meth:`adopt` gets the next version. ``increments[u]`` is the coded ``G_u - G_{u-1}`` for the
     last ``max_chain`` versions that came from :meth:`advance` (an adopted model clears them, so
     only keyframes can deliver it).
+
+    **Compressed keyframes (anchor grid).** With ``keyframe_grid = b`` (and a codec that supports
+    grids), each float32 tensor gets a power-of-two grid step near ``rms * 2**-b`` when the model
+    is adopted; the adopted model is rounded onto it, and every increment's step is a power-of-two
+    multiple of it, so ``G_v`` stays on the grid exactly and a keyframe is the lossless coding of
+    its integer levels (measured on the trained UC10 CNN: 22.6 % of fp32 at ``b = 4``, 28.9 % at 5;
+    rounding that model onto the grid moved its accuracy by < 0.1 pp). A node that receives one
+    holds exactly ``G_v``. Tensors the codec keeps lossless, other dtypes, and a tensor whose
+    values leave the grid's range travel exactly.
     """
 
     def __init__(self, settings: DownlinkSettings | None = None) -> None:
@@ -84,6 +123,8 @@ class ServerModel:
         self.shared_version: int | None = None
         #: nodes sent a model whose reply is outstanding
         self._pending: set[int] = set()
+        #: tensor name -> anchor grid step (compressed keyframes); empty: exact keyframes
+        self.grid: dict[str, float] = {}
 
     @property
     def raw_bytes(self) -> int:
@@ -96,13 +137,20 @@ class ServerModel:
 
     # -- the model moves -------------------------------------------------------------------------
 
-    def adopt(self, tensors: Mapping[str, np.ndarray]) -> None:
+    def adopt(self, tensors: Mapping[str, np.ndarray], spec: CodecSpec | None = None) -> None:
         """Make ``tensors`` (coming from outside, e.g. ``initial_arrays``) the next version.
 
-        The first model is the one every node holds already if ``shared_initial_model`` is set.
+        The first model is the one every node holds already if ``shared_initial_model`` is set
+        (it is then kept exactly as given); otherwise, with compressed keyframes, the model is
+        rounded onto its anchor grid (see the class notes) for the codec of ``spec``.
         """
         first = self.version == 0
         self.tensors = {k: np.array(v, copy=True) for k, v in tensors.items()}
+        self.grid = self._anchor(spec, shared=first and self.settings.shared_initial_model)
+        for name, g in self.grid.items():
+            t = self.tensors[name]
+            # (+ 0.0 turns the -0.0 of small negative values into the +0.0 a decoder rebuilds)
+            self.tensors[name] = (np.rint(t.astype(np.float64) / g) * g + 0.0).astype(t.dtype)
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
         self.increments.clear()
@@ -110,6 +158,16 @@ class ServerModel:
         self._residual = {}
         self._keyframe = None
         self.shared_version = self.version if first and self.settings.shared_initial_model else None
+
+    def _anchor(self, spec: CodecSpec | None, shared: bool) -> dict[str, float]:
+        s = self.settings
+        if s.keyframe_grid is None or s.exact or shared or spec is None:
+            return {}
+        codec = spec.make()
+        if not getattr(codec, "supports_grid", False):
+            return {}
+        exact = set(codec.lossless_names(self.tensors))
+        return anchor_grid(self.tensors, [n for n in self.tensors if n not in exact], s.keyframe_grid)
 
     def advance(self, target: Mapping[str, np.ndarray], spec: CodecSpec) -> CodedUpdate:
         """Move to ``G_{v+1} = G_v + deq(Q(target - G_v [+ residual]))``; returns the coded increment.
@@ -125,9 +183,13 @@ class ServerModel:
             residual=self._residual if s.error_feedback else None,
             fingerprint=self.fingerprint,
             exact=s.exact,
+            grid=self.grid or None,
         )
         self._residual = coded.residual
         self.tensors = apply_delta(self.tensors, coded.decoded)
+        for name in [n for n, g in self.grid.items() if not on_grid(self.tensors[n], g)]:
+            del self.grid[name]  # e.g. values grown beyond the grid's range: exact keyframes from now on
+            log(WARNING, "nnc-fl: tensor %r left its anchor grid; its keyframes are exact from now on", name)
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
         self.increments[self.version] = Payload(coded.data, spec, self.raw_bytes)
@@ -153,7 +215,11 @@ class ServerModel:
         if self._keyframe is not None and self._keyframe.spec == spec:
             return self._keyframe, 0.0
         t0 = time.perf_counter()
-        data = spec.make().encode(self.tensors, fingerprint=self.fingerprint, exact=True)
+        codec = spec.make()
+        kwargs = {"grid": self.grid} if self.grid and getattr(codec, "supports_grid", False) else {}
+        data = codec.encode(
+            self.tensors, fingerprint=self.fingerprint, exact=True, limits=limits_for(self.tensors), **kwargs
+        )
         self._keyframe = Payload(data, spec, self.raw_bytes)
         return self._keyframe, time.perf_counter() - t0
 
@@ -194,6 +260,8 @@ class ServerModel:
             arrays_key=arrays_key,
             server_round=server_round,
             nonce=nonce,
+            tensors=len(self.tensors),
+            elements=sum(int(t.size) for t in self.tensors.values()),
         )
         self._pending.add(node_id)
         return down, payloads, seconds

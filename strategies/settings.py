@@ -23,6 +23,13 @@ from nnc_fl.protocol import MAX_CHAIN, CodecSpec
 
 CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 
+#: What ``CompressedStrategy(inner)`` codes with when no parameters are given, per codec: for "nnc",
+#: a step of twice each tensor's RMS (about 2-3 % of fp32 uplink on UC10, see the README), not the
+#: standalone ``nnc_fl.encode`` default (RMS / 8, a conservative step for arbitrary tensors), and
+#: exact float tensors (keyframes off the anchor grid, BatchNorm statistics) in mode float-lossless
+#: (FORMAT.md), about 17 % smaller than raw; both ends run nnc-fl, so the mode is always readable.
+DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_step": 2.0, "float_lossless": True}}
+
 
 def _frozen_mapping(obj: object, name: str) -> None:
     value = getattr(obj, name)
@@ -65,24 +72,32 @@ class CodecSettings:
     ----------
     name : str
         A codec registered in :mod:`nnc_fl.codecs` (``"nnc"``, ``"fp32"``, or a baseline).
-    params : mapping
-        The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``.
+    params : mapping, optional
+        The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``; ``None``
+        (the default) takes :data:`DEFAULT_PARAMS` for the codec, ``{}`` the codec's own defaults.
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
     """
 
     name: str = "nnc"
-    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    params: Mapping[str, ParamValue] | None = None
     schedule: CodecSchedule | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f"codec name must be a string, got {self.name!r}")
+        if self.params is None:
+            object.__setattr__(self, "params", dict(DEFAULT_PARAMS.get(self.name, {})))
         _frozen_mapping(self, "params")
+        # lists of names or patterns (e.g. lossless=[...]) travel to the clients as comma-separated text
+        params = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in self.params.items()}
+        object.__setattr__(self, "params", MappingProxyType(params))
         if self.schedule is not None and not callable(self.schedule):
             raise TypeError("schedule must be a callable f(server_round) -> codec parameters")
-        CodecSpec(self.name, self.params).make()  # unknown codec or bad parameters: fail now
+        spec = CodecSpec(self.name, self.params)
+        spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now
+        spec.make()  # unknown codec or bad parameters: fail now
 
     def spec(self, server_round: int) -> CodecSpec:
         """The codec (name and parameters) of ``server_round``."""
@@ -112,7 +127,12 @@ class DownlinkSettings:
         Every node already holds ``initial_arrays`` (e.g. shipped with the app; pair with
         ``clients.make_nnc_mod(shared_model=...)``), so its first message is the chain of
         increments since then instead of a keyframe. A node that does not hold it (its fingerprint
-        differs) asks for a resync and gets a keyframe.
+        differs) asks for a resync and gets a keyframe. The initial model is then kept exactly.
+    keyframe_grid : int or None
+        Compressed keyframes: the global model lives on a per-tensor power-of-two grid near
+        ``rms * 2**-keyframe_grid`` (the initial model is rounded onto it) and a keyframe codes its
+        integer levels losslessly (see :class:`strategies.server_model.ServerModel`). ``None``:
+        the initial model is kept bit for bit and keyframes are exact fp32.
     """
 
     params: Mapping[str, ParamValue] = field(default_factory=dict)
@@ -120,6 +140,7 @@ class DownlinkSettings:
     error_feedback: bool = True
     max_chain: int = MAX_CHAIN
     shared_initial_model: bool = False
+    keyframe_grid: int | None = 5
 
     def __post_init__(self) -> None:
         _frozen_mapping(self, "params")
@@ -127,6 +148,11 @@ class DownlinkSettings:
             raise TypeError(f"max_chain must be an integer, got {self.max_chain!r}")
         if not 1 <= self.max_chain <= MAX_CHAIN:
             raise ValueError(f"max_chain must be in 1..{MAX_CHAIN}, got {self.max_chain}")
+        if self.keyframe_grid is not None and (
+            isinstance(self.keyframe_grid, bool) or not isinstance(self.keyframe_grid, int)
+            or not 0 <= self.keyframe_grid <= 20
+        ):
+            raise ValueError(f"keyframe_grid must be an integer in 0..20 or None, got {self.keyframe_grid!r}")
 
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
         """The codec that codes a global increment in a round whose uplink codec is ``round_spec``."""
@@ -142,16 +168,19 @@ class ValidationSettings:
 
     Parameters
     ----------
-    norm_ratio : float or None
-        An update whose L2 norm exceeds ``norm_ratio`` times the scale of the accepted updates
-        (learned across the last rounds, see :class:`nnc_fl.validation.NormReference`) is refused
-        (``norm``) or clipped, by ``norm_action``. ``None`` switches the bound off.
-    norm_action : {"reject", "clip"}
-        Refuse an update over the bound, or scale it down to the bound (as Flower's DP clipping
-        wrappers do) and accept it.
-    direction_threshold : float or None
-        Refuse an update whose cosine with the model's recent direction is below
-        ``-direction_threshold`` (``direction``; a sign-flipped update). ``None`` switches it off.
+    norm_clip_ratio : float or None
+        An update whose L2 norm exceeds ``norm_clip_ratio`` times the norm of honest updates
+        (learned from the accepted ones across rounds, see :class:`nnc_fl.validation.NormReference`)
+        is scaled down to that bound (norm clipping, as Flower's DP clipping wrappers do) and
+        counted as ``clipped``; ``None``: no clipping.
+    norm_reject_ratio : float or None
+        An update beyond ``norm_reject_ratio`` times that norm is refused (``norm``): no honest
+        update came near it in the measured runs (largest: 6.7x, UC14A Dirichlet). ``None``: off.
+    direction_spread : float or None
+        A node whose updates point against the model's recent direction on average, an outlier
+        among the federation's nodes by more than ``direction_spread`` robust standard deviations
+        (see :class:`nnc_fl.validation.DirectionReference`), is refused (``direction``; a
+        sign-flipping client). ``None`` switches the test off.
     weight_ratio : float or None
         Cap each reply's weighting metric (``num-examples`` for FedAvg) at ``weight_ratio`` times
         the median of the other replies' and times what the node was credited before; ``None``:
@@ -170,10 +199,10 @@ class ValidationSettings:
         HMAC-SHA256 tag under one of them (``auth``), and a key id serves one node only.
     """
 
-    norm_ratio: float | None = 4.0
-    norm_action: str = "reject"
-    direction_threshold: float | None = 0.2
-    weight_ratio: float | None = 10.0
+    norm_clip_ratio: float | None = 4.0
+    norm_reject_ratio: float | None = 25.0
+    direction_spread: float | None = 4.0
+    weight_ratio: float | None = 4.0
     max_update_norm: float | None = None
     outlier_threshold: float | None = None
     outlier_min_count: int = 3
@@ -183,14 +212,13 @@ class ValidationSettings:
         _positive(self.outlier_threshold, "outlier_threshold", allow_none=True)
         _positive(self.max_update_norm, "max_update_norm", allow_none=True)
         _positive(self.weight_ratio, "weight_ratio", allow_none=True)
-        if self.norm_ratio is not None and not (_is_number(self.norm_ratio) and self.norm_ratio > 1):
-            raise ValueError(f"norm_ratio must be a finite number > 1 or None, got {self.norm_ratio!r}")
-        if self.norm_action not in ("reject", "clip"):
-            raise ValueError(f"norm_action must be 'reject' or 'clip', got {self.norm_action!r}")
-        if self.direction_threshold is not None and not (
-            _is_number(self.direction_threshold) and 0 <= self.direction_threshold < 1
-        ):
-            raise ValueError(f"direction_threshold must be in [0, 1) or None, got {self.direction_threshold!r}")
+        for name in ("norm_clip_ratio", "norm_reject_ratio"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value > 1):
+                raise ValueError(f"{name} must be a finite number > 1 or None, got {value!r}")
+        if None not in (self.norm_clip_ratio, self.norm_reject_ratio) and self.norm_reject_ratio < self.norm_clip_ratio:
+            raise ValueError("norm_reject_ratio must not be below norm_clip_ratio")
+        _positive(self.direction_spread, "direction_spread", allow_none=True)
         if isinstance(self.outlier_min_count, bool) or not isinstance(self.outlier_min_count, int):
             raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
         if self.outlier_min_count < 3:
@@ -214,4 +242,12 @@ def settings_of(kind: type, value: Any, what: str) -> Any:
     return value
 
 
-__all__ = ["CodecSchedule", "CodecSettings", "DownlinkSettings", "ValidationSettings", "describe", "settings_of"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "CodecSchedule",
+    "CodecSettings",
+    "DownlinkSettings",
+    "ValidationSettings",
+    "describe",
+    "settings_of",
+]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -50,7 +51,7 @@ class Opened:
 
     msg: Message
     node_id: int
-    kind: str  # "error", "resync", "update" or "rejected"
+    kind: str  # "error", "resync", "update" or "rejected" ("pending": prechecked, not decoded yet)
     uplink: protocol.Uplink | None = None
     payload_bytes: int = 0
     arrays_key: str = ""
@@ -62,6 +63,7 @@ class Opened:
     weight_capped: bool = False
     rejection: UpdateRejected | None = None
     decode_s: float = 0.0
+    data: bytes = b""  # the stream, between the checks of its record and its decoding
 
     def reject(self, rejection: UpdateRejected) -> None:
         """Refuse this update after it was opened (a cohort check)."""
@@ -104,10 +106,10 @@ def _check_binding(codec: UpdateCodec, data: bytes, expected: bytes) -> None:
     if carried is None or len(carried) != len(expected):
         raise UpdateRejected("base", "the stream does not carry the model and round it was computed for")
     size = len(expected) - protocol.NONCE_SIZE
-    if carried[:size] != expected[:size]:
-        raise UpdateRejected("base", "the stream was computed against another model than the current one")
     if carried[size:] != expected[size:]:
         raise UpdateRejected("replay", "the stream answers another message (a replayed or copied update)")
+    if carried[:size] != expected[:size]:
+        raise UpdateRejected("base", "the stream was computed against another model than the current one")
 
 
 def _one_metric_record(msg: Message, key: str) -> MetricRecord:
@@ -130,14 +132,34 @@ class UplinkChecks:
     def __init__(self, settings: ValidationSettings, weight_key: str | None) -> None:
         self.settings = settings
         self.weight_key = weight_key
-        self.norms = NormReference(settings.norm_ratio) if settings.norm_ratio is not None else None
-        self.direction = (
-            DirectionReference(settings.direction_threshold) if settings.direction_threshold is not None else None
-        )
+        self.norms = NormReference()
+        spread = settings.direction_spread
+        self.direction = DirectionReference(spread) if spread is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
         self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
 
     # -- one reply -------------------------------------------------------------------------------
+
+    def open_all(
+        self,
+        replies: list[Message],
+        model: ServerModel,
+        codec: UpdateCodec,
+        nonces: Mapping[int, bytes],
+        threads: int = 1,
+    ) -> list[Opened]:
+        """:meth:`open` every reply (``nonces``: node -> the nonce sent to it); the checks that read
+        peer records run in order, the payload decoding and value checks in ``threads`` threads
+        (the codec's kernels release the GIL), results in reply order."""
+        opened = [self._precheck(m, model, codec, nonces.get(m.metadata.src_node_id)) for m in replies]
+        todo = [o for o in opened if o.kind == "pending"]
+        if threads > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(min(threads, len(todo))) as pool:
+                list(pool.map(lambda o: self._decode(o, model, codec), todo))
+        else:
+            for o in todo:
+                self._decode(o, model, codec)
+        return opened
 
     def open(self, msg: Message, model: ServerModel, codec: UpdateCodec, nonce: bytes | None) -> Opened:
         """Run every per-reply check on a train reply; ``nonce`` is the one sent to that node.
@@ -145,6 +167,13 @@ class UplinkChecks:
         Never raises for bad client input: a failed check yields ``kind="rejected"`` with its
         :class:`UpdateRejected`. Tells ``model`` what the reply says about the node's model.
         """
+        out = self._precheck(msg, model, codec, nonce)
+        if out.kind == "pending":
+            self._decode(out, model, codec)
+        return out
+
+    def _precheck(self, msg: Message, model: ServerModel, codec: UpdateCodec, nonce: bytes | None) -> Opened:
+        """The checks up to the payload: ``kind="pending"`` (with the stream kept) if they pass."""
         node = msg.metadata.src_node_id
         if msg.has_error():
             model.lost(node)
@@ -180,20 +209,27 @@ class UplinkChecks:
             expected = protocol.binding(model.fingerprint, nonce)
             self._check_auth(node, up, expected, data)
             _check_binding(codec, data, expected)
+            if self.weight_key is not None:
+                out.weight = check_weight(_one_metric_record(msg, self.weight_key)[self.weight_key], self.weight_key)
+            out.data, out.kind = data, "pending"
+        except UpdateRejected as exc:
+            out.rejection = exc
+        return out
+
+    def _decode(self, out: Opened, model: ServerModel, codec: UpdateCodec) -> None:
+        """Decode a prechecked stream against the model's schema and check its values."""
+        try:
             t0 = time.perf_counter()
-            delta = decode_update(codec, data, expect=model.tensors)
+            delta = decode_update(codec, out.data, expect=model.tensors)
             out.decode_s = time.perf_counter() - t0
             check_schema(delta, model.tensors)
             check_finite(delta)
             out.norm = update_norm(delta)
             check_norm_bound(out.norm, self.settings.max_update_norm)
-            if self.weight_key is not None:
-                out.weight = check_weight(_one_metric_record(msg, self.weight_key)[self.weight_key], self.weight_key)
-            out.delta = delta
-            out.kind = "update"
+            out.delta, out.kind = delta, "update"
         except UpdateRejected as exc:
-            out.rejection = exc
-        return out
+            out.kind, out.rejection = "rejected", exc
+        out.data = b""
 
     def _check_auth(self, node: int, up: protocol.Uplink, binding: bytes, data: bytes) -> None:
         keys = self.settings.auth_keys
@@ -215,22 +251,19 @@ class UplinkChecks:
         accepted ones (and the weighting metric as credited)."""
         s = self.settings
         updates = [o for o in opened if o.kind == "update"]
-        if self.norms is not None:
-            bound = self.norms.bound([o.norm for o in updates])
+        level = self.norms.level([o.norm for o in updates])
+        if level is not None:
             for o in updates:
-                if bound is not None and o.norm > bound:
-                    if s.norm_action == "clip":
-                        _clip(o, bound)
-                    else:
-                        o.reject(
-                            UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {bound:.6g}, "
-                                           f"{s.norm_ratio:g}x the norm of the accepted updates")
-                        )
+                if s.norm_reject_ratio is not None and o.norm > s.norm_reject_ratio * level:
+                    o.reject(UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {s.norm_reject_ratio:g}x the "
+                                                    f"norm of honest updates ({level:.6g})"))
+                elif s.norm_clip_ratio is not None and o.norm > s.norm_clip_ratio * level:
+                    _clip(o, s.norm_clip_ratio * level)
             updates = [o for o in updates if o.kind == "update"]
         if self.direction is not None and updates:
-            cosines = self.direction.cosines([o.delta for o in updates], [o.norm for o in updates])
-            for o, cos in zip(updates, cosines, strict=True):
-                rejection = self.direction.rejection(cos)
+            verdicts = self.direction.review([o.node_id for o in updates], [o.delta for o in updates],
+                                             [o.norm for o in updates])
+            for o, rejection in zip(updates, verdicts, strict=True):
                 if rejection is not None:
                     o.reject(rejection)
             updates = [o for o in updates if o.kind == "update"]
@@ -250,8 +283,7 @@ class UplinkChecks:
         updates = [o for o in updates if o.kind == "update"]
         self._credit_weights(updates)
         _common_metrics(updates, self.weight_key)
-        if self.norms is not None:
-            self.norms.record([o.norm for o in updates])
+        self.norms.record([o.norm for o in updates])
 
     def _credit_weights(self, updates: list[Opened]) -> None:
         if self.weight_key is None or not updates or self.settings.weight_ratio is None:

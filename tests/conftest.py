@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from nnc_fl import FormatError, protocol
+from nnc_fl import bitstream as bs
 from nnc_fl.codecs import make_codec, register_codec, registered_codecs
 from strategies.inprocess import InProcessGrid
 
@@ -34,7 +35,7 @@ class NpzCodec:
     def __init__(self, step: float | None = None) -> None:
         self.step = step
 
-    def encode(self, tensors, *, fingerprint=None, exact=False) -> bytes:
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None) -> bytes:
         arrays = {"__names__": np.array(list(tensors), dtype=np.str_)}
         if fingerprint is not None:
             arrays["__fingerprint__"] = np.frombuffer(fingerprint, np.uint8)
@@ -47,7 +48,7 @@ class NpzCodec:
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
 
-    def decode(self, data: bytes, *, expect=None) -> dict[str, np.ndarray]:
+    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 names = [str(n) for n in npz["__names__"]]
@@ -158,13 +159,31 @@ def recode(
     reply: Message,
     fn: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
     codec: str = "nnc",
+    fingerprint: bytes | None = None,
     **params,
 ) -> Message:
-    """Decode the reply's update, transform it with ``fn`` and re-encode it (a forging client)."""
+    """Decode the reply's update, transform it with ``fn`` and re-encode it (a forging client).
+
+    A client knows the model and round it answers: the forged stream carries their binding, unless
+    ``fingerprint`` says otherwise."""
     c = make_codec(codec, **params)
     _, data = reply_payload(reply)
-    # a client knows the model and round it answers: its forged stream carries their binding
-    return set_payload(reply, c.encode(dict(fn(c.decode(data))), fingerprint=c.fingerprint_of(data)))
+    binding = fingerprint if fingerprint is not None else c.fingerprint_of(data)
+    return set_payload(reply, c.encode(dict(fn(c.decode(data))), fingerprint=binding))
+
+
+def forge_raw(reply: Message, value: float) -> Message:
+    """A hand-made stream (properly bound to its round) whose float tensors all hold ``value`` in
+    raw mode -- NaN or a huge finite number, which the nnc encoder itself refuses to write."""
+    c = make_codec("nnc")
+    _, data = reply_payload(reply)
+    records = []
+    for name, v in c.decode(data).items():
+        if v.dtype.kind == "f":
+            v = np.full(v.shape, value, v.dtype)
+        payload = v.astype(v.dtype.newbyteorder("<")).tobytes()
+        records.append(bs.TensorRecord(name, v.dtype, v.shape, bs.MODE_RAW, payload=payload))
+    return set_payload(reply, bs.write_stream(records, c.fingerprint_of(data)))
 
 
 def set_uplink(reply: Message, **changes) -> Message:
@@ -189,12 +208,18 @@ def run_federation(strategy, grid: LocalGrid, initial_arrays, rounds: int, on_ro
     from nnc_fl.fingerprint import fingerprint
 
     history: dict[int, dict[str, np.ndarray]] = {}
+    from strategies.server_model import ServerModel
+
+    # G_1: initial_arrays as the server adopts them (rounded onto the keyframe grid, if any)
+    adopted = ServerModel(strategy.downlink)
+    adopted.adopt({k: a.numpy() for k, a in initial_arrays.items()}, strategy.downlink_spec(1))
+    first_model = adopted.tensors
 
     def after_round(server_round, arrays):
         if server_round == 0:
             return None
         model = strategy.model
-        history.setdefault(1, {k: a.numpy() for k, a in initial_arrays.items()})
+        history.setdefault(1, first_model)
         history[model.version] = {k: v.copy() for k, v in model.tensors.items()}
         plain = {k: a.numpy() for k, a in arrays.items()}
         assert fingerprint(plain) == model.fingerprint  # start() holds G_v, not the raw aggregate

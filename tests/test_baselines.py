@@ -22,9 +22,11 @@ from nnc_fl.codecs import UpdateCodec, make_codec, registered_codecs
 
 B.register_baselines()
 
-NAMES = ["zstd", "fp16", "int8-zstd", "topk", "stc"]
-LOSSY_NEED_FINITE = ["int8-zstd", "topk", "stc"]
-ZSTD_CODECS = ["zstd", "int8-zstd", "topk"]
+NAMES = ["zstd", "fp16", "int8-zstd", "topk", "stc", "sign", "qsgd", "powersgd"]
+LOSSY_NEED_FINITE = ["int8-zstd", "topk", "stc", "sign", "qsgd", "powersgd"]
+ZSTD_CODECS = ["zstd", "int8-zstd", "topk", "sign", "qsgd"]
+#: Codecs whose reconstruction never exceeds the input's largest magnitude.
+WITHIN_PEAK = ["zstd", "fp16", "int8-zstd", "topk", "stc", "sign"]
 
 
 def _codec(name, **params):
@@ -79,6 +81,15 @@ def test_registered_and_rebuildable_from_params(name):
         ("zstd", {"level": 0}, "level"),
         ("int8-zstd", {"level": 23}, "level"),
         ("fp16", {"level": 3}, "bad parameters"),
+        ("sign", {"level": 0}, "level"),
+        ("qsgd", {"levels": 0}, "levels"),
+        ("qsgd", {"levels": 128}, "levels"),
+        ("qsgd", {"levels": 2.0}, "levels"),
+        ("qsgd", {"norm": "l1"}, "norm"),
+        ("powersgd", {"rank": 0}, "rank"),
+        ("powersgd", {"rank": 256}, "rank"),
+        ("powersgd", {"iterations": 0}, "iterations"),
+        ("powersgd", {"ratio": 0.1}, "bad parameters"),
     ],
 )
 def test_bad_parameters_are_rejected(name, params, reason):
@@ -90,13 +101,16 @@ def test_register_baselines_is_explicit_and_idempotent():
     B.register_baselines()  # again: a no-op
     with pytest.raises(ValueError, match="already registered"):
         C.register_codec("topk", B.STCCodec)
-    assert B.BASELINE_CODECS == {
+    assert {
         "zstd": B.ZstdCodec,
         "fp16": B.Fp16Codec,
         "int8-zstd": B.Int8ZstdCodec,
         "topk": B.TopKCodec,
         "stc": B.STCCodec,
-    }
+        "sign": B.SignCodec,
+        "qsgd": B.QSGDCodec,
+        "powersgd": B.PowerSGDCodec,
+    } == B.BASELINE_CODECS
 
 
 # -- round trips ---------------------------------------------------------------------------------
@@ -149,10 +163,13 @@ def test_empty_update(name):
 def test_lossy_round_trip_property(name, shape, dtype, seed, ratio):
     x = np.random.default_rng(seed).laplace(size=shape).astype(dtype)
     codec = make_codec(name, ratio=ratio) if name in ("topk", "stc") else make_codec(name)
-    y = codec.decode(codec.encode({"x": x}))["x"]
-    assert y.shape == x.shape and y.dtype == x.dtype
+    data = codec.encode({"x": x})
+    assert data == codec.encode({"x": x.copy()})  # deterministic (qsgd's random rounding included)
+    y = codec.decode(data)["x"]
+    assert y.shape == x.shape and y.dtype == x.dtype and np.all(np.isfinite(y))
     peak = float(np.max(np.abs(x), initial=0.0))
-    assert np.all(np.abs(y.astype(np.float64)) <= peak * (1 + 1e-3) + 1e-12)
+    if name in WITHIN_PEAK:
+        assert np.all(np.abs(y.astype(np.float64)) <= peak * (1 + 1e-3) + 1e-12)
 
 
 # -- error bounds of each lossy codec ---------------------------------------------------------------
@@ -209,12 +226,114 @@ def test_stc_values_are_zero_or_plus_minus_mu():
     assert np.array_equal(np.sign(y.ravel()[kept]), np.sign(x.ravel()[kept]))
 
 
+def test_scaled_sign_is_plus_minus_mean_magnitude_at_one_bit_per_element():
+    x = np.random.default_rng(8).laplace(size=(200, 40)).astype(np.float32)
+    x[3, :5] = 0.0
+    codec = B.SignCodec()
+    data = codec.encode({"x": x})
+    y = codec.decode(data)["x"]
+    mu = np.float32(np.mean(np.abs(x.astype(np.float64))))
+    assert np.array_equal(y, np.sign(x) * mu)  # exact zeros stay zero
+    assert nnc_fl.inspect(data).tensors[0].mode_name == "ternary" and nnc_fl.inspect(data).zstd
+    assert len(data) < 1.05 * x.size / 8 + 60  # ~1 bit per element (the positions' code is zeros)
+
+
+@pytest.mark.parametrize("norm", ["l2", "max"])
+def test_qsgd_levels_are_within_one_step_and_carry_the_sign(norm):
+    x = np.random.default_rng(9).normal(size=(50, 60)).astype(np.float32)
+    levels = 4
+    scale, q = B.qsgd_levels("x", x, levels, norm)
+    size = np.linalg.norm(x.astype(np.float64)) if norm == "l2" else np.abs(x).max()
+    assert scale == np.float32(size / levels)
+    assert q.dtype == np.int8 and np.abs(q).max() <= levels
+    assert np.all((q == 0) | (np.sign(q) == np.sign(x.ravel())))
+    assert np.all(np.abs(q * np.float64(scale) - x.ravel()) <= scale * (1 + 1e-6))
+    if norm == "max":
+        assert np.abs(q).max() == levels
+    y = B.QSGDCodec(levels=levels, norm=norm).decode(B.QSGDCodec(levels=levels, norm=norm).encode({"x": x}))["x"]
+    assert np.array_equal(y.ravel(), (q * np.float64(scale)).astype(np.float32))
+
+
+def test_qsgd_rounding_is_unbiased_and_seeded_by_the_tensor():
+    x = np.full(20_000, 0.3, np.float32)
+    x[0] = 1.0  # max norm 1, one level: every 0.3 becomes 0 or 1
+    scale, q = B.qsgd_levels("x", x, 1, "max")
+    assert scale == 1 and set(np.unique(q[1:]).tolist()) == {0, 1}
+    assert np.mean(q[1:]) == pytest.approx(0.3, abs=0.01)
+    again = B.qsgd_levels("x", x.copy(), 1, "max")[1]
+    other = B.qsgd_levels("y", x, 1, "max")[1]  # same values, another name: other random numbers
+    assert np.array_equal(again, q) and not np.array_equal(other, q)
+    assert B.tensor_seed("x", x) == B.tensor_seed("x", x.copy()) != B.tensor_seed("x", x.astype(np.float64))
+
+
+def test_powersgd_is_exact_on_low_rank_matrices_and_sends_the_rest_raw():
+    rng = np.random.default_rng(10)
+    low = (rng.normal(size=(30, 2)) @ rng.normal(size=(2, 24))).astype(np.float32).reshape(30, 2, 3, 4)
+    tensors = {"low": low, "bias": rng.normal(size=30).astype(np.float32), "tiny": np.ones((2, 3), np.float32),
+               "full": rng.normal(size=(40, 50)).astype(np.float32)}
+    codec = B.PowerSGDCodec(rank=2, iterations=2)
+    data = codec.encode(tensors)
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes == {"low": "lowrank", "bias": "raw", "tiny": "raw", "full": "lowrank"}
+    out = codec.decode(data)
+    assert np.allclose(out["low"], low, rtol=0, atol=1e-5 * np.abs(low).max())
+    assert _bitwise_equal(out["bias"], tensors["bias"]) and _bitwise_equal(out["tiny"], tensors["tiny"])
+    t = nnc_fl.inspect(data).tensor("full")
+    assert t.length == 1 + 4 * 2 * (40 + 50)
+    errors = []
+    for rank in (1, 4, 16):
+        y = B.PowerSGDCodec(rank=rank).decode(B.PowerSGDCodec(rank=rank).encode({"f": tensors["full"]}))["f"]
+        errors.append(np.linalg.norm(y - tensors["full"]))
+    assert errors[0] > errors[1] > errors[2]
+    # the factors are the projection of the matrix on span(P), P orthonormal
+    p, q = B.lowrank_factors("full", tensors["full"].astype(np.float64), 3, 2)
+    assert np.allclose(p.T @ p, np.eye(3), atol=1e-5)
+    assert np.allclose(q, tensors["full"].T @ p, atol=1e-4)
+
+
+def test_powersgd_overflowing_reconstruction_falls_back_to_raw():
+    x = np.full((20, 20), 65000, np.float16)
+    x[0, :10] = -65000
+    x[1:10, 0] = -65000  # the rank-1 approximation overshoots float16's 65504 somewhere
+    data = B.PowerSGDCodec(rank=1).encode({"x": x})
+    assert nnc_fl.inspect(data).tensors[0].mode_name == "raw"
+    assert _bitwise_equal(B.PowerSGDCodec(rank=1).decode(data)["x"], x)
+    y = x.copy()
+    y[:] = 60000
+    assert nnc_fl.inspect(B.PowerSGDCodec(rank=1).encode({"x": y})).tensors[0].mode_name == "lowrank"
+
+
+def test_powersgd_decoder_refuses_foreign_and_forged_lowrank_payloads():
+    codec = B.PowerSGDCodec()
+    factors = lambda rank, rows, cols: bytes([rank]) + np.ones(rank * (rows + cols), "<f4").tobytes()  # noqa: E731
+    assert codec.decode(forge([("a", np.float32, (4, 5), bs.MODE_LOWRANK, factors(1, 4, 5))]))["a"].sum() == 20
+    cases = [
+        (forge([("a", np.float32, (20,), bs.MODE_LOWRANK, factors(1, 4, 5))]), "rank 1 \\(needs >= 2\\)"),
+        (forge([("a", np.float32, (4, 5), bs.MODE_LOWRANK, factors(2, 4, 5)[:-4])]), "rank 2 needs 73"),
+        (forge([("a", np.float32, (4, 5), bs.MODE_LOWRANK, b"\0")]), "lowrank rank 0"),
+        (B.SignCodec().encode({"a": np.ones((4, 5), np.float32)}), "must not be zstd"),
+        (B.STCCodec().encode({"a": np.ones((4, 5), np.float32)}), "mode 'ternary' is not allowed in a 'powersgd'"),
+    ]
+    for data, reason in cases:
+        with pytest.raises(FormatError, match=reason):
+            codec.decode(data)
+
+
 def test_sizes_on_a_real_update_are_ordered_as_expected():
     delta = trained_delta("medium")
     raw = sum(v.nbytes for v in delta.values())
+    n = sum(v.size for v in delta.values())
     size = {name: len(make_codec(name).encode(delta)) for name in NAMES}
     assert size["stc"] < size["topk"] < size["int8-zstd"] < size["fp16"] < size["zstd"] < raw
     assert size["fp16"] == pytest.approx(raw / 2, rel=0.01)
+    # scaled sign: ~1 bit per element; QSGD: a few bits; rank-2 factors: 2 (rows + cols) float32 per matrix
+    assert n / 8 < size["sign"] < 1.1 * n / 8 + 200
+    assert size["topk"] < size["powersgd"] < size["sign"] < size["int8-zstd"]
+    assert size["topk"] < size["qsgd"] < size["int8-zstd"]
+    factors = sum(4 * 2 * (v.shape[0] + v.shape[1]) + 1 for v in delta.values() if v.ndim == 2)
+    biases = sum(v.nbytes for v in delta.values() if v.ndim == 1)
+    assert factors + biases < size["powersgd"] < factors + biases + 200
+    assert len(make_codec("qsgd", levels=1).encode(delta)) < size["qsgd"]
 
 
 # -- golden streams (format drift) -----------------------------------------------------------------
@@ -265,7 +384,7 @@ def test_fingerprint_is_carried(name):
     [
         ({"c": np.ones(2, np.complex64)}, "unsupported dtype"),
         ({"o": np.array([object()])}, "unsupported dtype"),
-        ({"x" * 2000: np.ones(2)}, "bytes, limit"),
+        ({"x" * 2000: np.ones(2)}, "longer than 1024 bytes"),
         ({"bad\ud800": np.ones(2)}, "UTF-8"),
     ],
 )

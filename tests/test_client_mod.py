@@ -52,6 +52,8 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         arrays_key="arrays",
         server_round=1,
         nonce=NONCE,
+        tensors=len(model),
+        elements=sum(np.asarray(v).size for v in model.values()),
     )
     content = RecordDict(
         {
@@ -97,12 +99,15 @@ def _decode_reply(reply):
     return up, make_codec("nnc").decode(protocol.payload_of(reply.content["arrays"]))
 
 
-def test_messages_without_protocol_record_pass_through(context):
+def test_messages_without_protocol_record_pass_through_with_one_warning(context, caplog):
     msg = Message(RecordDict({"arrays": _record(G1)}), dst_node_id=7, message_type="train")
     user = User()
     reply = nnc_mod(msg, context, user)
     assert user.seen[0] is msg and protocol.RECORD_KEY not in reply.content
-    assert len(context.state) == 0
+    assert not any(k.startswith("nnc-fl.") and k != "nnc-fl.warned-plain" for k in context.state)
+    nnc_mod(Message(RecordDict({"arrays": _record(G1)}), dst_node_id=7, message_type="train"), context, User())
+    warnings = [r for r in caplog.records if "uncompressed model" in r.getMessage()]
+    assert len(warnings) == 1 and "CompressedStrategy" in warnings[0].getMessage()
 
 
 def test_keyframe_gives_the_user_the_plain_model_and_codes_the_reply(context):

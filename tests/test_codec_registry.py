@@ -33,7 +33,7 @@ def test_make_codec_loads_an_entry_point_for_an_unregistered_name(monkeypatch):
     codec = make_codec("topk", ratio=0.5)
     assert type(codec) is B.TopKCodec and C._REGISTRY["topk"] is B.TopKCodec
     B.register_baselines()  # the same factories: no conflict
-    with pytest.raises(ValueError, match="entry point 'experiments.no_such_module:Codec' failed to load"):
+    with pytest.raises(ValueError, match=r"entry point 'experiments\.no_such_module:Codec' failed to load"):
         make_codec("broken")
     with pytest.raises(ValueError, match="unknown codec 'nope'"):
         make_codec("nope")

@@ -236,8 +236,10 @@ def test_deterministic_bytes():
     step=st.floats(1e-4, 10.0),
 )
 def test_property_lossy_round_trip(arr, step):
-    out = nnc_fl.decode(nnc_fl.encode({"a": arr}, step=step))["a"]
+    data, decoded = nnc_fl.encode({"a": arr}, step=step, return_decoded=True)
+    out = nnc_fl.decode(data)["a"]
     assert out.shape == arr.shape and out.dtype == arr.dtype
+    assert decoded["a"].tobytes() == out.tobytes()  # the encoder's reconstruction is the decoder's
     if arr.size:
         s = float(np.float32(step))
         err = np.abs(out.astype(np.float64) - arr.astype(np.float64)).max()
@@ -287,3 +289,219 @@ def test_rate_distortion_payload_matches_the_reference_decoder():
     payload = encode_levels_rd(levels, x, 0.01, 0.3, 50, 0).tobytes()
     assert reference.decode_levels(payload, 500, 50) == levels.tolist()
     assert reference.encode_levels(levels.tolist(), 50) == payload
+
+
+def test_dependent_quantisation_round_trips_within_two_steps_and_is_signalled():
+    rng = np.random.default_rng(10)
+    x = {
+        "w": (rng.normal(size=(64, 96)) * 0.01).astype(np.float32),
+        "b": (rng.normal(size=64) * 0.01).astype(np.float32),
+        "n": np.arange(5),
+        "h": (rng.normal(size=(8, 8)) * 0.01).astype(np.float16),
+    }
+    for lam in (0.0, 0.075):
+        data = nnc_fl.encode(x, step=0.004, dq=True, rd_lambda=lam)
+        info = nnc_fl.inspect(data)
+        assert info.tensor("w").tools & nnc_fl.bitstream.TOOL_DQ and not info.tensor("n").tools
+        out = nnc_fl.decode(data)
+        np.testing.assert_array_equal(out["n"], x["n"])
+        s = float(np.float32(0.004))
+        for k in ("w", "b", "h"):
+            assert np.abs(out[k].astype(np.float64) - x[k]).max() < 2 * s * (1 + 1e-3)
+    # at about half the step, DQ reaches the RMSE of plain RD coding in fewer bytes
+    plain = nnc_fl.encode({"w": x["w"]}, step=0.008, rd_lambda=0.1)
+    dq = nnc_fl.encode({"w": x["w"]}, step=0.0047, rd_lambda=0.075, dq=True)
+    rmse = lambda d: float(np.sqrt(np.mean((nnc_fl.decode(d)["w"].astype(np.float64) - x["w"]) ** 2)))  # noqa: E731
+    assert rmse(dq) < rmse(plain) and len(dq) < len(plain)
+    tiny = {"w": np.full((3, 3), 1e-4, np.float32)}  # every index 0 after the trellis
+    assert nnc_fl.inspect(nnc_fl.encode(tiny, step=0.01, dq=True)).tensor("w").mode_name == "zero"
+    codec = nnc_fl.codecs.make_codec("nnc", dq=True, step=0.004)
+    assert codec.params() == {"step": 0.004, "dq": True}
+    assert nnc_fl.inspect(codec.encode(x)).tensor("w").tools & nnc_fl.bitstream.TOOL_DQ
+    assert not nnc_fl.inspect(codec.encode(x, exact=True)).tensor("n").tools
+
+
+def test_dependent_quantisation_keeps_float16_reconstructions_finite():
+    x = {"h": np.array([65504.0, -65504.0, 1.0, 0.0] * 4, np.float16)}
+    out = nnc_fl.decode(nnc_fl.encode(x, step=40.0, dq=True))["h"]
+    assert np.isfinite(out).all() and np.abs(out.astype(np.float64) - x["h"]).max() < 2 * 64
+
+
+def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
+    rng = np.random.default_rng(12)
+    x = {"w": (rng.normal(size=(128, 64)) * 0.01).astype(np.float32), "n": np.arange(300) % 7}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}):
+        base = nnc_fl.encode(x, step=0.003, **kw)
+        searched = nnc_fl.encode(x, step=0.003, rate_search=True, **kw)
+        assert len(searched) <= len(base) + 2
+        out, ref = nnc_fl.decode(searched), nnc_fl.decode(base)
+        if "rd_lambda" not in kw:  # RD decisions depend on the rates; else the same levels, other rates
+            assert all(np.array_equal(out[k], ref[k]) for k in x)
+        np.testing.assert_array_equal(out["n"], x["n"])
+    assert {t.tools & 3 for t in nnc_fl.inspect(searched).tensors} != {0}
+    assert nnc_fl.codecs.make_codec("nnc", rate_search=True).params() == {"rate_search": True}
+
+
+def test_row_references_code_repeated_units_cheaper_and_round_trip():
+    rng = np.random.default_rng(13)
+    w = (rng.laplace(size=(64, 64)) * 0.01).astype(np.float32)
+    w[10:17] = 0.0  # dead units
+    for r in range(20, 64, 4):
+        w[r] = w[int(rng.integers(0, r - 1))] + (rng.random(64) < 0.1) * 0.003  # near-copies
+    x = {"w": w, "b": w[:, 0].copy(), "i": (np.arange(64 * 4).reshape(64, 4) % 3).astype(np.int16)}
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}, {"rate_search": True}):
+        plain = nnc_fl.encode(x, step=0.002, **kw)
+        refs = nnc_fl.encode(x, step=0.002, row_refs=True, **kw)
+        info = nnc_fl.inspect(refs)
+        assert info.tensor("w").tools & nnc_fl.bitstream.TOOL_ROW_REFS
+        assert not info.tensor("b").tools & nnc_fl.bitstream.TOOL_ROW_REFS  # one row: nothing to reference
+        assert info.tensor("w").length < 0.95 * nnc_fl.inspect(plain).tensor("w").length
+        out, ref = nnc_fl.decode(refs), nnc_fl.decode(plain)
+        assert all(np.array_equal(out[k], ref[k]) for k in x)  # same levels, fewer bytes
+    assert nnc_fl.codecs.make_codec("nnc", row_refs=True).params() == {"row_refs": True}
+
+
+# --- lossless floats in mode float-lossless (float_lossless=True) -----------------------------------
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape", [(), (1,), (17,), (5, 7), (4, 3, 3, 3), (64, 40)])
+def test_float_lossless_is_bit_exact(dtype, shape):
+    rng = np.random.default_rng(10)
+    x = _float_tensor(rng, shape, dtype)
+    if x.size > 2:
+        info = np.finfo(dtype)
+        x.flat[:3] = [-0.0, info.smallest_subnormal, -info.max]
+    tensors = {"x": x, "nz": np.array([-0.0, 0.0], dtype), "z": np.zeros(3, dtype)}
+    data = nnc_fl.encode(tensors, step=0.5, lossless=["x", "nz", "z"], float_lossless=True)
+    out = nnc_fl.decode(data)
+    _assert_same_layout(tensors, out)
+    for name, value in tensors.items():
+        assert out[name].tobytes() == value.tobytes(), name
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes["z"] == "zero"
+    # the coded mode where it is smaller than the raw bytes (a few values may stay raw)
+    assert modes["nz"] in ("raw", "float-lossless")
+    if x.size >= 64:
+        assert modes["x"] == "float-lossless"
+
+
+def test_float_lossless_is_smaller_and_opt_in():
+    rng = np.random.default_rng(11)
+    w = {"w": _float_tensor(rng, (128, 64), np.float32)}
+    raw = nnc_fl.encode(w, lossless=["w"])
+    coded = nnc_fl.encode(w, lossless=["w"], float_lossless=True)
+    assert nnc_fl.inspect(raw).tensor("w").mode_name == "raw"  # the default keeps today's bytes
+    assert nnc_fl.inspect(coded).tensor("w").mode_name == "float-lossless"
+    assert len(coded) < 0.87 * len(raw)
+    assert nnc_fl.decode(coded)["w"].tobytes() == w["w"].tobytes()
+    # quantised tensors are not affected by the switch
+    assert nnc_fl.encode(w, step=0.01, float_lossless=True) == nnc_fl.encode(w, step=0.01)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nnc_fl.encode({"w": np.array([1.0, np.inf])}, lossless=["w"], float_lossless=True)
+    with pytest.raises(TypeError, match="float_lossless"):
+        nnc_fl.encode(w, lossless=["w"], float_lossless=1)
+
+
+def test_nnc_codec_float_lossless_keyframes():
+    rng = np.random.default_rng(12)
+    model = {"w": _float_tensor(rng, (96, 50), np.float32), "b": _float_tensor(rng, (96,), np.float64),
+             "n": np.array(3, np.int64)}
+    codec = nnc_fl.codecs.make_codec("nnc", float_lossless=True)
+    assert codec.params() == {"float_lossless": True}
+    assert nnc_fl.codecs.make_codec("nnc", **codec.params()).params() == codec.params()
+    assert "float_lossless" not in nnc_fl.codecs.make_codec("nnc").params()
+    data = codec.encode(model, exact=True)
+    modes = {t.name: t.mode_name for t in nnc_fl.inspect(data).tensors}
+    assert modes == {"w": "float-lossless", "b": "float-lossless", "n": "int"}
+    out = codec.decode(data, expect=model)
+    assert all(out[k].tobytes() == np.asarray(v).tobytes() for k, v in model.items())
+    assert len(data) < len(nnc_fl.codecs.make_codec("nnc").encode(model, exact=True))
+    with pytest.raises(ValueError, match="float_lossless"):
+        nnc_fl.codecs.make_codec("nnc", float_lossless="yes")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+        elements=st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True, width=16),
+    ),
+)
+def test_property_float_lossless_round_trip(arr):
+    data = nnc_fl.encode({"a": arr}, lossless=["a"], float_lossless=True)
+    out = nnc_fl.decode(data)["a"]
+    assert out.shape == arr.shape and out.dtype == arr.dtype
+    assert out.tobytes() == arr.tobytes()
+    assert len(data) <= len(nnc_fl.encode({"a": arr}, lossless=["a"]))
+
+
+# --- encoder-side reconstruction (return_decoded) and threads -------------------------------------
+
+_DECODED_CASES = [
+    {},
+    {"rd_lambda": 0.1},
+    {"dq": True, "rd_lambda": 0.05},
+    {"row_refs": True, "rate_search": True},
+    {"schema_bound": True},
+    {"float_lossless": True, "lossless": ["x32"]},
+]
+
+
+def _mixed_tensors(rng):
+    w = _float_tensor(rng, (40, 30), np.float32)
+    w[5:9] = w[0]  # repeated rows for row references
+    return {
+        "x32": w,
+        "x16": _float_tensor(rng, (7, 9), np.float16),
+        "x64": _float_tensor(rng, (33,), np.float64),
+        "scalar": np.float32(0.25),
+        "tiny": np.full(5, 1e-9, np.float32),  # rounds to zero: mode zero
+        "noise": rng.normal(size=4).astype(np.float32) * 1e3,  # coarse step vs raw
+        "h_edge": np.array([65504.0, -65504.0, 1.0], np.float16),  # overflow-safe step
+        "ints": rng.integers(-300, 300, size=(6, 5)),
+        "big": np.array([2**62 + 5, -3], np.int64),  # beyond levels: raw
+        "flags": rng.random(11) < 0.5,
+        "empty": np.zeros((0, 3), np.float32),
+        "be": _float_tensor(rng, (12,), np.float32).astype(">f4"),
+    }
+
+
+@pytest.mark.parametrize("options", _DECODED_CASES)
+def test_return_decoded_is_what_decode_gives_bit_for_bit(options):
+    rng = np.random.default_rng(21)
+    x = _mixed_tensors(rng)
+    for step_kw in ({"step": 0.01}, {"rel_step": 2.0}, {}):
+        data, decoded = nnc_fl.encode(x, return_decoded=True, **step_kw, **options)
+        assert data == nnc_fl.encode(x, **step_kw, **options)
+        expect = x if options.get("schema_bound") else None
+        out = nnc_fl.decode(data, expect=expect)
+        assert list(decoded) == list(out)
+        for k in out:
+            assert decoded[k].dtype == out[k].dtype and decoded[k].shape == out[k].shape, k
+            assert decoded[k].tobytes() == out[k].tobytes(), (k, options, step_kw)
+    codec = nnc_fl.codecs.make_codec("nnc", rel_step=2.0, **{k: v for k, v in options.items() if k != "lossless"})
+    for exact in (False, True):
+        data, decoded = codec.encode_decoded(x, exact=exact)
+        out = codec.decode(data, expect=x)
+        assert all(decoded[k].tobytes() == out[k].tobytes() for k in out)
+    with pytest.raises(TypeError, match="return_decoded"):
+        nnc_fl.encode(x, return_decoded=1)
+
+
+def test_threads_do_not_change_the_stream_and_errors_name_the_tensor():
+    rng = np.random.default_rng(22)
+    x = {f"t{i}": _float_tensor(rng, (int(rng.integers(1, 300)), 17), np.float32) for i in range(9)}
+    one = nnc_fl.encode(x, rel_step=1.0, threads=1)
+    assert nnc_fl.encode(x, rel_step=1.0, threads=3) == one
+    a, b = nnc_fl.decode(one, threads=1), nnc_fl.decode(one, threads=4)
+    assert list(a) == list(b) == list(x) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    bad = dict(x, t3=np.array([1.0, np.nan], np.float32), t7=np.array([np.inf], np.float32))
+    with pytest.raises(ValueError, match="'t3'"):  # the first bad tensor in order, whatever finished first
+        nnc_fl.encode(bad, threads=4)
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            nnc_fl.encode(x, threads=threads)
+        with pytest.raises(ValueError, match="threads"):
+            nnc_fl.decode(one, threads=threads)

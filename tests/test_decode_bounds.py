@@ -31,7 +31,8 @@ def _update(seed=0):
 def _bomb(elements: int, payload: bytes = b"\x00" * 8) -> bytes:
     """A valid-looking stream: one float32 tensor of ``elements`` zeros-ish, a tiny payload."""
     record = bs.TensorRecord("w", np.dtype("<f4"), (elements,), bs.MODE_QUANT, 0.5, 0, payload)
-    return bs.write_stream([record], limits=nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40))
+    big = nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40)
+    return bs.write_stream([record], limits=big)
 
 
 def test_a_small_stream_claiming_2_31_elements_is_refused_before_any_allocation():
@@ -39,23 +40,41 @@ def test_a_small_stream_claiming_2_31_elements_is_refused_before_any_allocation(
     assert len(data) < 140_000
     tracemalloc.start()
     t0 = time.perf_counter()
-    with pytest.raises(FormatError, match="memory budget"):
+    with pytest.raises(LimitError, match="memory budget"):
         nnc_fl.decode(data)
     seconds = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 5 << 20 and seconds < 1.0
-    with pytest.raises(FormatError, match="memory budget"):
+    with pytest.raises(LimitError, match="memory budget"):
         nnc_fl.decode_tensor(data, "w")
 
 
+def test_a_float_lossless_stream_claiming_2_31_elements_is_refused_before_any_allocation():
+    payload = b"\x17\x00\x93\x00" + b"\x00" * (((1 << 31) >> 14) - 16 - 4)  # at the elements-per-byte bound
+    record = bs.TensorRecord("w", np.dtype("<f4"), (1 << 31,), bs.MODE_FLOAT_LOSSLESS, payload=payload)
+    data = bs.write_stream([record], limits=nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40))
+    tracemalloc.start()
+    with pytest.raises(LimitError, match="memory budget"):
+        nnc_fl.decode(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 5 << 20
+    one_more = bs.TensorRecord("w", np.dtype("<f4"), ((1 << 31) + 1,), bs.MODE_FLOAT_LOSSLESS, payload=payload)
+    with pytest.raises(ValueError, match="elements in a"):
+        bs.write_stream([one_more], limits=nnc_fl.Limits(max_tensor_elements=1 << 40, max_total_elements=1 << 40))
+
+
 def test_the_memory_budget_is_the_callers():
-    data = nnc_fl.encode({"w": np.ones((1000, 100), np.float32)}, step=0.5)
-    need = nnc_fl.api.decoding_memory(nnc_fl.inspect(data).tensors)
-    assert need == 1000 * 100 * (4 + 16)
-    nnc_fl.decode(data, memory_budget=need)
-    with pytest.raises(FormatError, match="memory budget"):
-        nnc_fl.decode(data, memory_budget=need - 1)
+    w = np.ones((1000, 100), np.float32)
+    data = nnc_fl.encode({"w": w}, step=0.5)
+    need = 1000 * 100 * (4 + 16)
+    assert nnc_fl.Limits.for_schema({"w": w}).max_decode_bytes == need
+    nnc_fl.decode(data, limits=nnc_fl.Limits(max_decode_bytes=need))
+    with pytest.raises(LimitError, match="memory budget"):
+        nnc_fl.decode(data, limits=nnc_fl.Limits(max_decode_bytes=need - 1))
+    with pytest.raises(LimitError, match="memory budget"):
+        nnc_fl.decode_tensor(data, "w", limits=nnc_fl.Limits(max_decode_bytes=need - 1))
 
 
 def test_expected_schema_is_checked_before_any_payload():
@@ -64,7 +83,7 @@ def test_expected_schema_is_checked_before_any_payload():
     first = info.tensors[0]
     data[first.offset] ^= 0xFF  # a corrupted payload: only a decoder that reads it can notice
     other = {**MODEL, "fc.weight": np.zeros((10, 71), np.float32)}
-    with pytest.raises(SchemaError, match="fc.weight"):
+    with pytest.raises(SchemaError, match=r"fc\.weight"):
         nnc_fl.decode(bytes(data), expect=other)
     with pytest.raises(FormatError, match="CRC"):
         nnc_fl.decode(bytes(data), expect=MODEL)  # the right schema: now the payload is read
@@ -93,7 +112,10 @@ def test_limits_for_a_schema_are_exact():
     assert (limits.max_tensors, limits.max_tensor_elements, limits.max_total_elements, limits.max_ndim) == (
         4, 720, 216 + 8 + 720 + 1, 4
     )
-    nnc_fl.inspect(nnc_fl.encode(_update(), step=0.001), limits=limits)
+    assert limits.max_decode_bytes == 4 * (216 + 8 + 720) + 8 + 16 * 720
+    nnc_fl.decode(nnc_fl.encode(_update(), step=0.001, limits=limits), limits=limits)
+    wider = limits.covering(nnc_fl.DEFAULT_LIMITS)
+    assert wider.max_tensors == nnc_fl.DEFAULT_LIMITS.max_tensors and wider.max_decode_bytes == 1 << 30
 
 
 @pytest.mark.parametrize(
@@ -122,6 +144,8 @@ def test_a_model_with_more_tensors_than_the_default_limit_needs_and_gets_its_own
     limits = nnc_fl.Limits.for_schema(many)
     data = nnc_fl.encode(many, lossless=list(many), limits=limits)
     assert nnc_fl.decode(data, expect=many)["layer70.bias"][0] == 70
+    with pytest.raises(LimitError):
+        nnc_fl.decode(data)  # the default limits say what they said to the encoder
 
 
 def test_float16_near_its_maximum_never_decodes_to_infinity():

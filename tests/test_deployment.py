@@ -134,7 +134,7 @@ def test_superlink_supernodes_flwr_run(tmp_path):
 
     rows = [json.loads(line) for line in bw.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert all(r["accepted"] == NODES and r["rejected"] == 0 and r["failures"] == 0 for r in rows)
+    assert all(r["accepted"] == NODES and r["rejected"] == 0 and r["failures"] == 0 for r in rows), rows
     assert rows[0]["keyframes"] == NODES and rows[0]["down_bytes"] > 0
     assert all(0 < r["up_bytes"] < r["up_raw_bytes"] for r in rows)
     summary = json.loads(result.read_text())

@@ -54,9 +54,74 @@ def test_cli_rejects_bad_codec_parameters(capsys):
 
 
 def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
-    base = RunConfig(_tiny("uc10"), rounds=3, fraction=0.67, codec="nnc", codec_params={"rel_step": 2.0})
+    # the shared model is kept exactly as given: compare with exact keyframes (no anchor grid)
+    base = RunConfig(_tiny("uc10"), rounds=3, fraction=0.67, codec="nnc", codec_params={"rel_step": 2.0},
+                     keyframe_grid=None)
     shared = RunConfig(**{**base.__dict__, "shared_initial_model": True})
     a, b = run(base), run(shared)
     assert [r["test_accuracy"] for r in a["rounds"]] == [r["test_accuracy"] for r in b["rounds"]]
     assert b["summary"]["keyframes"] == 0 < a["summary"]["keyframes"]
     assert b["summary"]["down_bytes"] < a["summary"]["down_bytes"]
+
+
+@pytest.mark.parametrize(("model", "lr"), [("cnn-bn", 0.05), ("vit", 0.005)])
+def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr):
+    """BatchNorm running statistics are coded exactly by default, so no variance goes negative;
+    the LayerNorm/attention model trains through the same path."""
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from experiments.fl_app import central_evaluator, initial_model, make_client_app
+    from strategies import CompressedStrategy
+    from strategies.inprocess import InProcessGrid
+
+    fed = _tiny("uc10", model=model, lr=lr)
+    grid = InProcessGrid(make_client_app(fed), fed.num_clients)
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), "nnc", {"rel_step": 3.0})
+    evaluate = central_evaluator(fed)
+    losses = []
+
+    def check(server_round, arrays):
+        model_now = {k: a.numpy() for k, a in arrays.items()}
+        for name, value in model_now.items():
+            if name.endswith("running_var"):
+                assert value.min() > 0, (server_round, name)
+        losses.append(evaluate(server_round, arrays)["test_loss"])
+        return None
+
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(fed).state_dict()), num_rounds=3,
+                   evaluate_fn=check)
+    for context in grid.contexts.values():
+        base = context.state["nnc-fl.base"]
+        assert all(base[k].numpy().min() > 0 for k in base if k.endswith("running_var"))
+    assert losses[-1] < losses[0]
+    rows = strategy.bandwidth
+    assert all(r["accepted"] == 3 and 0 < r["up_bytes"] < 0.1 * r["up_raw_bytes"] for r in rows)
+
+
+def test_float_lossless_keyframes_travel_smaller_and_change_nothing_else(tmp_path):
+    # the codec parameter reaches the clients through the round's config; exact keyframes (no
+    # anchor grid) stay exact
+    params = {"rel_step": 2.0}
+    raw = run(RunConfig(_tiny("uc10"), rounds=2, fraction=0.67, codec="nnc", codec_params=params,
+                        keyframe_grid=None), tmp_path / "a")
+    coded = run(RunConfig(_tiny("uc10"), rounds=2, fraction=0.67, codec="nnc", keyframe_grid=None,
+                          codec_params={**params, "float_lossless": True}), tmp_path / "b")
+    a, b = raw["rounds"][1], coded["rounds"][1]
+    assert a["keyframes"] == b["keyframes"] == 2
+    assert b["keyframe_bytes"] < 0.9 * a["keyframe_bytes"]
+    assert [r["test_accuracy"] for r in coded["rounds"]] == [r["test_accuracy"] for r in raw["rounds"]]
+    assert [r["up_bytes"] for r in coded["rounds"]] == [r["up_bytes"] for r in raw["rounds"]]
+
+
+def test_lossless_benchmark_rows():
+    import numpy as np
+
+    from experiments.bench_lossless import bench_model
+
+    rng = np.random.default_rng(0)
+    weights = {"w": (rng.normal(size=(64, 100)) * 0.05).astype(np.float32), "n": np.array(3, np.int64)}
+    rows = {r["method"]: r for r in bench_model(weights, repeat=1)}
+    assert set(rows) == {"float-lossless", "raw", "zstd-19", "lzma", "planes+zstd-19"}
+    assert rows["float-lossless"]["bytes"] < min(rows[m]["bytes"] for m in ("zstd-19", "lzma", "raw"))
+    assert rows["float-lossless"]["full"] == "0/1"

@@ -1,13 +1,27 @@
 """The numba kernels against the pure-Python reference, bit for bit, and pinned golden bitstreams."""
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
+import nnc_fl
 from nnc_fl import encode, reference
-from nnc_fl._levels import MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels
+from nnc_fl._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
+from nnc_fl._floatcoder import BAD_EXPONENT as FLOAT_BAD_EXPONENT
+from nnc_fl._floatcoder import FLAG_FULL as FLOAT_FLAG_FULL
+from nnc_fl._floatcoder import OK as FLOAT_OK
+from nnc_fl._floatcoder import READ_SLACK as FLOAT_READ_SLACK
+from nnc_fl._floatcoder import SHORT_PAYLOAD as FLOAT_SHORT_PAYLOAD
+from nnc_fl._floatcoder import decode_float_payload, decode_floats, encode_float_payload
+from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
+from nnc_fl._quantise import dequantise, on_grid, quantise, sum_squares
 
 
 def _levels(rng, n, kind):
@@ -39,6 +53,33 @@ def test_kernel_matches_reference_bit_for_bit(kind, rate_index):
         np.testing.assert_array_equal(decoded, levels)
 
 
+def test_reference_constants_equal_the_kernels():
+    # The reference writes the format's constants out; the kernels must agree with every one of them.
+    from nnc_fl import _levels, _probability, _rangecoder
+
+    kernels = {
+        "GT_FLAGS": _levels.GT_FLAGS,
+        "SIG_CTX": _levels.SIG_CTX,
+        "SIGN_CTX": _levels.SIGN_CTX,
+        "GT_CTX": _levels.GT_CTX,
+        "N_CONTEXTS": _levels.N_CONTEXTS,
+        "ACT_HIGH": _levels.ACT_HIGH,
+        "MAX_LEVEL": _levels.MAX_LEVEL,
+        "MAX_EG_PREFIX": _levels.MAX_EG_PREFIX,
+        "RATE_PAIRS": tuple(tuple(pair) for pair in _probability.RATE_PAIRS.tolist()),
+        "WARMUP_BINS": _probability.WARMUP_BINS,
+        "P_INIT": _probability._HALF16,
+        "PROB_BITS": _rangecoder.PROB_BITS,
+        "PROB_ONE": _rangecoder.PROB_ONE,
+        "PROB_MIN": _rangecoder.PROB_MIN,
+        "RANGE_MASK": _rangecoder._MASK32,
+        "RANGE_TOP": _rangecoder._TOP,
+    }
+    for name, value in kernels.items():
+        assert getattr(reference, name) == value, name
+    assert _probability.WARMUP_SHIFT.tolist() == [reference.warmup_shift(n) for n in range(reference.WARMUP_BINS)]
+
+
 def test_decoder_reads_at_most_four_bytes_past_a_valid_payload():
     rng = np.random.default_rng(3)
     worst = 0
@@ -62,8 +103,44 @@ def test_truncated_payload_is_reported_not_misread():
     assert status != OK
 
 
+def _one_level_payload(prefix_ones, low_bits=None):
+    """A payload of one positive level (cols 1, rate index 0) whose Exp-Golomb part has ``prefix_ones``
+    ones, then (if ``low_bits`` is given) the terminating zero and ``prefix_ones`` low bits."""
+    model, enc = reference._Model(0), reference.RangeEncoder()
+    gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:  # no neighbours, idle column
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit)
+    if low_bits is None:
+        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
+    else:
+        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+        enc.bypass(low_bits, prefix_ones)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "prefix_ones, low_bits, expected",
+    [
+        (61, (1 << 61) - 12, MAX_LEVEL),  # |q| - GT_FLAGS = 2**62 - 12: the largest level
+        (61, (1 << 61) - 11, None),  # one more
+        (62, 0, None),
+        (62, (1 << 62) - 1, None),  # |q| - GT_FLAGS = 2**63 - 1: adding GT_FLAGS would overflow int64
+        (63, None, None),  # prefix longer than MAX_EG_PREFIX
+    ],
+)
+def test_levels_beyond_max_level_are_reported(prefix_ones, low_bits, expected):
+    levels, status = decode_levels(_one_level_payload(prefix_ones, low_bits), 1, 1, 0)
+    if expected is None:
+        assert status == BAD_LEVEL
+    else:
+        assert status == OK and levels.tolist() == [expected]
+
+
 # Golden bitstreams: any change to these bytes is a format change (bump the version, update FORMAT.md).
-GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1] * 4, np.int64) * np.repeat([1, -1, 0, 3], 16)
+GOLDEN_LEVELS = np.array([0, 1, -1, 2, 0, 0, 5, -13, 14, 100, 0, -2, 0, 0, 0, 1] * 4, np.int64) * np.repeat(
+    [1, -1, 0, 3], 16
+)
 
 
 def test_golden_level_payload():
@@ -83,3 +160,500 @@ def test_golden_stream():
     data = encode(tensors, step=0.01, fingerprint=bytes(range(32)))
     assert len(data) == 164
     assert hashlib.sha256(data).hexdigest() == "5ade1000dfc82e74ff5b3017e26e3da1cd8d54065c53172dac2c97de28027621"
+
+
+def _kernel_outputs_digest():
+    """SHA-256 over every kernel's outputs on a fixed mix of inputs: coded, RD-coded, hostile bytes."""
+    rng = np.random.default_rng(77)
+    h = hashlib.sha256()
+    for kind in ("laplace", "sparse", "large", "extreme"):
+        for rate_index in range(len(RATE_PAIRS)):
+            levels = _levels(rng, 400, kind)
+            payload = encode_levels(levels, 20, rate_index)
+            decoded, status = decode_levels(payload, levels.size, 20, rate_index)
+            h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
+    x = rng.laplace(size=3000) * 0.03
+    for lam in (0.05, 0.3):
+        levels, status = quantise(x, 0.01, MAX_LEVEL)
+        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0)
+        h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
+    for _ in range(60):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        h.update(decoded.tobytes() + bytes([status]))
+    for lam in (0.0, 0.4):
+        payload, ks = encode_levels_dq(x, 0.01, lam, 60, 1)
+        decoded, status = decode_levels_dq(payload, x.size, 60, 1)
+        h.update(payload.tobytes() + ks.tobytes() + decoded.tobytes() + bytes([status]))
+    for _ in range(30):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        decoded, status = decode_levels_dq(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        h.update(decoded.tobytes() + bytes([status]))
+    from nnc_fl._ratesearch import rate_costs
+    from nnc_fl._rowref import choose_refs, decode_rows, encode_rows
+
+    for dq in (False, True):
+        ks = _levels(rng, 600, "laplace").reshape(30, 20)
+        ks[20:] = ks[3:13]
+        refs = choose_refs(ks.ravel(), 20, 8, 0.6)
+        payload = encode_rows(ks.ravel(), refs, 20, 1, dq)
+        decoded, status = decode_rows(payload, 600, 20, 1, dq)
+        h.update(refs.tobytes() + payload.tobytes() + decoded.tobytes() + bytes([status]))
+        h.update(rate_costs(ks.ravel(), 20, dq).tobytes())
+        junk = rng.integers(0, 256, size=40, dtype=np.uint8)
+        decoded, status = decode_rows(junk, 200, 20, 0, dq)
+        h.update(decoded.tobytes() + bytes([status]))
+    for kind in FLOAT_KINDS:
+        for dtype in FLOAT_DTYPES:
+            x = _floats(rng, 150, kind, dtype)
+            for full in (False, True, None):
+                payload = encode_float_payload(x, full)
+                h.update(payload + decode_float_payload(payload, x.dtype, x.size, "x").tobytes())
+    for _ in range(60):
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        itemsize = int(rng.choice([2, 4, 8]))
+        mbits = {2: 10, 4: 23, 8: 52}[itemsize]
+        tz, e_top, full = int(rng.integers(0, mbits + 1)), int(rng.integers(0, 40)), bool(rng.integers(0, 2))
+        decoded, status = decode_floats(junk, junk[:5], 100, itemsize, mbits, tz, e_top, full)
+        h.update(decoded.tobytes() + bytes([status]))
+    return h.hexdigest()
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="compares the jitted kernels with plain Python")
+def test_kernels_give_the_same_bytes_with_the_jit_off():
+    # Kernel coverage is measured with NUMBA_DISABLE_JIT=1: the plain-Python kernels must be the jitted ones.
+    package_root = str(Path(nnc_fl.__file__).resolve().parents[1])
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(Path(__file__).parent), env.get("PYTHONPATH")]))
+    code = "import nnc_fl, test_kernels; print(nnc_fl.__file__); print(test_kernels._kernel_outputs_digest())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    where, digest = out.stdout.split()
+    assert Path(where).resolve() == Path(nnc_fl.__file__).resolve()
+    assert digest == _kernel_outputs_digest()
+
+
+# --- dependent quantisation (tools bit 2) ---------------------------------------------------------
+
+
+
+def _indices(rng, n, kind):
+    if kind == "extreme":
+        return rng.choice(np.array([MAX_DQ_INDEX, -MAX_DQ_INDEX, 0, 1, -13, 14], np.int64), size=n)
+    return _levels(rng, n, kind)
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme"])
+@pytest.mark.parametrize("rate_index", [0, 3])
+def test_dq_kernels_match_reference_bit_for_bit(kind, rate_index):
+    rng = np.random.default_rng(rate_index * 5 + len(kind))
+    for n, cols in [(1, 1), (7, 7), (60, 12), (333, 37)]:
+        ks = _indices(rng, n, kind)
+        fast = encode_indices_dq(ks, cols, rate_index).tobytes()
+        assert fast == reference.encode_levels(ks.tolist(), cols, rate_index, dq=True)
+        expected = dq_levels(ks)
+        assert reference.decode_levels(fast, n, cols, rate_index, dq=True) == expected.tolist()
+        decoded, status = decode_levels_dq(np.frombuffer(fast, np.uint8), n, cols, rate_index)
+        assert status == OK
+        np.testing.assert_array_equal(decoded, expected)
+        assert [reference.dq_level(int(k), s) for k, s in zip(ks, _states(ks), strict=True)] == expected.tolist()
+
+
+def _states(ks):
+    out, s = [], 0
+    for k in ks.tolist():
+        out.append(s)
+        s = reference.DQ_TRANS[s][k & 1]
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 2.0])
+def test_dq_trellis_payload_is_its_indices_coded_and_errors_stay_below_two_steps(lam):
+    rng = np.random.default_rng(21)
+    x = rng.laplace(size=3000) * 0.05
+    x[::97] *= 400  # large values: Exp-Golomb bins in the rate estimate and the coder
+    for cols in (3000, 60, 7):
+        payload, ks = encode_levels_dq(x, 0.01, lam, cols, 0)
+        assert payload.tobytes() == encode_indices_dq(ks, cols, 0).tobytes()
+        assert reference.encode_levels(ks.tolist(), cols, 0, dq=True) == payload.tobytes()
+        levels = dq_levels(ks)
+        assert np.abs(levels * 0.01 - x).max() < 2 * 0.01
+        decoded, status = decode_levels_dq(payload, x.size, cols, 0)
+        assert status == OK and np.array_equal(decoded, levels)
+
+
+def test_dq_long_rows_are_searched_in_stretches():
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=5000) * 0.02  # one row longer than a search stretch
+    payload, ks = encode_levels_dq(x, 0.01, 0.3, 5000, 1)
+    decoded, status = decode_levels_dq(payload, x.size, 5000, 1)
+    assert status == OK and np.array_equal(decoded, dq_levels(ks))
+    assert np.abs(decoded * 0.01 - x).max() < 0.02
+
+
+def test_dq_beats_rounding_at_equal_distortion_on_gaussian_values():
+    rng = np.random.default_rng(23)
+    x = rng.normal(size=20000)
+    payload, ks = encode_levels_dq(x, 0.1, 0.0, 200, 0)
+    mse_dq = np.mean((dq_levels(ks) * 0.1 - x) ** 2)
+    q, _ = quantise(x, 0.2, MAX_LEVEL)
+    mse_u = np.mean((q * 0.2 - x) ** 2)
+    plain = encode_levels(q, 200, 0)
+    assert mse_dq < 0.85 * mse_u and len(payload) < 1.03 * len(plain)  # trellis gain: ~1 dB, ~same rate
+
+
+def _one_index_payload(prefix_ones, low_bits):
+    """A DQ payload of one positive index (cols 1, rate 0) with the given Exp-Golomb part."""
+    model, enc = reference._Model(0, reference.N_CONTEXTS_DQ), reference.RangeEncoder()
+    gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit)
+    if low_bits is None:
+        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
+    else:
+        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+        enc.bypass(low_bits, prefix_ones)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "prefix_ones, low_bits, expected",
+    [
+        (60, (1 << 61) - 12 - (1 << 60), 2 * MAX_DQ_INDEX),  # index 2**61: the largest, level 2**62
+        (60, (1 << 61) - 11 - (1 << 60), None),  # one more
+        (63, None, None),  # prefix longer than MAX_EG_PREFIX
+    ],
+)
+def test_dq_indices_beyond_the_largest_are_reported(prefix_ones, low_bits, expected):
+    levels, status = decode_levels_dq(_one_index_payload(prefix_ones, low_bits), 1, 1, 0)
+    if expected is None:
+        assert status == BAD_LEVEL
+    else:
+        assert status == OK and levels.tolist() == [expected]
+
+
+def test_dq_truncated_payload_is_reported():
+    ks = np.arange(-500, 500, dtype=np.int64)
+    payload = encode_indices_dq(ks, 1000, 0)
+    _, status = decode_levels_dq(payload[: len(payload) // 3], ks.size, 1000, 0)
+    assert status != OK
+
+
+def test_golden_dq_payload():
+    payload = encode_indices_dq(GOLDEN_LEVELS, 4, 0).tobytes()
+    assert payload.hex() == GOLDEN_DQ_HEX
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, dq=True) == payload
+    x = np.linspace(-0.3, 0.5, 64) ** 3
+    payload, ks = encode_levels_dq(x, 0.002, 0.3, 8, 0)
+    assert hashlib.sha256(payload.tobytes() + ks.tobytes()).hexdigest() == GOLDEN_DQ_TRELLIS
+
+
+GOLDEN_DQ_HEX = "994e014000640521abec306be2f38d8be51e877c4fce738c4d6c394e923489e2c26180"
+GOLDEN_DQ_TRELLIS = "e16b18a84d00695e1c8a98c29eeee0a103283740c2cf8624a71d963b5d03c17a"
+
+
+def test_dq_reference_constants_equal_the_kernels():
+    from nnc_fl import _dq
+
+    assert tuple(tuple(r) for r in _dq.TRANS.tolist()) == reference.DQ_TRANS
+    assert reference.DQ_SIG_CTX == _dq.DQ_SIG_CTX and reference.N_CONTEXTS_DQ == _dq.N_CONTEXTS_DQ
+    assert reference.MAX_DQ_INDEX == _dq.MAX_DQ_INDEX
+
+
+# --- encoder search over the rate pairs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dq", [False, True])
+def test_rate_costs_estimate_each_pairs_payload(dq):
+    from nnc_fl._ratesearch import rate_costs
+
+    rng = np.random.default_rng(31)
+    for kind in ("laplace", "sparse"):
+        ks = _levels(rng, 4000, kind)
+        costs = rate_costs(ks, 80, dq)
+        coder = encode_indices_dq if dq else encode_levels
+        sizes = [len(coder(ks, 80, r)) for r in range(len(RATE_PAIRS))]
+        for bits, size in zip(costs, sizes, strict=True):
+            m = np.abs(ks)
+            eg = sum(2 * (int(v - 12).bit_length() - 1) + 1 for v in m[m > 12])
+            assert abs((bits + eg) / 8 - size) <= 0.01 * size + 8
+        assert sizes[int(np.argmin(costs))] <= min(sizes) * 1.01
+
+
+# --- row references (tools bit 3) -----------------------------------------------------------------
+
+
+def _repeating_rows(rng, rows, cols, kind):
+    base = _indices(rng, rows * cols, kind).reshape(rows, cols)
+    for r in range(2, rows, 3):  # copies and near-copies of earlier, non-adjacent rows
+        base[r] = base[int(rng.integers(0, r - 1))]
+        base[r, rng.random(cols) < 0.15] = 1
+    base[1] = 0
+    return base.ravel()
+
+
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "extreme"])
+@pytest.mark.parametrize("dq", [False, True])
+def test_row_reference_kernels_match_reference_bit_for_bit(kind, dq):
+    from nnc_fl._rowref import MIN_EQUAL, choose_refs, decode_rows, encode_rows
+
+    rng = np.random.default_rng(41 + dq + len(kind))
+    for rows, cols in [(2, 1), (9, 7), (40, 12)]:
+        ks = _repeating_rows(rng, rows, cols, kind)
+        refs = choose_refs(ks, cols, 4, MIN_EQUAL)
+        assert refs[0] == 0 and all(0 <= d <= r for r, d in enumerate(refs))
+        payload = encode_rows(ks, refs, cols, 2, dq).tobytes()
+        assert payload == reference.encode_levels(ks.tolist(), cols, 2, dq=dq, refs=refs.tolist())
+        expected = dq_levels(ks) if dq else ks
+        assert reference.decode_levels(payload, ks.size, cols, 2, dq=dq, rows=True) == expected.tolist()
+        decoded, status = decode_rows(np.frombuffer(payload, np.uint8), ks.size, cols, 2, dq)
+        assert status == OK and np.array_equal(decoded, expected)
+    assert refs.any()
+
+
+def test_row_references_find_exact_copies_at_any_distance_and_save_bytes():
+    from nnc_fl._rowref import choose_refs, encode_rows
+
+    rng = np.random.default_rng(42)
+    ks = _levels(rng, 200 * 50, "laplace").reshape(200, 50)
+    ks[150] = ks[3]
+    ks[151] = ks[100]
+    ks[151, :5] += 1
+    refs = choose_refs(ks.ravel(), 50, 60, 0.6)
+    assert refs[150] == 147 and refs[151] == 51  # the copy by hash, the near-copy in the window
+    assert len(encode_rows(ks.ravel(), refs, 50, 0, False)) < len(encode_levels(ks.ravel(), 50, 0)) - 20
+
+
+def test_row_reference_decoder_reports_bad_references_and_levels():
+    from nnc_fl._rowref import BAD_REF, decode_rows
+
+    payload = np.frombuffer(reference.encode_levels([0] * 8, 2, 0, refs=[0, 0, 0, 4]), np.uint8)
+    _, status = decode_rows(payload, 8, 2, 0, False)  # row 3 references "row -1"
+    assert status == BAD_REF
+    for prefix, low in [(63, None), (61, (1 << 61) - 11)]:
+        _, status = decode_rows(_one_level_payload(prefix, low), 1, 1, 0, False)
+        assert status == BAD_LEVEL
+    _, status = decode_rows(_one_index_payload(60, (1 << 61) - 11 - (1 << 60)), 1, 1, 0, True)
+    assert status == BAD_LEVEL
+    ks = np.arange(-500, 500, dtype=np.int64)
+    from nnc_fl._rowref import encode_rows
+
+    payload = encode_rows(ks, np.zeros(10, np.int64), 100, 0, False)
+    _, status = decode_rows(payload[: len(payload) // 3], ks.size, 100, 0, False)
+    assert status != OK
+
+
+def test_golden_row_reference_payload():
+    from nnc_fl._rowref import encode_rows
+
+    refs = np.array([0, 1, 0, 3, 2, 0, 0, 4, 1, 0, 2, 3, 0, 1, 5, 0], np.int64)
+    payload = encode_rows(GOLDEN_LEVELS, refs, 4, 0, False).tobytes()
+    assert hashlib.sha256(payload).hexdigest() == GOLDEN_ROWS
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, refs=refs.tolist()) == payload
+
+
+GOLDEN_ROWS = "cc2b29a935e889e97168980d88a78c8d725f48f27b660d04f8f9217c675fd65b"
+
+
+# --- Lossless float coding (mode float-lossless) ----------------------------------------------------
+
+FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+
+
+def _floats(rng, n, kind, dtype):
+    """Test values of one ``kind``; every kind is finite and exercises a part of the float coder."""
+    info = np.finfo(dtype)
+    if kind == "normal":  # trained-weight-like
+        return (rng.normal(size=n) * 0.05).astype(dtype)
+    if kind == "uniform":  # initial weights: a + (b - a) * u with 24-bit u, low bits of small values zero
+        u = (rng.integers(0, 1 << 24, size=n) * 2.0**-24).astype(np.float32)
+        return (np.float32(-0.03) + np.float32(0.06) * u).astype(dtype)
+    if kind == "special":  # zeros of both signs, subnormals, extremes of the dtype
+        pool = [0.0, -0.0, 1.0, -1.0, info.max, -info.max, info.tiny, info.smallest_subnormal,
+                -info.smallest_subnormal, info.tiny / 3, 0.1]
+        return rng.choice(np.array(pool, dtype), size=n)
+    if kind == "wide":  # exponent distances beyond the unary bins (escape)
+        top = np.log10(float(info.max)) - 1
+        x = 10.0 ** rng.uniform(np.log10(float(info.smallest_subnormal)), top, size=n)
+        return (x * rng.choice([-1, 1], size=n)).astype(dtype)
+    if kind == "rounded":  # fewer mantissa bits than the dtype's (tz > 0)
+        return (rng.normal(size=n) * 3).astype(np.float16).astype(dtype)
+    if kind == "subnormal":  # top exponent 0: below the unary bins
+        return (rng.integers(-50, 50, size=n) * info.smallest_subnormal).astype(dtype)
+    if kind == "pow2":  # no mantissa bits at all (tz = all of them)
+        return (2.0 ** rng.integers(-10, 10, size=n) * rng.choice([-1, 1], size=n)).astype(dtype)
+    raise ValueError(kind)
+
+
+FLOAT_KINDS = ["normal", "uniform", "special", "wide", "rounded", "subnormal", "pow2"]
+
+
+@pytest.mark.parametrize("kind", FLOAT_KINDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_float_kernels_match_reference_bit_for_bit(kind, dtype):
+    rng = np.random.default_rng(FLOAT_KINDS.index(kind) * 3 + FLOAT_DTYPES.index(dtype))
+    for n in (1, 2, 257):
+        x = _floats(rng, n, kind, dtype)
+        patterns = x.view(f"u{x.itemsize}").tolist()
+        for full in (False, True):
+            fast = encode_float_payload(x, full)
+            slow = reference.encode_floats(patterns, x.itemsize, full)
+            assert fast == slow, (n, full)
+            assert reference.decode_floats(slow, n, x.itemsize) == patterns
+            assert decode_float_payload(fast, x.dtype, n, "x").tobytes() == x.tobytes()
+        assert encode_float_payload(x) in (encode_float_payload(x, False), encode_float_payload(x, True))
+
+
+def test_float_reference_constants_equal_the_kernels():
+    from nnc_fl import _floatcoder as fc
+
+    kernels = {
+        "FLOAT_FIELDS": fc.FLOAT_FIELDS,
+        "FLOAT_HEADER_BYTES": fc.HEADER_BYTES,
+        "FLOAT_FLAG_FULL": fc.FLAG_FULL,
+        "FLOAT_UNARY_BINS": fc.UNARY_BINS,
+        "FLOAT_TREE_BITS": fc.TREE_BITS,
+        "FLOAT_CLASSES": fc.CLASSES,
+        "FLOAT_RATES": fc.RATES,
+        "FLOAT_LOW_RATES": fc.LOW_RATES,
+        "FLOAT_SIGN_CTX": fc.SIGN_CTX,
+        "FLOAT_EXP_CTX": fc.EXP_CTX,
+        "FLOAT_TREE_CTX": fc.TREE_CTX,
+        "FLOAT_ESC_CTX": fc.ESC_CTX,
+    }
+    for name, value in kernels.items():
+        assert getattr(reference, name) == value, name
+
+
+def test_float_profiles_where_they_pay():
+    rng = np.random.default_rng(8)
+    trained = _floats(rng, 4000, "normal", np.float32)
+    initial = _floats(rng, 4000, "uniform", np.float32)
+    # near-random low mantissa bits: the fast profile (raw low bits), chosen without trying the other
+    assert encode_float_payload(trained)[1] == 0
+    assert len(encode_float_payload(trained, False)) < len(encode_float_payload(trained, True))
+    # low bits of small initial weights are zeros: the full profile codes them in context, and wins
+    assert encode_float_payload(initial)[1] == FLOAT_FLAG_FULL
+    assert len(encode_float_payload(initial, True)) < 0.97 * len(encode_float_payload(initial, False))
+    # zero low mantissa bits are not sent at all
+    assert encode_float_payload(trained.astype(np.float16).astype(np.float32))[0] == 13
+    assert len(encode_float_payload(trained)) < 0.85 * trained.nbytes
+
+
+def test_float_encoder_refuses_non_finite_values():
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            encode_float_payload(np.array([1.0, bad], np.float32))
+
+
+def test_float_decoder_reads_at_most_four_bytes_past_the_coded_part():
+    rng = np.random.default_rng(4)
+    worst = 0
+    for trial in range(63):
+        dtype = FLOAT_DTYPES[trial % 3]
+        x = _floats(rng, int(rng.integers(1, 120)), FLOAT_KINDS[trial % len(FLOAT_KINDS)], dtype)
+        for full in (False, True):
+            payload = encode_float_payload(x, full)
+            stats = {}
+            reference.decode_floats(payload, x.size, x.itemsize, stats)
+            low = _float_low_bits(x.itemsize, payload[0])
+            coded = len(payload) - 4 - (0 if payload[1] else (x.size * low + 7) // 8)
+            worst = max(worst, stats["bytes_read"] - coded)
+    assert worst <= 4 <= FLOAT_READ_SLACK
+
+
+def _float_low_bits(itemsize, tz):
+    """Mantissa bits below the tree bits, for ``tz`` dropped bits (FORMAT.md: ``low``)."""
+    mp = reference.FLOAT_FIELDS[itemsize][1] - tz
+    return mp - min(reference.FLOAT_TREE_BITS, mp)
+
+
+def _float_coded_part(bins):
+    """A coded part of hand-chosen bins ``(context, bit)`` in the float contexts at the main rates."""
+    model, enc = reference._FloatModel(reference.FLOAT_ESC_CTX + 64), reference.RangeEncoder()
+    for c, bit in bins:
+        enc.bin(bit, model.p1(c))
+        model.update(c, bit, reference.FLOAT_RATES)
+    return np.frombuffer(enc.finish(), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "e_top, x, status", [(25, 5, FLOAT_OK), (25, 6, FLOAT_BAD_EXPONENT), (19, 0, FLOAT_BAD_EXPONENT)]
+)
+def test_float_exponents_below_zero_are_reported(e_top, x, status):
+    # one float32 value, tz = 23 (no mantissa bits): sign, 20 unary ones, then x = d - 20 down the
+    # escape tree, in bitlength(e_top - 20) bins
+    unary = [(reference.FLOAT_EXP_CTX + k, 1) for k in range(reference.FLOAT_UNARY_BINS)]
+    esc_bits = max(e_top - reference.FLOAT_UNARY_BINS, 0).bit_length()
+    escape, node = [], 1
+    for j in range(esc_bits):
+        bit = (x >> (esc_bits - 1 - j)) & 1
+        escape.append((reference.FLOAT_ESC_CTX + node - 1, bit))
+        node = 2 * node + bit
+    coded = _float_coded_part([(reference.FLOAT_SIGN_CTX, 1), *unary, *escape])
+    out, got = decode_floats(coded, np.zeros(0, np.uint8), 1, 4, 23, 23, e_top, False)
+    assert got == status
+    if status == FLOAT_OK:  # d = 25 = e_top: exponent 0, sign 1, no mantissa: -0.0
+        assert out.tobytes() == np.array([-0.0], "<f4").tobytes()
+
+
+def test_float_truncated_coded_part_is_reported():
+    x = _floats(np.random.default_rng(5), 1000, "wide", np.float32)
+    payload = np.frombuffer(encode_float_payload(x, True), np.uint8)
+    tz, e_top = int(payload[0]), int(payload[2]) | int(payload[3]) << 8
+    _, status = decode_floats(payload[4:], np.zeros(0, np.uint8), x.size, 4, 23, tz, e_top, True)
+    assert status == FLOAT_OK
+    _, status = decode_floats(payload[4:40], np.zeros(0, np.uint8), x.size, 4, 23, tz, e_top, True)
+    assert status == FLOAT_SHORT_PAYLOAD
+
+
+# Golden float-lossless payloads: any change of these bytes is a format change.
+GOLDEN_FLOATS = np.array([0.5, -0.25, 0.0, -0.0, 1e-3, 3.0, -7.5e-5, 1e-40, 0.1, -0.1, 2.0**-10, 12.0], np.float32)
+
+
+def test_golden_float_payloads():
+    fast = encode_float_payload(GOLDEN_FLOATS, False)
+    full = encode_float_payload(GOLDEN_FLOATS, True)
+    assert fast.hex() == (
+        "00008200870493400315e21c74f74e0b07f1b000000000000000000000f02631000080545217b608cdccac9999010000000000"
+    )
+    assert full.hex() == (
+        "0001820087ffbff8287ffff0d000c83fffe9c494080159315979bfdb30fdd2a3867df51562d466d8d70c4c1efec8c1b0"
+    )
+    patterns = GOLDEN_FLOATS.view(np.uint32).tolist()
+    assert reference.encode_floats(patterns, 4, False) == fast
+    assert reference.encode_floats(patterns, 4, True) == full
+
+
+# --- grid test and sum of squares (nnc_fl.steps) ---------------------------------------------------
+
+
+def test_sum_squares_matches_numpy():
+    rng = np.random.default_rng(51)
+    for dtype in (np.float32, np.float64):
+        x = (rng.normal(size=1001) * 3).astype(dtype)
+        assert sum_squares(x) == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
+    assert sum_squares(np.zeros(0, np.float32)) == 0.0
+
+
+def test_on_grid_accepts_exact_multiples_within_range_only():
+    g = 2.0**-7
+    x = (np.arange(-50, 50) * g).astype(np.float32)
+    assert on_grid(x, 1 / g, 64.0)  # |x / g| <= 50
+    assert not on_grid(x, 1 / g, 49.0)  # out of range
+    y = x.copy()
+    y[17] += np.float32(g / 4)
+    assert not on_grid(y, 1 / g, 64.0)  # off the grid
+    for bad in (np.nan, np.inf):
+        z = x.copy()
+        z[3] = bad
+        assert not on_grid(z, 1 / g, 1e30)
+    assert on_grid(np.zeros(0, np.float64), 1 / g, 1.0)
+    from nnc_fl.steps import on_grid as checked
+
+    assert checked(x.astype(np.float16).reshape(10, 10), g, 64.0)  # widened exactly
+    with pytest.raises(ValueError, match="power of two"):
+        checked(x, 0.3, 64.0)
+    with pytest.raises(TypeError, match="float tensor"):
+        checked(np.arange(4), g, 64.0)

@@ -27,6 +27,13 @@ def test_cnn_parameter_counts(kind, classes, params):
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, classes)
 
 
+def test_the_transformer_has_layernorms_and_attention():
+    model = make_model("vit", 10)
+    names = list(get_weights(model))
+    assert count_parameters(model) == 72_074 and model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert any("self_attn.in_proj_weight" in n for n in names) and any(n.endswith("norm1.weight") for n in names)
+
+
 def test_batchnorm_variant_has_integer_buffers():
     weights = get_weights(make_model("cnn-bn", 10))
     ints = [k for k, v in weights.items() if v.dtype == np.int64]

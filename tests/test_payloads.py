@@ -17,6 +17,7 @@ from nnc_fl import bitstream as bs
 from nnc_fl import payloads as P
 
 F16, INT8, SPARSE, TERNARY = bs.MODE_F16, bs.MODE_INT8, bs.MODE_SPARSE, bs.MODE_TERNARY
+LOWRANK = bs.MODE_LOWRANK
 
 
 def _decode_all_ways(data):
@@ -77,6 +78,26 @@ def test_golden_payload_layouts():
     # k = 3, b = 1, mu = 1.5; distances - 1 = [0, 2, 0]: q = [0, 1, 0] ones then a zero, then 1 bit
     # of the remainder [0, 0, 0]: 00 100 00 + padding -> 0x20; signs 0 0 1 + padding -> 0x20
     assert P.pack_ternary([0, 3, 4], [False, False, True], 1.5, 1).hex() == "03" + "01" + "0000c03f" + "20" + "20"
+    # rank 1: P = [[1], [2]] (rows x r), Q = [[0.5], [-1], [0]] (cols x r), float32, row-major
+    assert P.pack_lowrank([[1.0], [2.0]], [[0.5], [-1.0], [0.0]]).hex() == (
+        "01" + "0000803f" + "00000040" + "0000003f" + "000080bf" + "00000000"
+    )
+
+
+def test_lowrank_payload_is_the_ordered_float64_sum_of_outer_products():
+    rng = np.random.default_rng(11)
+    p, q = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(10, 3)).astype(np.float32)
+    record = bs.TensorRecord("w", np.dtype(np.float32), (6, 2, 5), LOWRANK, payload=P.pack_lowrank(p, q))
+    data = bs.write_stream([record])
+    out = _decode_all_ways(data)["w"]
+    want = np.zeros((6, 10))
+    for t in range(3):
+        want = want + np.multiply.outer(p[:, t].astype(np.float64), q[:, t].astype(np.float64))
+    assert out.shape == (6, 2, 5) and out.dtype == np.float32
+    assert out.reshape(6, 10).tobytes() == want.astype(np.float32).tobytes()
+    assert P.lowrank_view((6, 2, 5)) == (6, 10)
+    assert P.lowrank_fits((6, 10), 3) and not P.lowrank_fits((6, 10), 4) and not P.lowrank_fits((6,), 1)
+    assert not P.lowrank_fits((600, 600), 0) and not P.lowrank_fits((600, 600), 256)
 
 
 def test_writer_refuses_what_the_reader_would_reject():
@@ -102,6 +123,15 @@ def test_writer_refuses_what_the_reader_would_reject():
         P.pack_ternary([1], [True], 1.0, 32)
     with pytest.raises(ValueError, match="mu"):
         P.pack_ternary([1], [True], float("nan"), 0)
+    with pytest.raises(ValueError, match="not smaller"):
+        P.pack_lowrank(np.ones((2, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="finite"):
+        P.pack_lowrank(np.full((4, 1), np.inf), np.ones((5, 1)))
+    with pytest.raises(ValueError, match="rows x r"):
+        P.pack_lowrank(np.ones((4, 1)), np.ones((5, 2)))
+    lowrank = P.pack_lowrank(np.ones((4, 1)), np.ones((5, 1)))
+    with pytest.raises(ValueError, match="rank >= 2"):
+        bs.write_stream([bs.TensorRecord("a", np.dtype(np.float32), (20,), LOWRANK, payload=lowrank)])
 
 
 # -- varints and the Golomb position code -------------------------------------------------------------
@@ -177,6 +207,13 @@ def _ternary(k, b=0, mu=1.0, code=b"", signs=b""):
     return varint(k) + bytes([b]) + struct.pack("<f", mu) + code + signs
 
 
+def _lowrank(rank, rows, cols, value=1.0, nan=False):
+    factors = np.full(rank * (rows + cols), value, "<f4")
+    if nan:
+        factors[-1] = np.nan
+    return bytes([rank]) + factors.tobytes()
+
+
 HOSTILE = [
     # table level
     ([("a", np.int32, (2,), F16, b"\0" * 4)], "mode 'f16' on non-float dtype int32"),
@@ -218,6 +255,17 @@ HOSTILE = [
     ([("a", F32, (2,), TERNARY, _ternary(1, code=b"\0\0", signs=b"\0"))], "occupies 2 bytes"),
     ([("a", F32, (2,), TERNARY, _ternary(1, code=b"\0", signs=b"\x40"))], "padding after the sign bits"),
     ([("a", F32, (2,), TERNARY, _ternary(1, code=b"\x80", signs=b"\x80"))], None),  # -mu at position 1
+    # lowrank (P rows x r, Q cols x r, float32)
+    ([("a", F32, (6,), LOWRANK, _lowrank(1, 6, 1))], "mode 'lowrank' on a tensor of rank 1"),
+    ([("a", F32, (4, 5), LOWRANK, b"\1" + b"\0" * 100)], "lowrank payload of 101 bytes, shape \\(4, 5\\) allows"),
+    ([("a", F32, (4, 5), LOWRANK, b"")], "truncated while reading lowrank rank"),
+    ([("a", F32, (4, 5), LOWRANK, _lowrank(0, 4, 5)[:1])], "lowrank rank 0"),
+    ([("a", F32, (4, 5), LOWRANK, _lowrank(3, 4, 5)[:21])], "lowrank rank 3 is 0 or its factors are not smaller"),
+    ([("a", F32, (4, 5), LOWRANK, _lowrank(2, 4, 5) + b"\0")], "lowrank payload of 74 bytes, rank 2 needs 73"),
+    ([("a", F32, (4, 5), LOWRANK, _lowrank(2, 4, 5)[:-4])], "rank 2 needs 73"),
+    ([("a", F32, (4, 5), LOWRANK, _lowrank(1, 4, 5, nan=True))], "non-finite lowrank factor"),
+    ([("a", np.float16, (4, 5), LOWRANK, _lowrank(1, 4, 5, value=300.0))], "lowrank value 90000 overflows float16"),
+    ([("a", np.float16, (4, 5), LOWRANK, _lowrank(1, 4, 5, value=200.0))], None),  # 40000: fine
     # raw bool bytes
     ([("a", np.bool_, (2,), bs.MODE_RAW, b"\x01\x02")], "raw bool bytes must be 0 or 1"),
 ]
@@ -265,6 +313,7 @@ F16_PLAIN = np.array([1, -2, 3], "<f2").tobytes()
         (F16, (3,), zframe(F16_PLAIN + b"\0\0"), "declares 8 bytes, a f16 payload of shape \\(3,\\) needs 6"),
         (SPARSE, (3,), zframe_declaring(1 << 30), "a sparse payload of shape \\(3,\\) allows at most 16"),
         (TERNARY, (3,), zframe(b"\0" * 100), "a ternary payload of shape \\(3,\\) allows at most"),
+        (LOWRANK, (3, 3), zframe(b"\1" + b"\0" * 40), "a lowrank payload of shape \\(3, 3\\) allows at most 33"),
         (bs.MODE_RAW, (3,), zframe(b"\0" * 11), "a raw payload of shape \\(3,\\) needs 12"),
         (
             F16,
@@ -300,7 +349,7 @@ def test_zstd_stream_without_zstandard_installed(monkeypatch):
     assert list(nnc_fl.decode(plain)) == list(EXPECTED)  # nor do streams without flag bit 1
 
 
-_MODES = st.sampled_from([F16, INT8, SPARSE, TERNARY])
+_MODES = st.sampled_from([F16, INT8, SPARSE, TERNARY, LOWRANK])
 
 
 @settings(max_examples=300, deadline=None)

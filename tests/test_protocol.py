@@ -25,6 +25,8 @@ def _down(**changes) -> p.Downlink:
         arrays_key="arrays",
         server_round=3,
         nonce=bytes(16),
+        tensors=4,
+        elements=1000,
     )
     fields.update(changes)
     return p.Downlink(**fields)
@@ -68,6 +70,8 @@ def test_uplink_round_trips_through_a_config_record():
         ({"protocol": "nnc-fl/1"}, "protocol"),
         ({"nonce": b"short"}, "nonce"),
         ({"codec": "x" * 5000}, "characters"),
+        ({"tensors": -1}, "beyond the bounds"),
+        ({"elements": 1 << 41}, "beyond the bounds"),
         ({"kind": "bogus"}, "kind"),
         ({"version": "5"}, "version"),
         ({"version": True}, "version"),

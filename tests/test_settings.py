@@ -78,3 +78,9 @@ def test_summary_logs_every_setting(caplog):
         for name in setting.__dataclass_fields__:
             assert f"{name}=" in text, name
     assert "max_chain=7" in text and "outlier_threshold=12.5" in text and "'rel_step': 4.0" in text
+
+
+def test_the_drop_in_default_compresses_with_the_measured_setting():
+    assert dict(CompressedStrategy(FedAvg()).spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True}
+    assert dict(CompressedStrategy(FedAvg(), "nnc", {}).spec_for(1).params) == {}  # the codec's own default
+    assert dict(CompressedStrategy(FedAvg(), None).spec_for(1).params) == {}  # fp32

@@ -70,7 +70,9 @@ def test_ray_simulation_compressed_fedavg(sim_env):
     assert all(r["accepted"] == NODES and r["rejected"] == 0 and r["resyncs"] == 0 for r in rows)
     assert rows[0]["keyframes"] == NODES  # round 1 ships initial_arrays: keyframes for all
     assert all(r["up_bytes"] > 0 and r["up_bytes"] < r["up_raw_bytes"] for r in rows)
-    assert rows[-1]["deltas"] >= NODES and rows[-1]["keyframes"] == 0
+    # later rounds: increments only (evaluate delivers G_{v+1}, so the next train message has no payload)
+    assert rows[-1]["deltas"] + rows[-1]["eval_deltas"] >= NODES
+    assert rows[-1]["keyframes"] == rows[-1]["eval_keyframes"] == 0
     final = {k: a.numpy() for k, a in result.arrays.items()}
     assert final["bn.num_batches_tracked"] == 5 * ROUNDS  # integer buffer survives exactly
     start = initial_model()

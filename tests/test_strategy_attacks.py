@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
-from strategies import CompressedStrategy, ValidationSettings
+from strategies import CompressedStrategy, DownlinkSettings, ValidationSettings
 
 HONEST, ATTACKER, ROUNDS, STEP = 4, 105, 3, 0.001
 
@@ -113,7 +113,9 @@ def test_every_update_rejected_keeps_the_model(make_grid, initial_arrays):
     grid = make_grid(3)
     for node in grid.contexts:
         grid.tamper[node] = _flip
-    strategy = CompressedStrategy(FedAvg(min_available_nodes=3), codec_params={"step": 0.001})
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=3), codec_params={"step": 0.001}, downlink=DownlinkSettings(keyframe_grid=None)
+    )
     result, _ = run_federation(strategy, grid, initial_arrays, 2)
     assert strategy.model.version == 1 and [r["rejected_format"] for r in strategy.bandwidth] == [3, 3]
     for key, value in initial_arrays.items():
@@ -127,7 +129,7 @@ def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, ini
     strategy = CompressedStrategy(
         FedAvg(min_available_nodes=4),
         codec_params={"step": 0.001},
-        validation=ValidationSettings(norm_ratio=None, direction_threshold=None),
+        validation=ValidationSettings(norm_clip_ratio=None, norm_reject_ratio=None, direction_spread=None),
     )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected"] == 0
@@ -136,14 +138,16 @@ def test_scale_checks_can_be_switched_off_and_the_outlier_test_on(make_grid, ini
     strategy = CompressedStrategy(
         FedAvg(min_available_nodes=4),
         codec_params={"step": 0.001},
-        validation=ValidationSettings(norm_ratio=None, direction_threshold=None, outlier_threshold=10.0),
+        validation=ValidationSettings(
+            norm_clip_ratio=None, norm_reject_ratio=None, direction_spread=None, outlier_threshold=10.0
+        ),
     )
     run_federation(strategy, grid, initial_arrays, 1)
     assert strategy.bandwidth[0]["rejected_outlier"] == 1
 
 
 def test_odd_metrics_reject_nobody_and_drop_out_of_the_aggregate(make_grid, initial_arrays):
-    strategy, final = _run("nnc", make_grid, initial_arrays, _odd_metrics)
+    strategy, _ = _run("nnc", make_grid, initial_arrays, _odd_metrics)
     assert all(r["rejected"] == 0 and r["accepted"] == HONEST + 1 for r in strategy.bandwidth)
     assert strategy.model.version == ROUNDS + 1
 

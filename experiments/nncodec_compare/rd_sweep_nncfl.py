@@ -16,6 +16,14 @@ import numpy as np
 import nnc_fl
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.2]
+#: Coding-tool configurations (label -> nnc_fl.encode keywords), run with --tools.
+TOOLS = {
+    "nncfl_best": dict(rd_lambda=0.1, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_dq0.05": dict(rd_lambda=0.05, dq=True, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_all": dict(rd_lambda=0.075, dq=True, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_dq0.1": dict(rd_lambda=0.1, dq=True, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_dq_only": dict(rd_lambda=0.075, dq=True),
+}
 
 
 def qp_to_step(qp: int) -> float:
@@ -29,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--hi", type=float, default=8.0)
     p.add_argument("--per-octave", type=int, default=4)
     p.add_argument("--lambdas", type=float, nargs="*", default=LAMBDAS)
+    p.add_argument("--tools", nargs="*", default=[], help=f"tool configurations to run too: {', '.join(TOOLS)}")
+    p.add_argument("--qp-only", action="store_true", help="only the NNCodec QP-grid steps")
     a = p.parse_args(argv)
     with np.load(a.npz) as z:
         d = {k: np.ascontiguousarray(z[k]) for k in z.files}
@@ -38,19 +48,26 @@ def main(argv=None) -> int:
     k1 = math.floor(math.log2(a.hi) * a.per_octave + 1e-9)
     steps = [("log", rms * 2.0 ** (k / a.per_octave), None) for k in range(k0, k1 + 1)]
     steps += [("qp", qp_to_step(q), q) for q in range(-256, 256) if a.lo * rms <= qp_to_step(q) <= a.hi * rms]
+    if a.qp_only:
+        steps = [s for s in steps if s[0] == "qp"]
     name = os.path.splitext(os.path.basename(a.npz))[0]
-    for lam in a.lambdas:
+    configs = [(f"nncfl_rd{lam:g}", dict(rd_lambda=lam)) for lam in a.lambdas] + [(t, TOOLS[t]) for t in a.tools]
+    for label, kwargs in configs:
+        lam = kwargs.get("rd_lambda", 0.0)
         for grid, step, qp in steps:
-            bs = nnc_fl.encode(d, step=float(step), rd_lambda=lam)
-            rec = nnc_fl.decode(bs)
+            bs = nnc_fl.encode(d, step=float(step), **kwargs)
+            rec = nnc_fl.decode(bs, expect=d if kwargs.get("schema_bound") else None)
             assert list(rec) == list(d)
             se = 0.0
             for k, v in d.items():
                 assert rec[k].shape == v.shape
                 se += float(np.sum((rec[k].astype(np.float64) - v.astype(np.float64)) ** 2))
-            modes = sorted({t.mode for t in nnc_fl.inspect(bs).tensors})
+            info = nnc_fl.inspect(bs, expect=d if kwargs.get("schema_bound") else None)
+            modes = sorted({t.mode for t in info.tensors})
             print(json.dumps({
-                "delta": name, "codec": "nnc_fl", "config": f"nncfl_rd{lam:g}", "rd_lambda": lam,
+                "delta": name, "codec": "nnc_fl", "config": label, "rd_lambda": lam,
+                "tools": {k: v for k, v in kwargs.items() if k != "rd_lambda"},
+                "header_bytes": info.header_bytes,
                 "grid": grid, "qp": qp, "step": step, "step_over_rms": step / rms, "rms_all": rms,
                 "num_params": n, "bytes": len(bs), "bits_per_param": 8 * len(bs) / n,
                 "rmse": math.sqrt(se / n), "tensor_modes": modes,

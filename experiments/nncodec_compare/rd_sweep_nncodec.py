@@ -35,13 +35,14 @@ def main(argv=None) -> int:
     p.add_argument("--lo", type=float, default=0.125)
     p.add_argument("--hi", type=float, default=8.0)
     p.add_argument("--configs", nargs="*", default=None, help="subset of config labels")
+    p.add_argument("--qp-stride", type=int, default=1, help="every n-th QP only (2: two per octave)")
     p.add_argument("--extra", nargs="*", default=[], metavar="dq:LS|urq:LS",
                    help="run (only) these extra configurations, e.g. dq:0.75 dq:1.5")
     a = p.parse_args(argv)
     d = load_npz(a.npz)
     n = sum(v.size for v in d.values())
     rms = rms_all(d)
-    qps = [q for q in range(-256, 256) if a.lo * rms <= qp_to_step(q) <= a.hi * rms]
+    qps = [q for q in range(-256, 256) if a.lo * rms <= qp_to_step(q) <= a.hi * rms and q % a.qp_stride == 0]
     name = os.path.splitext(os.path.basename(a.npz))[0]
     configs = CONFIGS
     if a.extra:

@@ -13,6 +13,10 @@ from . import task
 app = ClientApp(mods=[nnc_mod])
 
 
+def _heterogeneity(context: Context) -> float:
+    return float(context.node_config.get("heterogeneity", 0.3))
+
+
 def _partition(context: Context) -> int:
     return int(context.node_config.get("partition-id", context.node_id % 1000))
 
@@ -21,7 +25,7 @@ def _partition(context: Context) -> int:
 def train(msg: Message, context: Context) -> Message:
     """Train locally on the received model, return the full trained weights (as plain Flower)."""
     model = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-    trained, train_loss = task.train(model, _partition(context))
+    trained, train_loss = task.train(model, _partition(context), _heterogeneity(context))
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
@@ -35,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on local data; also report its fingerprint (see task.fp_metrics)."""
     model = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-    x, y = task.node_data(_partition(context))
+    x, y = task.node_data(_partition(context), _heterogeneity(context))
     metrics = MetricRecord(
         {
             "num-examples": task.EXAMPLES,

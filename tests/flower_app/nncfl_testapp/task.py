@@ -21,11 +21,12 @@ def initial_model(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def node_data(partition: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-IID local data of one node (its own true weights plus a shared part)."""
+def node_data(partition: int, heterogeneity: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Non-IID local data of one node: its own true weights, a shared part plus ``heterogeneity``
+    times a node-specific one."""
     rng = np.random.default_rng(1000 + partition)
     shared = np.random.default_rng(7).standard_normal((OUT, IN))
-    w_true = shared + 0.3 * rng.standard_normal((OUT, IN))
+    w_true = shared + heterogeneity * rng.standard_normal((OUT, IN))
     x = rng.standard_normal((EXAMPLES, IN)).astype(np.float32)
     y = (x @ w_true.T + 0.05 * rng.standard_normal((EXAMPLES, OUT))).astype(np.float32)
     return x, y
@@ -37,9 +38,11 @@ def loss(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((pred - y) ** 2))
 
 
-def train(model: dict[str, np.ndarray], partition: int) -> tuple[dict[str, np.ndarray], float]:
+def train(
+    model: dict[str, np.ndarray], partition: int, heterogeneity: float = 0.3
+) -> tuple[dict[str, np.ndarray], float]:
     """A few full-batch gradient steps; deterministic for a given model and partition."""
-    x, y = node_data(partition)
+    x, y = node_data(partition, heterogeneity)
     w, b = model["fc.weight"].copy(), model["fc.bias"].copy()
     for _ in range(LOCAL_STEPS):
         err = x @ w.T + b - y

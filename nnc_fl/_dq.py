@@ -1,0 +1,371 @@
+"""Dependent (trellis-coded) quantisation: two quantisers, a 4-state machine, a Viterbi encoder.
+
+With dependent quantisation (tools bit 2) a tensor's coded integers are quantisation *indices* k.
+Quantiser Q0 reconstructs the even levels ``2k``, quantiser Q1 the odd levels and zero,
+``2k - sgn(k)``; the reconstruction is ``level * step`` as usual. Which quantiser applies to an
+element is the state of a 4-state machine driven by the parity of the previous index
+(:data:`TRANS`, as in VVC and NNC): states 0 and 1 use Q0, states 2 and 3 use Q1; the state starts
+at 0 for each tensor and runs through the whole scan. Each quantiser alone has spacing ``2 step``,
+but the union of the paths through the trellis packs the reconstruction points densely in the
+space of sequences, which gains rate at equal distortion (trellis-coded quantisation).
+
+Indices are binarised and context-coded exactly as levels are (:mod:`nnc_fl._levels`: the left /
+upper neighbours and the column activity are those of the indices), except that the significance
+flag's context set depends on the state: set 0 in states 0 and 1, sets 1 and 2 (contexts
+:data:`DQ_SIG_CTX` + 27 (set - 1) + ...) in states 2 and 3, so 126 contexts in all.
+
+The decoder follows the state machine (one table lookup per element). The encoder chooses the
+indices by a Viterbi search over the trellis minimising ``(x / step - level)**2 + lam * bits``,
+one row (or a stretch of at most :data:`_CHUNK` elements of it) at a time, among the two
+reconstruction points of each quantiser nearest the value (so every error is below two steps), with bits estimated
+from the adaptive contexts as they stand before that stretch (refreshed every :data:`_REFRESH`
+elements), and the neighbour contexts of each survivor path; then codes the chosen indices with
+the live contexts before searching the next stretch.
+"""
+
+import numpy as np
+
+from ._jit import jit, jit_inline
+from ._levels import (
+    _BITS,
+    ACT_HIGH,
+    BAD_LEVEL,
+    GT_FLAGS,
+    MAX_EG_PREFIX,
+    MAX_LEVEL,
+    OK,
+    READ_SLACK,
+    SHORT_PAYLOAD,
+    SIGN_CTX,
+    _col_update,
+    _contexts_of,
+    _eg_bins,
+    _eg_follows,
+    _eg_join,
+    _eg_prefix,
+    _eg_split,
+    _gt_context,
+    _gt_flag,
+    _gt_last,
+    _gt_magnitude,
+    _sign_class,
+    _with_room,
+)
+from ._probability import RATE_PAIRS, new_contexts, p_one, update
+from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
+
+#: Next state by (state, parity of the index).
+TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
+#: TRANS packed two bits per entry (index 2 * state + parity), for a branch-free lookup.
+_TRANS_PACKED = sum(int(v) << (2 * i) for i, v in enumerate(TRANS.reshape(-1)))
+#: First significance context of the state-dependent sets 1 and 2 (after the 72 of _levels).
+DQ_SIG_CTX = 72
+N_CONTEXTS_DQ = DQ_SIG_CTX + 2 * 27
+#: Largest index magnitude: its level 2k stays within MAX_LEVEL.
+MAX_DQ_INDEX = MAX_LEVEL >> 1
+
+#: Longest stretch of a row searched at once, and how often the rate estimates are refreshed.
+_CHUNK = 2048
+_REFRESH = 512
+_INF = 1e300
+
+
+@jit_inline
+def _next(state, k):
+    """The state after index ``k`` in ``state`` (:data:`TRANS`)."""
+    return (_TRANS_PACKED >> (4 * state + 2 * (k & 1))) & 3
+
+
+@jit_inline
+def _sig_base(state):
+    """First significance context of the set used in ``state`` (0, 0, 1, 2 for states 0-3)."""
+    return 0 if state < 2 else DQ_SIG_CTX + 27 * (state - 2)
+
+
+@jit_inline
+def dq_level(k, state):
+    """Reconstruction level of index ``k`` in ``state``: ``2k`` (Q0), ``2k - sgn(k)`` (Q1)."""
+    if state < 2 or k == 0:
+        return 2 * k
+    return 2 * k - 1 if k > 0 else 2 * k + 1
+
+
+@jit
+def dq_levels(ks):
+    """The reconstruction levels of a whole sequence of indices (state machine from state 0)."""
+    out = np.empty(ks.size, np.int64)
+    state = 0
+    for i in range(ks.size):
+        k = ks[i]
+        out[i] = dq_level(k, state)
+        state = _next(state, k)
+    return out
+
+
+@jit
+def _encode_span_dq(ks, start, stop, cols, ctx, st, buf, fast, slow, colact, state):
+    """Code the indices ``ks[start:stop]``; return (coder state, quantiser state)."""
+    col = start % cols
+    for i in range(start, stop):
+        k = ks[i]
+        c_sig, c_sign, g = _contexts_of(ks, i, col, cols, colact)
+        c_sig += _sig_base(state)
+        state = _next(state, k)
+        _col_update(colact, col, k)
+        col += 1
+        if col == cols:
+            col = 0
+        sig = 1 if k != 0 else 0
+        st = enc_bin(st, buf, sig, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        if sig == 0:
+            continue
+        neg = 1 if k < 0 else 0
+        st = enc_bin(st, buf, neg, p_one(ctx, c_sign))
+        update(ctx, c_sign, neg, fast, slow)
+        m = -k if neg else k
+        j = 1
+        while True:
+            c = _gt_context(j, g)
+            gt = _gt_flag(m, j)
+            st = enc_bin(st, buf, gt, p_one(ctx, c))
+            update(ctx, c, gt, fast, slow)
+            if _gt_last(j, gt):
+                break
+            j += 1
+        if _eg_follows(m):
+            nb, xg = _eg_split(m)
+            st = enc_bypass(st, buf, _eg_prefix(nb), nb + 1)
+            st = enc_bypass(st, buf, xg, nb)
+    return st, state
+
+
+@jit
+def _rate_tables(ctx, cost0, cost1, gtc):
+    """Bits of a 0 / 1 in every context now, and ``gtc[g, m]``: bits of the greater-than flags of
+    magnitude ``m`` (1..GT_FLAGS + 1; the last means "beyond the flags", Exp-Golomb bins excluded)."""
+    for c in range(cost0.size):
+        p = p_one(ctx, c)
+        cost0[c] = _BITS[(32768 - p) >> 5]
+        cost1[c] = _BITS[p >> 5]
+    for g in range(3):
+        acc = 0.0
+        for m in range(1, GT_FLAGS + 1):
+            c = _gt_context(m, g)
+            gtc[g, m] = acc + cost0[c]  # flags 1 .. m-1 are ones, flag m is the zero
+            acc += cost1[c]
+        gtc[g, GT_FLAGS + 1] = acc
+
+
+@jit_inline
+def _mag_bits(m, g, gtc):
+    """Bits of the flags (and Exp-Golomb bins) of magnitude ``m >= 1`` in class ``g``."""
+    if m <= GT_FLAGS:
+        return gtc[g, m]
+    nb, _ = _eg_split(m)
+    return gtc[g, GT_FLAGS + 1] + _eg_bins(nb)
+
+
+@jit_inline
+def _candidates(a_abs, q):
+    """The magnitudes of the two reconstruction points of quantiser ``q`` nearest ``a_abs`` (one of
+    them 0 near zero): levels ``2m`` (Q0) or ``2m - 1`` (Q1, and 0 for m = 0)."""
+    if q == 0:
+        m = np.int64(a_abs * 0.5)
+        return m, m + 1
+    if a_abs < 1.0:
+        return np.int64(0), np.int64(1)
+    m = np.int64((a_abs + 1.0) * 0.5)
+    return m, m + 1
+
+
+@jit_inline
+def _sq_err(a_abs, m, q):
+    """Squared error (in steps) of magnitude ``m`` of quantiser ``q`` for value ``a_abs``."""
+    d = a_abs - (2 * m - (q if m > 0 else 0))
+    return d * d
+
+
+@jit
+def _trellis(x, inv_step, lam, start, stop, cols, ks, colact, state0, cost0, cost1, gtc, back_s, back_k):
+    """Viterbi search of the indices ``ks[start:stop]`` (one stretch of one row) from ``state0``;
+    writes them and returns the state after the stretch."""
+    cost = np.full(4, _INF)
+    left = np.zeros(4, np.int64)
+    ncost = np.empty(4)
+    nleft = np.zeros(4, np.int64)
+    cost[state0] = 0.0
+    col0 = start % cols
+    left[state0] = ks[start - 1] if col0 > 0 else 0
+    for i in range(start, stop):
+        r = i - start
+        col = col0 + r
+        up = ks[i - cols] if i >= cols else 0
+        b = min(abs(up), 2)
+        sb = _sign_class(up)
+        act = colact[col]
+        cls = 9 * (0 if act == 0 else (1 if act < ACT_HIGH else 2)) + b
+        v = np.float64(x[i]) * inv_step
+        neg = 1 if v < 0 else 0
+        a_abs = -v if neg else v
+        m00, m01 = _candidates(a_abs, 0)
+        m10, m11 = _candidates(a_abs, 1)
+        d00 = _sq_err(a_abs, m00, 0)
+        d01 = _sq_err(a_abs, m01, 0)
+        d10 = _sq_err(a_abs, m10, 1)
+        d11 = _sq_err(a_abs, m11, 1)
+        for t in range(4):
+            ncost[t] = _INF
+        for s in range(4):
+            js = cost[s]
+            if js >= _INF:
+                continue
+            lf = left[s]
+            a = min(abs(lf), 2)
+            c_sig = _sig_base(s) + cls + 3 * a
+            g = min(a + b, 2)
+            c_sign = SIGN_CTX + 3 * _sign_class(lf) + sb
+            nz = cost1[c_sig] + (cost1[c_sign] if neg else cost0[c_sign])
+            if s < 2:
+                ma, mb, da, db = m00, m01, d00, d01
+            else:
+                ma, mb, da, db = m10, m11, d10, d11
+            for h in range(2):
+                m = ma if h == 0 else mb
+                bits = cost0[c_sig] if m == 0 else nz + _mag_bits(m, g, gtc)
+                jm = js + (da if h == 0 else db) + lam * bits
+                ns = _next(s, m)
+                if jm < ncost[ns]:
+                    ncost[ns] = jm
+                    kk = -m if neg else m
+                    nleft[ns] = kk
+                    back_s[r, ns] = s
+                    back_k[r, ns] = kk
+        for t in range(4):
+            cost[t] = ncost[t]
+            left[t] = nleft[t]
+    best = 0
+    for s in range(1, 4):
+        if cost[s] < cost[best]:
+            best = s
+    s = best
+    for r in range(stop - start - 1, -1, -1):
+        ks[start + r] = back_k[r, s]
+        s = back_s[r, s]
+    return best
+
+
+@jit
+def encode_levels_dq(x, step, lam, cols, rate_index):
+    """Dependent quantisation of float ``x`` at ``step`` and coding; return (payload, indices).
+
+    The reconstruction levels are :func:`dq_levels` of the indices. |x| / step must stay below
+    ``MAX_DQ_INDEX`` (checked by the caller).
+    """
+    n = x.size
+    inv_step = 1.0 / step
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS_DQ)
+    colact = np.zeros(cols, np.int64)
+    ks = np.zeros(n, np.int64)
+    cost0 = np.empty(N_CONTEXTS_DQ)
+    cost1 = np.empty(N_CONTEXTS_DQ)
+    gtc = np.empty((3, GT_FLAGS + 2))
+    width = min(cols, _CHUNK)
+    back_s = np.zeros((width, 4), np.int8)
+    back_k = np.zeros((width, 4), np.int64)
+    st = enc_init()
+    buf = np.empty(n // 4 + 256, np.uint8)
+    state = 0
+    since = _REFRESH
+    for row in range(0, n, cols):
+        end = min(row + cols, n)  # (a partial last row only if cols does not divide n)
+        for start in range(row, end, _CHUNK):
+            stop = min(start + _CHUNK, end)
+            if since >= _REFRESH:
+                _rate_tables(ctx, cost0, cost1, gtc)
+                since = 0
+            since += stop - start
+            _trellis(x, inv_step, lam, start, stop, cols, ks, colact, state, cost0, cost1, gtc, back_s, back_k)
+            buf = _with_room(buf, st, stop - start)
+            st, state = _encode_span_dq(ks, start, stop, cols, ctx, st, buf, fast, slow, colact, state)
+    buf = _with_room(buf, st, 0)
+    return buf[: enc_finish(st, buf)].copy(), ks
+
+
+@jit
+def encode_indices_dq(ks, cols, rate_index):
+    """Code given indices ``ks`` (|k| <= MAX_DQ_INDEX) with the DQ contexts; return the payload."""
+    n = ks.size
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS_DQ)
+    colact = np.zeros(cols, np.int64)
+    st = enc_init()
+    buf = np.empty(n // 4 + 256, np.uint8)
+    state = 0
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        buf = _with_room(buf, st, stop - start)
+        st, state = _encode_span_dq(ks, start, stop, cols, ctx, st, buf, fast, slow, colact, state)
+    buf = _with_room(buf, st, 0)
+    return buf[: enc_finish(st, buf)].copy()
+
+
+@jit
+def decode_levels_dq(data, n, cols, rate_index):
+    """Mirror of the DQ encoders: return (int64 reconstruction levels, status)."""
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS_DQ)
+    colact = np.zeros(cols, np.int64)
+    st = dec_init(data)
+    ks = np.zeros(n, np.int64)
+    col = 0
+    state = 0
+    for i in range(n):
+        c_sig, c_sign, g = _contexts_of(ks, i, col, cols, colact)
+        c_sig += _sig_base(state)
+        here = col
+        col += 1
+        if col == cols:
+            col = 0
+        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        if sig == 0:
+            _col_update(colact, here, 0)
+            state = _next(state, 0)
+            continue
+        neg, st = dec_bin(st, data, p_one(ctx, c_sign))
+        update(ctx, c_sign, neg, fast, slow)
+        j = 1
+        while True:
+            c = _gt_context(j, g)
+            gt, st = dec_bin(st, data, p_one(ctx, c))
+            update(ctx, c, gt, fast, slow)
+            m = _gt_magnitude(j, gt)
+            if _gt_last(j, gt):
+                break
+            j += 1
+        if _eg_follows(m):
+            nb = 0
+            while True:
+                one, st = dec_bypass(st, data, 1)
+                if one == 0:
+                    break
+                nb += 1
+                if nb > MAX_EG_PREFIX:
+                    return ks, BAD_LEVEL
+            low, st = dec_bypass(st, data, nb)
+            xg = _eg_join(nb, low)
+            if xg > MAX_DQ_INDEX - GT_FLAGS:
+                return ks, BAD_LEVEL
+            m = GT_FLAGS + xg
+        k = -m if neg else m
+        ks[i] = k
+        state = _next(state, k)
+        _col_update(colact, here, m)
+        if st[2] > data.size + READ_SLACK:
+            return ks, SHORT_PAYLOAD
+    return dq_levels(ks), OK
