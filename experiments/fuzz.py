@@ -74,9 +74,19 @@ import zstandard
 
 import nnc_fl
 from nnc_fl import bitstream as bs
+from nnc_fl._floatcoder import encode_float_payload
 from nnc_fl._levels import encode_levels
 from nnc_fl.errors import FormatError
-from nnc_fl.payloads import golomb_parameter, pack_f16, pack_int8, pack_sparse, pack_ternary
+from nnc_fl.payloads import (
+    golomb_parameter,
+    lowrank_fits,
+    lowrank_view,
+    pack_f16,
+    pack_int8,
+    pack_lowrank,
+    pack_sparse,
+    pack_ternary,
+)
 
 #: The calls made on every mutated stream, in order.
 CALLS = ("decode", "fingerprint", "inspect", "decode_tensor", "decode_expect")
@@ -182,9 +192,16 @@ def _coded_record(name: str, arr: np.ndarray, step: float, rate: int = 0) -> bs.
 
 
 def _float_record(name: str, arr: np.ndarray, mode: int) -> bs.TensorRecord:
-    """A record of a non-empty float tensor in one of the float modes 4-7."""
+    """A record of a non-empty float tensor in one of the float modes 4-8 (lowrank: rank-1 factors
+    where they fit the shape, f16 otherwise)."""
     flat = arr.reshape(-1).astype(np.float64)
-    if mode == bs.MODE_F16:
+    if mode == bs.MODE_LOWRANK and not lowrank_fits(arr.shape, 1):
+        mode = bs.MODE_F16
+    if mode == bs.MODE_LOWRANK:
+        rows, cols = lowrank_view(arr.shape)
+        view = flat.reshape(rows, cols)
+        payload = pack_lowrank(view[:, :1], view[:1, :].T / (view[0, 0] if view[0, 0] else 1.0))
+    elif mode == bs.MODE_F16:
         payload = pack_f16(flat)
     elif mode == bs.MODE_INT8:
         scale = np.float32(np.abs(flat).max() / 127.0)
@@ -212,7 +229,7 @@ def _plain_record(name: str, arr: np.ndarray, mode: int | None) -> bs.TensorReco
 
 def build_corpus() -> list[Seed]:
     """The valid streams every mutation starts from (deterministic)."""
-    from experiments.baselines import Fp16Codec, Int8ZstdCodec, STCCodec, TopKCodec, ZstdCodec
+    from experiments.baselines import Fp16Codec, Int8ZstdCodec, PowerSGDCodec, STCCodec, TopKCodec, ZstdCodec
 
     fps = [None, b"\x01", bytes(range(32)), bytes(range(100, 148)), b"\xff" * 64]
     out: list[Seed] = []
@@ -237,11 +254,14 @@ def build_corpus() -> list[Seed]:
         add(f"{model}/nnc-part-lossless", nnc_fl.encode(tensors, step=0.005, lossless=floats[:1], fingerprint=fp(6)),
             tensors)
         codecs = [ZstdCodec(), Fp16Codec(), Int8ZstdCodec(), TopKCodec(ratio=0.2), TopKCodec(ratio=1.0),
-                  STCCodec(ratio=0.1), STCCodec(ratio=0.6)]
+                  STCCodec(ratio=0.1), STCCodec(ratio=0.6), PowerSGDCodec(rank=1)]
         for j, codec in enumerate(codecs):
             add(f"{model}/{codec.name}-{j}", codec.encode(tensors, fingerprint=fp(j)), tensors)
         # the float modes with the other zstd setting than their baseline codec, and all modes mixed
-        for mode, zstd in ((bs.MODE_F16, 3), (bs.MODE_INT8, None), (bs.MODE_SPARSE, None), (bs.MODE_TERNARY, 1)):
+        add(f"{model}/nnc-float-lossless", nnc_fl.encode(tensors, lossless=floats, float_lossless=True, step=0.01,
+                                                         fingerprint=fp(8)), tensors)
+        for mode, zstd in ((bs.MODE_F16, 3), (bs.MODE_INT8, None), (bs.MODE_SPARSE, None), (bs.MODE_TERNARY, 1),
+                           (bs.MODE_LOWRANK, None), (bs.MODE_LOWRANK, 2)):
             records = [_plain_record(k, v, mode) for k, v in tensors.items()]
             add(f"{model}/{bs.MODE_NAMES[mode]}{'+zstd' if zstd else ''}",
                 bs.write_stream(records, fp(mode), zstd_level=zstd), tensors)
@@ -553,6 +573,11 @@ def fitting_payload(mode: int, dtype_code: int, dims: list, rng: np.random.Gener
     elif mode == bs.MODE_TERNARY:
         pos = np.flatnonzero(rng.random(n) < rng.random())
         plain = pack_ternary(pos, rng.random(pos.size) < 0.5, 0.01, golomb_parameter(pos.size, n))
+    elif mode == bs.MODE_LOWRANK and all(isinstance(d, int) for d in dims) and lowrank_fits(tuple(dims), 1):
+        rows, cols = lowrank_view(tuple(dims))
+        plain = pack_lowrank(rng.laplace(size=(rows, 1)) * 0.1, rng.laplace(size=(cols, 1)) * 0.1)
+    elif mode == bs.MODE_FLOAT_LOSSLESS and dt.kind == "f":
+        return encode_float_payload(values.astype(dt))  # (never a zstd frame)
     else:
         return _rand_bytes(rng, int(rng.integers(0, 32)))
     return _zstd_frame(plain, rng) if zstd and mode in bs.ZSTD_MODES else plain
@@ -735,7 +760,7 @@ def _h_bomb(s, rng, ctx):
         e.payload = _zero_frame(struct.pack("<f", 0.01), n)
     elif mode == bs.MODE_SPARSE:
         e.payload = _zero_frame(varint(n), 5 * n)  # k = n, every gap 0, every value 0.0
-    else:
+    else:  # (lowrank too: a ternary layout it refuses)
         e.payload = _zero_frame(varint(n) + b"\x00" + struct.pack("<f", 0.01), 2 * ((n + 7) // 8))  # k = n, b = 0
     return f"bomb-{bs.MODE_NAMES[mode]}"
 
@@ -757,9 +782,9 @@ def _h_mode(s, rng, ctx):
         return "mode-none"
     r = rng.random()
     if r < 0.25:
-        e.mode = int(rng.integers(8, 256)) if rng.random() < 0.5 else int(rng.integers(0, 8))
+        e.mode = int(rng.integers(len(bs.MODE_NAMES), 256)) if rng.random() < 0.5 else int(rng.integers(0, 8))
         return "mode-lie"  # the fields that follow keep the old mode's layout
-    mode = int(rng.integers(0, 8))
+    mode = int(rng.integers(0, len(bs.MODE_NAMES)))
     _relayout(e, mode, rng)
     if r < 0.55:
         return "mode-relayout"
@@ -1250,16 +1275,22 @@ HEAVY_BYTES = 32 << 20
 
 
 def _claims(data: bytes) -> tuple[int, int]:
-    """``(claim, zstd plain bytes)``: the most memory the stream's table lets one call allocate by the
-    decoder's own estimate (``decoding_memory`` of all tensors for decode(), of one for decode_tensor,
-    within the default budget), and the plain size of its zstd payloads. ``(0, 0)`` without a table."""
+    """``(claim, zstd plain bytes)``: the most memory the stream lets one call allocate by the
+    decoder's own estimate (:func:`nnc_fl.api.decoding_memory`: outputs and working arrays, zstd
+    plain buffers included, of all tensors for decode(), of one for decode_tensor, within the default
+    budget), and the plain size its table allows its zstd payloads. ``(0, 0)`` without a table."""
     try:
         info = nnc_fl.inspect(data)
     except FormatError:
         return 0, 0
-    budget = nnc_fl.DEFAULT_MEMORY_BUDGET
-    claims = [nnc_fl.api.decoding_memory(info.tensors)] + [nnc_fl.api.decoding_memory([t]) for t in info.tensors]
     plain = sum(bs.plain_payload_size(t.mode, t.dtype, t.numel)[0] for t in info.tensors if t.zstd)
+    try:
+        outputs, working = nnc_fl.api.decoding_memory(data, info.tensors)
+    except FormatError:  # a zstd frame header every call refuses up front
+        return 0, plain
+    budget = nnc_fl.DEFAULT_LIMITS.max_decode_bytes
+    claims = [outputs + max(working, default=0)]
+    claims += [t.numel * t.dtype.itemsize + w for t, w in zip(info.tensors, working, strict=True)]
     return max((c for c in claims if c <= budget), default=0), plain
 
 
@@ -1428,7 +1459,7 @@ class Fuzzer:
         if self.alarm:
             signal.signal(signal.SIGALRM, _on_alarm)
         self.measure = measure and _reset_peak_rss()
-        self.memory_budget = nnc_fl.DEFAULT_MEMORY_BUDGET
+        self.memory_budget = nnc_fl.DEFAULT_LIMITS.max_decode_bytes
         self.stats = Stats()
 
     def warm_up(self) -> None:

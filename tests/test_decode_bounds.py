@@ -261,11 +261,15 @@ def test_a_sparse_zstd_bomb_decodes_within_what_the_estimate_counts():
         assert "zstd buffers" in reason and peak < 1 << 20
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float64])
-def test_sparse_and_ternary_zstd_bombs_of_other_dtypes_stay_within_their_estimate(dtype):
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_mode_zstd_bombs_stay_within_their_estimate(dtype):
     n = 1 << 21
     ternary = _zero_frame(bs_varint(n) + b"\x00" + struct.pack("<f", 0.01), 2 * ((n + 7) // 8))  # k = n, b = 0
-    for item in (_sparse_bomb(n, dtype), _zstd_record("w", dtype, (n,), bs.MODE_TERNARY, ternary)):
+    rows, cols = 1 << 11, 1 << 10
+    lowrank = _zero_frame(b"\x01", 4 * (rows + cols))  # rank 1, zero factors
+    for item in (_sparse_bomb(n, dtype), _zstd_record("w", dtype, (n,), bs.MODE_TERNARY, ternary),
+                 _zstd_record("w", dtype, (n,), bs.MODE_INT8, _zero_frame(struct.pack("<f", 0.01), n)),
+                 _zstd_record("w", dtype, (rows, cols), bs.MODE_LOWRANK, lowrank)):
         data = _zstd_stream([item])
         outputs, working = nnc_fl.api.decoding_memory(data, nnc_fl.inspect(data).tensors)
         out, peak, _ = _peak(lambda data=data: nnc_fl.decode(data))
