@@ -31,7 +31,11 @@ Streams (all carry the binding fingerprint the server expects, so they reach the
 - ``zstd-lie``: the model as raw + zstd, ``fc1.weight``'s frame declaring 2**40 bytes;
 - ``zstd-sparse-47M``: one float32 tensor of 47,000,000 elements, sparse + zstd with every position
   kept (k = n, all zero): 7 KB that decompress to 235 MB, within the default limits and budget;
-- ``zstd-sparse-model``: the same for every tensor of the model (a valid all-zero update).
+- ``zstd-sparse-model``: the same for every tensor of the model (a valid all-zero update);
+- ``zstd-sparse-47M-f64`` / ``zstd-ternary-47M-f64``: 47,000,000 float64 elements, sparse (k = n)
+  or ternary (k = n, Golomb parameter 0) + zstd, all zero: valid, 376 MB of output;
+- ``zstd-6x64MB-two-frames``: six raw float32 tensors of 16 Mi elements, each a 64 MB zero zstd
+  frame, the last payload two such frames (a payload must be one frame).
 
 Targets checked: a hostile upload (``huge-24k`` and the other hostile streams up to 24 KB) must cost
 the server < 50 MB and < 0.1 s.
@@ -111,6 +115,15 @@ def build_streams() -> dict:
     sparse = [RawEntry(k.encode(), 11, list(v.shape), bs.MODE_SPARSE, payload=_zero_frame(varint(v.size), 5 * v.size))
               for k, v in weights.items()]
     streams["zstd-sparse-model"] = RawStream(sparse, binding, True).serialise()
+    bomb64 = RawEntry(b"fc1.weight", 12, [n], bs.MODE_SPARSE, payload=_zero_frame(varint(n), 5 * n))
+    streams["zstd-sparse-47M-f64"] = RawStream([bomb64], binding, True).serialise()
+    ternary = RawEntry(b"fc1.weight", 12, [n], bs.MODE_TERNARY,
+                       payload=_zero_frame(varint(n) + b"\x00" + np.float32(0.01).tobytes(), 2 * ((n + 7) // 8)))
+    streams["zstd-ternary-47M-f64"] = RawStream([ternary], binding, True).serialise()
+    m = 16 << 20  # 64 MB plain per frame
+    frames = [RawEntry(f"t{i}".encode(), 11, [m], bs.MODE_RAW, payload=_zero_frame(b"", 4 * m)) for i in range(6)]
+    frames[-1].payload = _zero_frame(b"", 4 * m) + _zero_frame(b"", 4 * m)  # two frames in one payload
+    streams["zstd-6x64MB-two-frames"] = RawStream(frames, binding, True).serialise()
     for name in ("honest", "zstd-sparse-model"):
         nnc_fl.decode(streams[name], expect=weights)  # the valid ones are valid
     warm = [honest, codec.encode({"x": np.ones((3, 4), np.float32)}),
