@@ -198,11 +198,66 @@ def encode(
     return data
 
 
-def _check_memory(tensors: Collection[TensorInfo], limits: Limits) -> None:
-    need = bs.decoding_bytes([(t.numel, t.dtype.itemsize) for t in tensors if t.mode != bs.MODE_ZERO])
-    need += sum(t.numel * t.dtype.itemsize for t in tensors if t.mode == bs.MODE_ZERO)
+def _working_bytes(t: TensorInfo, plain: int) -> int:
+    """Bytes decoding tensor ``t`` allocates besides its output, at most, for a payload whose plain
+    layout has ``plain`` bytes (the zstd frame's declared content size, else the payload's length).
+    A zstd plain payload is allocated whole; a plain payload is read where it lies."""
+    n = t.numel
+    unpacked = plain if t.zstd else 0
+    if t.mode == bs.MODE_ZERO or t.mode == bs.MODE_FLOAT_LOSSLESS:  # decoded into its output
+        return 0
+    if t.mode in (bs.MODE_RAW, bs.MODE_F16):  # the plain bytes become the output in one cast
+        return unpacked
+    if t.mode == bs.MODE_INT8:  # float64 levels, scaled in place
+        return unpacked + 8 * n
+    if t.mode == bs.MODE_SPARSE:  # scattered by the gap kernel; float16 values cast first (5+ bytes each)
+        return unpacked + (2 * min(n, plain // 5) if t.dtype.itemsize == 2 else 0)
+    if t.mode == bs.MODE_TERNARY:  # int64 positions (each costs at least a Golomb bit and a sign bit)
+        return unpacked + 8 * min(n, 4 * plain)
+    if t.mode == bs.MODE_LOWRANK:  # float64 product, and one block of rows of it
+        rows, cols = payloads.lowrank_view(t.shape)
+        return unpacked + 8 * n + 8 * payloads.lowrank_block_rows(rows, cols) * cols
+    return bs.WORK_BYTES_PER_ELEMENT * n  # quant and int: int64 levels, float64 values
+
+
+def _plain_sizes(view: memoryview, tensors: Collection[TensorInfo]) -> list[int]:
+    """Each tensor's plain payload size: every zstd frame's declared content size, read from its
+    header (and bounded, :func:`bitstream.zstd_plain_size`) before any frame is decompressed."""
+    sizes = []
+    for t in tensors:
+        if not t.zstd:
+            sizes.append(t.length)
+            continue
+        frame = view[t.offset : t.offset + t.length]
+        if t.crc32 is not None and zlib.crc32(frame) != t.crc32:  # (as _decode_one would say first)
+            raise FormatError(f"tensor {t.name!r}: payload CRC mismatch (corrupted)")
+        sizes.append(bs.zstd_plain_size(frame, t))
+    return sizes
+
+
+def decoding_memory(data: bytes | bytearray | memoryview, tensors: Collection[TensorInfo]) -> tuple[int, list[int]]:
+    """``(outputs, working)``: the bytes of the decoded ``tensors`` of stream ``data`` and, per tensor,
+    the most its decoding allocates besides (zstd plain buffers included, from the frames' headers).
+    Decoding ``w`` tensors at once needs ``outputs`` + the ``w`` largest ``working``."""
+    view = memoryview(data).cast("B")
+    outputs = sum(t.numel * t.dtype.itemsize for t in tensors)
+    return outputs, [_working_bytes(t, p) for t, p in zip(tensors, _plain_sizes(view, tensors), strict=True)]
+
+
+def _check_memory(data, tensors: Collection[TensorInfo], limits: Limits, threads: int = 1) -> int:
+    """Refuse (:class:`LimitError`) ``tensors`` if decoding them one at a time needs more than the
+    memory budget; return how many (up to ``threads``) may decode at once within it."""
+    outputs, working = decoding_memory(data, tensors)
+    working = sorted(working, reverse=True)
+    need = outputs + (working[0] if working else 0)
     if need > limits.max_decode_bytes:
-        raise LimitError(f"decoding needs up to {need} bytes, above the memory budget of {limits.max_decode_bytes}")
+        raise LimitError(
+            f"decoding needs up to {need} bytes ({outputs} of output, {need - outputs} of working and zstd "
+            f"buffers), above the memory budget of {limits.max_decode_bytes}"
+        )
+    while threads > 1 and outputs + sum(working[:threads]) > limits.max_decode_bytes:
+        threads -= 1
+    return threads
 
 
 def _check_schema(info: StreamInfo, expect: Mapping[str, object]) -> None:
@@ -234,7 +289,10 @@ def decode(
     ----------
     limits
         Bounds on the header, and the memory budget (:attr:`Limits.max_decode_bytes`, 1 GiB by
-        default): a stream that needs more memory is refused before anything is allocated.
+        default): the outputs, the working arrays and the zstd plain buffers (every frame's declared
+        size is read before any is decompressed, :func:`decoding_memory`); a stream that needs more
+        is refused before anything is allocated, and tensors decode in fewer threads where the
+        budget does not cover their working arrays at once.
     expect
         The tensors the stream must describe (any arrays, or objects with ``shape`` and ``dtype``):
         ``limits`` are replaced by theirs (:meth:`Limits.for_schema`, so the budget is exactly
@@ -256,10 +314,10 @@ def decode(
         raise
     if expect is not None:
         _check_schema(info, expect)
-    _check_memory(info.tensors, limits)
+    workers = _thread_count(threads, sum(t.numel for t in info.tensors))
+    workers = _check_memory(data, info.tensors, limits, workers)
     bs.check_payload_crc(data, info)
     view = memoryview(data).cast("B")
-    workers = _thread_count(threads, sum(t.numel for t in info.tensors))
     arrays = _map_tensors(lambda t: _decode_one(view, t), info.tensors, [t.numel for t in info.tensors], workers)
     return {t.name: a for t, a in zip(info.tensors, arrays, strict=True)}
 
@@ -276,7 +334,7 @@ def decode_tensor(
     that is checked). ``KeyError`` if it is absent."""
     info = bs.read_table(data, limits, expect)
     t = info.tensor(name)
-    _check_memory([t], limits)
+    _check_memory(data, [t], limits)
     bs.check_payload_crc(data, info)
     return _decode_one(memoryview(data).cast("B"), t)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _zstdframe
 from .errors import FormatError, LimitError, SchemaError
 
 MAGIC = b"NNCF"
@@ -748,27 +749,61 @@ def _zstandard():
     return zstandard
 
 
-def unzstd_payload(payload: bytes | memoryview, t: TensorInfo) -> bytes:
-    """The plain payload inside tensor ``t``'s zstd frame (``t.zstd``), bounded before decompressing.
+_ZSTD_BLOCK_ERRORS = {
+    _zstdframe.SHORT: "its blocks run past the payload",
+    _zstdframe.RESERVED: "a block of the reserved type",
+    _zstdframe.TOO_BIG: "a block larger than 128 KiB",
+}
 
-    The frame must declare its content size, and that size must equal (raw, f16, int8) or stay
-    within (sparse, ternary) :func:`plain_payload_size` of the tensor's shape; the frame must be the
-    whole payload and decompress to exactly the declared size.
+
+def zstd_plain_size(payload: bytes | memoryview, t: TensorInfo) -> int:
+    """The plain size tensor ``t``'s zstd frame (``t.zstd``) declares, read from its frame header only.
+
+    The payload must be exactly one frame (its block headers are walked, nothing is decompressed),
+    without a dictionary; the frame must declare its content size, and that size must equal (raw,
+    f16, int8) or stay within (sparse, ternary, lowrank) :func:`plain_payload_size` of the tensor's
+    shape. Decoders read
+    every frame's size with this before decompressing any (the plain payloads count against the
+    memory budget).
     """
     zstandard = _zstandard()
     what = f"tensor {t.name!r}"
+    if bytes(payload[:4]) != zstandard.FRAME_HEADER:
+        raise FormatError(f"{what}: bad zstd frame header (the payload does not start with the frame magic)")
     try:
-        declared = zstandard.frame_content_size(payload)
+        header = zstandard.frame_header_size(payload)
+        params = zstandard.get_frame_parameters(payload)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what}: bad zstd frame header ({exc})") from None
-    if declared < 0:
+    declared = params.content_size
+    if declared == zstandard.CONTENTSIZE_UNKNOWN or declared < 0:
         raise FormatError(f"{what}: zstd frame does not declare its content size")
+    if params.dict_id:
+        raise FormatError(f"{what}: zstd frame needs dictionary {params.dict_id} (payload frames use none)")
+    end = _zstdframe.blocks_end(np.frombuffer(payload, dtype=np.uint8), header)
+    if end < 0:
+        raise FormatError(f"{what}: corrupt zstd frame ({_ZSTD_BLOCK_ERRORS[end]})")
+    if end + 4 * params.has_checksum != len(payload):
+        raise FormatError(
+            f"{what}: corrupt zstd frame (it ends at byte {end + 4 * params.has_checksum} of the "
+            f"{len(payload)}-byte payload, which must be exactly one frame)"
+        )
     size, exact = plain_payload_size(t.mode, t.dtype, t.numel)
     if declared > size or (exact and declared != size):
         need = f"needs {size}" if exact else f"allows at most {size}"
         raise FormatError(
             f"{what}: zstd frame declares {declared} bytes, a {t.mode_name} payload of shape {t.shape} {need}"
         )
+    return declared
+
+
+def unzstd_payload(payload: bytes | memoryview, t: TensorInfo) -> bytes:
+    """The plain payload inside tensor ``t``'s zstd frame (``t.zstd``), bounded before decompressing
+    (:func:`zstd_plain_size`); the frame must be the whole payload and decompress to exactly the
+    declared size."""
+    declared = zstd_plain_size(payload, t)
+    zstandard = _zstandard()
+    what = f"tensor {t.name!r}"
     try:
         plain = zstandard.ZstdDecompressor().decompress(payload, max_output_size=declared, allow_extra_data=False)
     except zstandard.ZstdError as exc:

@@ -17,6 +17,7 @@ import struct
 
 import numpy as np
 
+from . import _varint
 from . import bitstream as bs
 from ._jit import jit
 from .bitstream import TensorInfo
@@ -55,26 +56,26 @@ def varint_decode(data: bytes | memoryview, count: int, max_bytes: int = 9) -> n
     """Inverse of :func:`varint_encode`: exactly ``count`` values filling ``data`` exactly (int64).
 
     Raises :class:`FormatError` for a wrong count, a value running past the end, a value longer
-    than ``max_bytes`` (at most 9, so values stay below 2**63) or a non-minimal encoding.
+    than ``max_bytes`` (at most 9, so values stay below 2**63) or a non-minimal encoding. The
+    bytes are read by a numba kernel (:func:`nnc_fl._varint.decode_varints`).
     """
     max_bytes = min(max_bytes, 9)
     b = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(b < 0x80)
-    if ends.size != count or (count and ends[-1] != b.size - 1) or (not count and b.size):
+    if count < 0 or count > b.size:  # every value takes at least one byte
         raise FormatError(f"varint region of {b.size} bytes does not hold exactly {count} values")
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
-    if lengths.max() > max_bytes:
-        raise FormatError(f"varint of {lengths.max()} bytes exceeds {max_bytes}")
-    if np.any((lengths > 1) & (b[ends] == 0)):
-        raise FormatError("overlong varint (a trailing zero group)")
     out = np.zeros(count, dtype=np.int64)
-    for j in range(int(lengths.max())):
-        sel = lengths > j
-        out[sel] |= (b[starts[sel] + j].astype(np.int64) & 0x7F) << (7 * j)
+    status = _varint.decode_varints(b, 0, b.size, count, max_bytes, out)
+    if status != _varint.OK:
+        raise FormatError(_varint_reason(status, b.size, count, max_bytes))
     return out
+
+
+def _varint_reason(status: int, size: int, count: int, max_bytes: int) -> str:
+    if status == _varint.TOO_LONG:
+        return f"varint exceeds {max_bytes} bytes"
+    if status == _varint.OVERLONG:
+        return "overlong varint (a trailing zero group)"
+    return f"varint region of {size} bytes does not hold exactly {count} values"  # SHORT, EXTRA
 
 
 # --- Golomb position code (ternary mode) -------------------------------------------------------------
@@ -275,16 +276,30 @@ def pack_lowrank(p: np.ndarray, q: np.ndarray) -> bytes:
     return bytes([rank]) + p.tobytes() + q.tobytes()
 
 
+#: :func:`lowrank_product` adds each factor's outer product to the result in blocks of rows of about
+#: this many elements (and at most half the rows), so its one working block stays small.
+LOWRANK_BLOCK_ELEMENTS = 1 << 18
+
+
+def lowrank_block_rows(rows: int, cols: int) -> int:
+    """Rows per block of :func:`lowrank_product` (its working block is this many rows x ``cols`` float64)."""
+    return max(1, min(rows // 2, LOWRANK_BLOCK_ELEMENTS // max(cols, 1)))
+
+
 def lowrank_product(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``sum_t outer(P[:, t], Q[:, t])`` in float64, ``t = 0, 1, ...`` in order, every product and sum
     rounded once (no fused multiply-add), so every platform gets the same bits. (rows x cols)"""
     rows, rank = p.shape
     cols = q.shape[0]
     acc = np.zeros((rows, cols), dtype=np.float64)
-    tmp = np.empty((rows, cols), dtype=np.float64)
-    for t in range(rank):
-        np.multiply.outer(p[:, t].astype(np.float64), q[:, t].astype(np.float64), out=tmp)
-        acc += tmp
+    block = lowrank_block_rows(rows, cols)
+    tmp = np.empty((block, cols), dtype=np.float64)
+    for i in range(0, rows, block):
+        part = acc[i : i + block]
+        work = tmp[: part.shape[0]]
+        for t in range(rank):  # the factors are cast to float64 as the ufunc reads them (no copies)
+            np.multiply.outer(p[i : i + block, t], q[:, t], out=work, dtype=np.float64)
+            part += work
     return acc
 
 
@@ -338,31 +353,46 @@ def _decode_int8(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarray:
     q = np.frombuffer(view, dtype=np.int8, offset=4)
     if q.size and q.min() < -127:
         raise FormatError(f"tensor {t.name!r}: int8 level -128 is outside [-127, 127]")
-    return (q.astype(np.float64) * scale).astype(_native(t))
+    out = q.astype(np.float64)  # the one working array (8 bytes per element): scaled in place
+    out *= scale
+    return out.astype(_native(t), copy=False)
+
+
+def _scatter_target(out: np.ndarray, values) -> tuple:
+    """``(values, out)`` as the scatter kernels take them: float16 travels as its bit patterns
+    (numba has no float16), float32 and float64 as themselves."""
+    if out.dtype.itemsize == 2:
+        return np.asarray(values, dtype=np.float16).view(np.uint16), out.view(np.uint16)
+    return values, out
 
 
 def _decode_sparse(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarray:
+    """Allocates the output and, for float16 tensors, the ``k`` values as float16 (2k bytes): the
+    kernel scatters each value at its position as it reads the gaps."""
     n = t.numel
     k = r.varint("k", n)
     values_at = len(view) - 4 * k
     if values_at < r.pos + k:  # each gap takes at least one byte
         raise FormatError(f"tensor {t.name!r}: k = {k} impossible for a {len(view)}-byte sparse payload")
-    gaps = varint_decode(view[r.pos : values_at], k, bs.varint_len(n - 1))
-    if k and gaps.sum(dtype=np.float64) + k > n:  # (float sum: no overflow, exact enough to bound)
-        raise FormatError(f"tensor {t.name!r}: sparse positions run past the {n} elements")
-    positions = np.cumsum(gaps + 1) - 1
-    if k and positions[-1] >= n:
-        raise FormatError(f"tensor {t.name!r}: sparse position {positions[-1]} is past the {n} elements")
-    values = np.frombuffer(view, dtype="<f4", offset=values_at)
-    if not np.all(np.isfinite(values)):
+    values = np.frombuffer(view, dtype="<f4", count=k, offset=values_at)
+    top = _varint.finite_max_abs(values)
+    if top < 0:
         raise FormatError(f"tensor {t.name!r}: non-finite sparse value")
-    _check_range(t, float(np.max(np.abs(values), initial=0.0)), "sparse value")
+    _check_range(t, top, "sparse value")
     out = np.zeros(n, dtype=_native(t))
-    out[positions] = values
+    vals, target = _scatter_target(out, values)
+    max_bytes = min(bs.varint_len(n - 1), 9)
+    status = _varint.scatter_gaps(np.frombuffer(view, dtype=np.uint8), r.pos, values_at, k, max_bytes, n, vals, target)
+    if status == _varint.PAST_END:
+        raise FormatError(f"tensor {t.name!r}: sparse positions run past the {n} elements")
+    if status != _varint.OK:
+        reason = _varint_reason(status, values_at - r.pos, k, max_bytes)
+        raise FormatError(f"tensor {t.name!r}: sparse gaps: {reason}")
     return out
 
 
 def _decode_ternary(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarray:
+    """Allocates the output and the ``k`` positions (int64)."""
     n = t.numel
     k = r.varint("k", n)
     b = r.u8("Golomb parameter")
@@ -382,9 +412,9 @@ def _decode_ternary(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarra
     sign_bytes = np.frombuffer(view, dtype=np.uint8, offset=signs_at)
     if k % 8 and sign_bytes[-1] & ((1 << (8 - k % 8)) - 1):
         raise FormatError(f"tensor {t.name!r}: non-zero padding after the sign bits")
-    negative = np.unpackbits(sign_bytes, count=k).astype(bool)
     out = np.zeros(n, dtype=_native(t))
-    out[positions] = np.where(negative, -mu, mu)
+    (plus, minus), target = _scatter_target(out, np.array([mu, -mu], dtype=out.dtype))
+    _varint.scatter_signed(positions, sign_bytes, plus, minus, target)
     return out
 
 
@@ -403,11 +433,11 @@ def _decode_lowrank(view: memoryview, t: TensorInfo, r: bs._Reader) -> np.ndarra
         raise FormatError(f"tensor {t.name!r}: lowrank payload of {len(view)} bytes, rank {rank} needs {need}")
     p = np.frombuffer(view, dtype="<f4", count=rows * rank, offset=1).reshape(rows, rank)
     q = np.frombuffer(view, dtype="<f4", offset=1 + 4 * rows * rank).reshape(cols, rank)
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+    if _varint.finite_max_abs(p.reshape(-1)) < 0 or _varint.finite_max_abs(q.reshape(-1)) < 0:
         raise FormatError(f"tensor {t.name!r}: non-finite lowrank factor")
-    acc = lowrank_product(p, q)
-    _check_range(t, float(np.max(np.abs(acc), initial=0.0)), "lowrank value")
-    return acc.astype(_native(t)).reshape(-1)
+    acc = lowrank_product(p, q)  # working arrays: acc, and one block of lowrank_block_rows rows
+    _check_range(t, max(float(acc.max()), -float(acc.min())), "lowrank value")
+    return acc.astype(_native(t), copy=False).reshape(-1)
 
 
 _DECODERS = {

@@ -3,6 +3,8 @@ never writes what its own decoder refuses, nor a reconstruction outside the dtyp
 
 from __future__ import annotations
 
+import re
+import struct
 import time
 import tracemalloc
 
@@ -176,3 +178,169 @@ def test_read_fingerprint_checks_the_header_only():
     corrupt[8] ^= 1
     with pytest.raises(FormatError, match="CRC"):
         nnc_fl.read_fingerprint(bytes(corrupt))
+
+
+# --- zstd plain buffers and the float modes' working arrays count against the budget (issue 9) -------
+
+
+def _zero_frame(prefix: bytes, zeros: int) -> bytes:
+    """A zstd frame declaring its size: ``prefix`` as a raw block, then ``zeros`` zero bytes as RLE
+    blocks (a few bytes per 128 KiB of content: a decompression bomb that is a valid payload)."""
+    out = bytearray(b"\x28\xb5\x2f\xfd\xe0" + struct.pack("<Q", len(prefix) + zeros))
+    out += (int(zeros == 0) | (len(prefix) << 3)).to_bytes(3, "little") + prefix
+    while zeros > 0:
+        chunk = min(zeros, 1 << 17)
+        zeros -= chunk
+        out += (int(zeros == 0) | (1 << 1) | (chunk << 3)).to_bytes(3, "little") + b"\x00"
+    return bytes(out)
+
+
+def _sparse_bomb(n: int, dtype=np.float32, name="w") -> bs.TensorRecord:
+    """Sparse + zstd, every position kept (k = n, every gap and value zero): 5n plain bytes."""
+    return _zstd_record(name, dtype, (n,), bs.MODE_SPARSE, _zero_frame(bs_varint(n), 5 * n))
+
+
+def bs_varint(value: int) -> bytes:
+    out = bytearray()
+    bs._put_varint(out, value)
+    return bytes(out)
+
+
+def _zstd_record(name, dtype, shape, mode, frame) -> tuple:
+    return (name, np.dtype(dtype), shape, mode, frame)
+
+
+def _zstd_stream(items) -> bytes:
+    from streamforge import forge
+
+    return forge(items, zstd=True)
+
+
+def _peak(fn):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        result = fn()
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return result, peak, time.perf_counter() - t0
+
+
+def _refused(fn, error=FormatError) -> tuple[str, int, float]:
+    """``(reason, tracemalloc peak, seconds)`` of a call that must raise ``error``."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except error as exc:
+        reason = str(exc)
+    else:
+        raise AssertionError("not refused")
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return reason, peak, time.perf_counter() - t0
+
+
+def test_a_sparse_zstd_bomb_decodes_within_what_the_estimate_counts():
+    # 7 KB for 47 M elements cost 2.1 GB against a 940 MB estimate: the zstd plain buffer and the
+    # sparse parser's arrays were not counted. Now the parser allocates only its output, and the
+    # estimate counts the plain buffer (from the frame header, before decompressing).
+    n = 1 << 22
+    data = _zstd_stream([_sparse_bomb(n)])
+    assert len(data) < 1000
+    outputs, working = nnc_fl.api.decoding_memory(data, nnc_fl.inspect(data).tensors)
+    assert (outputs, working) == (4 * n, [5 * n + 4])  # float32 output, 5n + varint(k) plain bytes
+    out, peak, _ = _peak(lambda: nnc_fl.decode(data))
+    assert not out["w"].any() and out["w"].dtype == np.float32
+    assert peak <= outputs + working[0] + (1 << 20)
+    limits = nnc_fl.Limits(max_decode_bytes=outputs + working[0] - 1)
+    for decode in (lambda: nnc_fl.decode(data, limits=limits), lambda: nnc_fl.decode_tensor(data, "w", limits=limits)):
+        reason, peak, _ = _refused(decode, LimitError)
+        assert "zstd buffers" in reason and peak < 1 << 20
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_mode_zstd_bombs_stay_within_their_estimate(dtype):
+    n = 1 << 21
+    ternary = _zero_frame(bs_varint(n) + b"\x00" + struct.pack("<f", 0.01), 2 * ((n + 7) // 8))  # k = n, b = 0
+    rows, cols = 1 << 11, 1 << 10
+    lowrank = _zero_frame(b"\x01", 4 * (rows + cols))  # rank 1, zero factors
+    for item in (_sparse_bomb(n, dtype), _zstd_record("w", dtype, (n,), bs.MODE_TERNARY, ternary),
+                 _zstd_record("w", dtype, (n,), bs.MODE_INT8, _zero_frame(struct.pack("<f", 0.01), n)),
+                 _zstd_record("w", dtype, (rows, cols), bs.MODE_LOWRANK, lowrank)):
+        data = _zstd_stream([item])
+        outputs, working = nnc_fl.api.decoding_memory(data, nnc_fl.inspect(data).tensors)
+        out, peak, _ = _peak(lambda data=data: nnc_fl.decode(data))
+        assert out["w"].dtype == dtype and peak <= outputs + working[0] + (1 << 20), item[3]
+
+
+def test_a_sparse_zstd_bomb_over_the_budget_is_refused_from_its_frame_header():
+    n = 100_000_000  # float64: 800 MB of output and 500 MB of plain payload, above 1 GiB
+    data = _zstd_stream([_sparse_bomb(n, np.float64)])
+    assert len(data) < 20_000
+    for decode in (lambda: nnc_fl.decode(data), lambda: nnc_fl.decode_tensor(data, "w")):
+        reason, peak, seconds = _refused(decode, LimitError)
+        assert "500000004 of working and zstd buffers" in reason and "memory budget" in reason
+        assert peak < 1 << 20 and seconds < 0.5
+
+
+def test_every_zstd_frame_header_is_read_before_any_frame_is_decompressed():
+    n = 1 << 20
+    good = [_zstd_record(f"t{i}", np.float32, (n,), bs.MODE_RAW, _zero_frame(b"", 4 * n)) for i in range(8)]
+    no_size = __import__("zstandard").ZstdCompressor(write_content_size=False).compress(bytes(4 * n))
+    hostile = {
+        "does not declare its content size": no_size,
+        "needs 4194304": _zero_frame(b"", 4 * n + 1),
+        "exactly one frame": _zero_frame(b"", 4 * n) + _zero_frame(b"", 4 * n),  # many frames in one payload
+        "exactly one frame|frame header": _zero_frame(b"", 4 * n) + b"\x50\x2a\x4d\x18\x00\x00\x00\x00",
+        "needs dictionary": b"\x28\xb5\x2f\xfd\xe1\x07" + _zero_frame(b"", 4 * n)[5:],
+    }
+    for reason, frame in hostile.items():
+        data = _zstd_stream([*good, _zstd_record("last", np.float32, (n,), bs.MODE_RAW, frame)])
+        got, peak, _ = _refused(lambda data=data: nnc_fl.decode(data))
+        assert re.search(reason, got) and "tensor 'last'" in got, got
+        assert peak < 1 << 20, reason  # no frame was decompressed (each is 4 MB)
+    data = _zstd_stream(good)
+    assert all(not a.any() for a in nnc_fl.decode(data).values())
+
+
+def test_tensors_decode_in_fewer_threads_when_the_budget_does_not_cover_them_at_once():
+    n = 1 << 19
+    items = [_zstd_record(f"t{i}", np.float32, (n,), bs.MODE_RAW, _zero_frame(b"", 4 * n)) for i in range(4)]
+    data = _zstd_stream(items)
+    outputs, working = nnc_fl.api.decoding_memory(data, nnc_fl.inspect(data).tensors)
+    assert (outputs, working) == (16 * n, [4 * n] * 4)
+    tensors = nnc_fl.inspect(data).tensors
+    for budget, threads in ((outputs + 4 * n, 1), (outputs + 8 * n, 2), (outputs + 16 * n, 4), (1 << 40, 4)):
+        assert nnc_fl.api._check_memory(data, tensors, nnc_fl.Limits(max_decode_bytes=budget), 4) == threads
+        decoded = nnc_fl.decode(data, limits=nnc_fl.Limits(max_decode_bytes=budget), threads=4)
+        assert list(decoded) == [f"t{i}" for i in range(4)]
+
+
+def test_the_float_modes_working_arrays_fit_the_schema_budget():
+    # Limits.for_schema gives each tensor 16 bytes per element of working memory: every valid
+    # payload of the float modes, zstd plain buffer included, needs less.
+    from experiments.baselines import Int8ZstdCodec, PowerSGDCodec, STCCodec, TopKCodec
+
+    rng = np.random.default_rng(3)
+    model = {"a": rng.normal(size=(40, 30)).astype(np.float32), "b": rng.normal(size=(2, 700)).astype(np.float64),
+             "c": rng.normal(size=5).astype(np.float16)}
+    for codec in (Int8ZstdCodec(), PowerSGDCodec(rank=1), STCCodec(ratio=1.0), TopKCodec(ratio=1.0)):
+        for zstd in (False, True):
+            data = codec.encode(model)
+            if not zstd:
+                data = bs.write_stream([bs.TensorRecord(t.name, t.dtype, t.shape, t.mode, payload=payload)
+                                        for t, payload in _plain_payloads(data)])
+            tensors = nnc_fl.inspect(data).tensors
+            _, working = nnc_fl.api.decoding_memory(data, tensors)
+            assert all(w <= bs.WORK_BYTES_PER_ELEMENT * t.numel for t, w in zip(tensors, working, strict=True))
+            nnc_fl.decode(data, expect=model)
+
+
+def _plain_payloads(data):
+    info = nnc_fl.inspect(data)
+    for t in info.tensors:
+        payload = data[t.offset : t.offset + t.length]
+        yield t, (bs.unzstd_payload(payload, t) if t.zstd else payload)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nnc_fl
-from nnc_fl import encode, reference
+from nnc_fl import _varint, _zstdframe, encode, reference
 from nnc_fl._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from nnc_fl._floatcoder import BAD_EXPONENT as FLOAT_BAD_EXPONENT
 from nnc_fl._floatcoder import FLAG_FULL as FLOAT_FLAG_FULL
@@ -216,6 +216,14 @@ def _kernel_outputs_digest():
         tz, e_top, full = int(rng.integers(0, mbits + 1)), int(rng.integers(0, 40)), bool(rng.integers(0, 2))
         decoded, status = decode_floats(junk, junk[:5], 100, itemsize, mbits, tz, e_top, full)
         h.update(decoded.tobytes() + bytes([status]))
+    for _ in range(60):  # the sparse / ternary / zstd-frame kernels on hostile bytes
+        junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
+        count, n = int(rng.integers(0, 8)), int(rng.integers(1, 300))
+        out = np.zeros(count, np.int64)
+        h.update(out.tobytes() + str(_varint.decode_varints(junk, 0, junk.size, count, 2, out)).encode())
+        dense = np.zeros(n, np.float32)
+        status = _varint.scatter_gaps(junk, 0, junk.size, count, 2, n, np.arange(count, dtype=np.float32) + 1, dense)
+        h.update(dense.tobytes() + str(status).encode() + str(_zstdframe.blocks_end(junk, 0)).encode())
     return h.hexdigest()
 
 
@@ -657,3 +665,87 @@ def test_on_grid_accepts_exact_multiples_within_range_only():
         checked(x, 0.3, 64.0)
     with pytest.raises(TypeError, match="float tensor"):
         checked(np.arange(4), g, 64.0)
+
+
+# --- sparse / ternary kernels (nnc_fl/_varint.py) and the zstd block walk (nnc_fl/_zstdframe.py) -------
+
+
+def test_varint_kernel_decodes_what_the_encoder_writes_and_reports_each_error():
+    from nnc_fl.payloads import varint_encode
+
+    values = np.array([0, 1, 127, 128, 300, 2**21, 2**35 - 1, 2**63 - 1], dtype=np.int64)
+    buf = np.frombuffer(b"\xee" + varint_encode(values) + b"\xee", np.uint8)  # decoded from 1 to size - 1
+    out = np.zeros(values.size, np.int64)
+    assert _varint.decode_varints(buf, 1, buf.size - 1, values.size, 9, out) == _varint.OK
+    assert np.array_equal(out, values)
+    one = np.zeros(1, np.int64)
+    cases = [
+        (b"\x80", 1, 9, _varint.SHORT),  # runs past the end
+        (b"", 1, 9, _varint.SHORT),  # no bytes for a value
+        (b"\x80\x80\x01", 1, 2, _varint.TOO_LONG),
+        (b"\x81\x00", 1, 9, _varint.OVERLONG),
+        (b"\x01\x02", 1, 9, _varint.EXTRA),
+        (b"", 0, 9, _varint.OK),
+    ]
+    for data, count, max_bytes, status in cases:
+        b = np.frombuffer(data, np.uint8)
+        assert _varint.decode_varints(b, 0, b.size, count, max_bytes, one) == status, data
+
+
+def test_gap_kernel_scatters_values_at_their_positions_and_never_past_the_tensor():
+    n = 300
+    positions = np.array([0, 5, 6, 200, 299])
+    from nnc_fl.payloads import varint_encode
+
+    gaps = np.frombuffer(varint_encode(np.diff(positions, prepend=-1) - 1), np.uint8)
+    values = np.arange(1, positions.size + 1, dtype=np.float32)
+    for dtype in (np.float32, np.float64, np.uint16):
+        out = np.zeros(n, dtype)
+        assert _varint.scatter_gaps(gaps, 0, gaps.size, positions.size, 2, n, values.astype(dtype), out) == _varint.OK
+        expect = np.zeros(n, dtype)
+        expect[positions] = values
+        assert np.array_equal(out, expect)
+    out = np.zeros(n, np.float32)
+    assert _varint.scatter_gaps(gaps, 0, gaps.size, positions.size, 2, 299, values, out[:299]) == _varint.PAST_END
+    assert _varint.scatter_gaps(gaps, 0, gaps.size - 1, positions.size, 2, n, values, out) == _varint.SHORT
+    assert _varint.scatter_gaps(gaps, 0, gaps.size, positions.size - 1, 2, n, values, out) == _varint.EXTRA
+    huge = np.frombuffer(varint_encode(np.array([2**63 - 1])), np.uint8)  # a gap that would overflow int64
+    assert _varint.scatter_gaps(huge, 0, huge.size, 1, 9, 2**62, values, out) == _varint.PAST_END
+
+
+def test_sign_kernel_and_finite_max_abs():
+    positions = np.array([1, 3, 4, 8, 9, 10, 11, 12, 15], np.int64)
+    signs = np.packbits(np.array([1, 0, 0, 1, 1, 0, 0, 0, 1], np.uint8))
+    out = np.zeros(16, np.float32)
+    _varint.scatter_signed(positions, signs, np.float32(0.5), np.float32(-0.5), out)
+    expect = np.zeros(16, np.float32)
+    expect[positions] = np.where(np.unpackbits(signs, count=9).astype(bool), -0.5, 0.5)
+    assert np.array_equal(out, expect)
+    assert _varint.finite_max_abs(np.array([1.0, -3.5, 2.0], np.float32)) == 3.5
+    assert _varint.finite_max_abs(np.zeros(0, np.float32)) == 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        assert _varint.finite_max_abs(np.array([1.0, bad], np.float64)) == -1.0
+
+
+def test_zstd_block_walk_finds_the_end_of_one_frame_without_decompressing():
+    import zstandard
+
+    rng = np.random.default_rng(5)
+    plain = rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes()  # several compressed blocks
+    for frame in (zstandard.ZstdCompressor(level=3, write_checksum=False).compress(plain),
+                  zstandard.ZstdCompressor(level=1).compress(b"\0" * 400_000),  # RLE blocks
+                  zstandard.ZstdCompressor(level=1).compress(b"")):
+        buf = np.frombuffer(frame, np.uint8)
+        assert _zstdframe.blocks_end(buf, zstandard.frame_header_size(frame)) == buf.size
+
+    def blocks(*headers):
+        return np.frombuffer(b"".join(h.to_bytes(3, "little") for h in headers), np.uint8)
+
+    raw_last = 1 | (0 << 1) | (2 << 3)
+    assert _zstdframe.blocks_end(np.frombuffer(raw_last.to_bytes(3, "little") + b"ab", np.uint8), 0) == 5
+    assert _zstdframe.blocks_end(np.frombuffer(raw_last.to_bytes(3, "little") + b"a", np.uint8), 0) == _zstdframe.SHORT
+    assert _zstdframe.blocks_end(blocks(0 | (1 << 1) | (9 << 3))[:2], 0) == _zstdframe.SHORT
+    assert _zstdframe.blocks_end(blocks(1 | (3 << 1)), 0) == _zstdframe.RESERVED
+    assert _zstdframe.blocks_end(blocks(1 | (2 << 1) | ((_zstdframe.BLOCK_MAX + 1) << 3)), 0) == _zstdframe.TOO_BIG
+    rle = (1 << 1 | 5 << 3).to_bytes(3, "little") + b"x" + (1 | 1 << 1 | 5 << 3).to_bytes(3, "little") + b"y"
+    assert _zstdframe.blocks_end(np.frombuffer(rle, np.uint8), 0) == 8
