@@ -13,7 +13,7 @@ import os
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -156,8 +156,9 @@ def encode(
         pinned first). A budget below the smallest stream (every quantised tensor zero) gives that
         stream; one above the stream at ``2**-16`` times the steps gives that one. Exact tensors
         are not affected. The stream format is the same (the steps are in the table as always).
-        With ``grid``, steps stay power-of-two multiples of the grid, so the size moves in coarse
-        jumps and may land further below the budget.
+        With ``grid``, steps are integer multiples of the grid (not only power-of-two ones: a
+        model on the grid stays on it all the same), at least the grid itself; near it the size
+        moves in coarse jumps and may land further below the budget.
 
     Returns
     -------
@@ -240,6 +241,7 @@ def _encode_to_budget(
     }
     varying = [(name, arr) for name, arr in arrays if name in reference]
     sizes = [arr.size for _, arr in varying]
+    opts = replace(opts, grid_multiples=True)  # with a grid, steps n * grid: finer rate steps than powers of two
 
     def code(e: float):
         steps = {n: min(max(s * 2.0**e, MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
@@ -413,6 +415,12 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
+def _on_grid_multiple(s: float, g: float) -> float:
+    """The integer multiple of grid step ``g`` nearest to ``s`` (at least ``g``): a finer choice of
+    steps than :func:`_on_grid` that keeps a model on the grid just as well (rate control)."""
+    return g * max(1.0, float(round(s / g)))
+
+
 def _on_grid(s: float, g: float) -> float:
     """The power-of-two multiple of grid step ``g`` nearest to ``s`` (at least ``g``)."""
     return g * 2.0 ** max(0, round(math.log2(s / g)))
@@ -428,6 +436,7 @@ class _Options:
     rate_search: bool = False
     row_refs: bool = False
     float_lossless: bool = False  # exact tensors coded by nnc_fl._floatcoder instead of raw
+    grid_multiples: bool = False  # steps on a grid: any integer multiple (rate control), not a power of two
 
 
 @dataclass(frozen=True)
@@ -483,7 +492,7 @@ def _code_tensor(
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
         s = resolve_step(name, arr, step, qp, rel_step)
         if grid is not None:
-            s = _on_grid(s, grid)
+            s = _on_grid_multiple(s, grid) if opts.grid_multiples else _on_grid(s, grid)
         if opts.bf16_steps:
             s = bs.bf16_round(s)
         levels, s = _quantise_within_range(name, flat, s, dtype)

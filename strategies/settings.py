@@ -198,8 +198,9 @@ class DownlinkSettings:
         Rate control of the global increments: a budget per increment, a float in (0, 1) as a share
         of the model's fp32 size or an int as bytes; each increment is coded at one common multiple
         of its steps, the finest that fits (:mod:`nnc_fl.rate`). Keyframes are not affected. With
-        ``keyframe_grid``, increment steps are power-of-two multiples of the grid, so the size moves
-        in coarse jumps and lands further below the budget. ``None`` (the default): no budget
+        ``keyframe_grid``, increment steps are then integer multiples of the anchor grid (at least
+        the grid itself), so where they are only a few grid steps the size moves in coarse jumps
+        and lands further below the budget. ``None`` (the default): no budget
         (the uplink's ``target_uplink`` does not apply to the downlink).
     """
 

@@ -134,16 +134,21 @@ def test_nothing_to_scale_codes_once():
     assert all(np.array_equal(out[k], d[k]) for k in d)
 
 
-def test_grid_steps_stay_on_the_grid():
+def test_grid_steps_are_integer_multiples_and_keep_the_model_on_the_grid():
     d = _synthetic(7)
     grid = {"conv2.weight": 2.0**-14, "fc.weight": 2.0**-15}
-    target = int(0.01 * _raw(d))
-    data = nnc_fl.encode(d, rel_step=2.0, grid=grid, target_bytes=target)
-    assert len(data) <= target
-    info = nnc_fl.inspect(data)
-    for name, g in grid.items():
-        k = math.log2(info.tensor(name).step / g)
-        assert k == int(k) and k >= 0
+    rng = np.random.default_rng(7)
+    model = {n: (np.rint(rng.normal(scale=0.05, size=d[n].shape) / g) * g).astype(np.float32) for n, g in grid.items()}
+    for fraction in (0.003, 0.01, 0.05):
+        target = int(fraction * _raw(d))
+        data, decoded = nnc_fl.encode(d, rel_step=2.0, grid=grid, target_bytes=target, return_decoded=True)
+        assert len(data) <= target
+        info = nnc_fl.inspect(data)
+        for name, g in grid.items():
+            n = info.tensor(name).step / g
+            assert n == int(n) and n >= 1
+            moved = model[name] + decoded[name]
+            assert np.array_equal(np.rint(moved.astype(np.float64) / g) * g, moved)
 
 
 @pytest.mark.parametrize("bad", [0, -5, 1.5, 100.0, True, "100"])
