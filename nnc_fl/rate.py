@@ -101,6 +101,7 @@ def fit_budget(
     log_t = math.log(max(target, 1))
     e = min(max(start, lo), hi)
     evals = 0
+    jump = 0.0  # the last move outside a bracket
     while True:
         size, result = size_of(e)
         evals += 1
@@ -112,14 +113,16 @@ def fit_budget(
             big = (e, size, result)
         if evals >= max_evals or (fit is not None and fit[1] >= (1.0 - rtol) * target):
             break
+        if big is None or fit is None:
+            jump = _jump(history, log_t, jump)
         if big is None:  # everything so far fits: finer
             if fit[0] <= lo:  # type: ignore[index]
                 break
-            e = max(lo, fit[0] - _jump(history, log_t))  # type: ignore[index]
+            e = max(lo, fit[0] - jump)  # type: ignore[index]
         elif fit is None:  # everything so far is too large: coarser
             if big[0] >= hi:
                 break
-            e = min(hi, big[0] + _jump(history, log_t))
+            e = min(hi, big[0] + jump)
         else:
             a, b = big[0], fit[0]
             if b - a <= e_tol:
@@ -130,21 +133,32 @@ def fit_budget(
             if len(widths) >= 3 and widths[-1] > 0.5 * widths[-3]:
                 t = 0.5  # interpolation is stalling at one end: bisect
             e = a + min(max(t, 0.05), 0.95) * (b - a)
+    if fit is None and big[0] < hi:  # type: ignore[index]
+        size, result = size_of(hi)  # out of codings before a fit: the smallest stream, if that fits
+        evals += 1
+        if size <= target:
+            fit = (hi, size, result)
     if fit is not None:
         return Fit(fit[0], fit[1], fit[2], evals)
     return Fit(big[0], big[1], big[2], evals)  # type: ignore[index]
 
 
-def _jump(history: list[tuple[float, float]], log_t: float) -> float:
+def _jump(history: list[tuple[float, float]], log_t: float, last: float) -> float:
     """Octaves to move, outside a bracket, for the log size to reach ``log_t``: from the slope of
-    the last two points (assumed -ln 2 per octave, i.e. size ~ 1/step, without two usable ones)."""
+    the last two points (assumed -ln 2 per octave, i.e. size ~ 1/step, without two usable ones);
+    at least twice the ``last`` move when that did not change the size (a stair: steps on a grid)."""
     e1, l1 = history[-1]
     slope = -math.log(2.0)
+    flat = False
     if len(history) >= 2:
         e0, l0 = history[-2]
-        if e1 != e0 and l1 != l0:
+        flat = l1 == l0
+        if e1 != e0 and not flat:
             slope = min(max((l1 - l0) / (e1 - e0), -4.0), -0.1)
-    return min(max(abs((log_t - l1) / slope), 2.0**-6), MAX_JUMP)
+    jump = abs((log_t - l1) / slope)
+    if flat:
+        jump = max(jump, 2.0 * last)
+    return min(max(jump, 2.0**-6), MAX_JUMP)
 
 
 __all__ = [

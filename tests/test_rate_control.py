@@ -226,6 +226,21 @@ def test_fit_budget_on_a_staircase_terminates_on_the_finest_fitting_stair():
     assert len(calls) <= MAX_EVALS
 
 
+@pytest.mark.parametrize("width", [0.25, 0.6, 1.0, 3.0])
+def test_fit_budget_crosses_a_wide_stair_just_above_the_budget(width):
+    """A budget a hair below the size at the start, on stairs wider than creeping steps cover (an
+    increment's steps near its anchor grid): the search must still come back within the budget."""
+    size_of, calls = _counting(lambda e: int(1000 * 2.0 ** -math.floor(e / width)))
+    fit = fit_budget(size_of, 998, -16, 16)
+    assert fit.size <= 998 and len(calls) <= MAX_EVALS + 1
+
+
+def test_fit_budget_falls_back_to_the_coarsest_point_when_out_of_codings():
+    size_of, calls = _counting(lambda e: 10 if e >= 15 else 1000)
+    fit = fit_budget(size_of, 500, -16, 16, max_evals=3)
+    assert fit.size == 10 and fit.e == 16 and len(calls) == 4
+
+
 def test_fit_budget_never_returns_an_oversized_point_when_one_fits():
     rng = np.random.default_rng(0)
     noise = {}
