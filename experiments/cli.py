@@ -151,9 +151,26 @@ def _print_rounds(out: dict[str, Any]) -> None:
           f"{s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
 
 
+def _budget(text: str) -> float | int:
+    """A rate-control budget: an integer is bytes, anything else a fraction of the fp32 size."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.005 or bytes such as 3000, got {text!r}") \
+            from None
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    from strategies.settings import check_budget
+
     from .runner import RunConfig
 
+    check_budget(a.target_uplink, "--target-uplink")  # refused before any data is loaded
+    check_budget(a.target_downlink, "--target-downlink")
     default = a.codec == DEFAULT_CODEC[0] and not a.param and not a.down_param
     params = dict(DEFAULT_CODEC[1]) if default else {}
     params.update(dict(a.param or []))
@@ -163,8 +180,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfgs = [
         RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
-                  keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
-                  backend=a.backend)
+                  keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age, backend=a.backend,
+                  target_uplink=a.target_uplink, target_downlink=a.target_downlink)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
@@ -272,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
                    "(repeatable)")
     p.add_argument("--down-param", type=_param, action="append", metavar="KEY=VALUE",
                    help="codec parameter for the downlink increment only, e.g. rel_step=8 (repeatable)")
+    p.add_argument("--target-uplink", type=_budget, default=None, metavar="BUDGET",
+                   help="rate control: budget per update, a fraction of its fp32 size (e.g. 0.005) or bytes "
+                   "(an integer); the codec's steps (--param) are scaled to meet it")
+    p.add_argument("--target-downlink", type=_budget, default=None, metavar="BUDGET",
+                   help="rate control of the global increments, as --target-uplink")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("compare", help="the same federation with each codec; one table and plot")

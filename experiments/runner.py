@@ -56,6 +56,10 @@ class RunConfig:
     residual_max_age: int | None = None
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
+    #: rate control: a budget per update / per global increment (float in (0, 1): share of fp32;
+    #: int: bytes), see CompressedStrategy; None: none
+    target_uplink: float | int | None = None
+    target_downlink: float | int | None = None
 
     def name(self) -> str:
         if self.label:
@@ -64,6 +68,10 @@ class RunConfig:
         down = ",".join(f"{k}={v}" for k, v in sorted(self.downlink_params.items()))
         name = f"{self.codec}({params})" if params else self.codec
         name = f"{name} down({down})" if down else name
+        if self.target_uplink is not None:
+            name = f"{name} target-up={self.target_uplink}"
+        if self.target_downlink is not None:
+            name = f"{name} target-down={self.target_downlink}"
         if self.keyframe_grid is None:
             name = f"{name} exact-keyframes"
         if self.residual_max_age is not None:
@@ -89,9 +97,10 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         model = initial_model(fed)
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
-                                    keyframe_grid=cfg.keyframe_grid)
+                                    keyframe_grid=cfg.keyframe_grid, target=cfg.target_downlink)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
-        codec = CodecSettings(cfg.codec, cfg.codec_params or None, residual_max_age=cfg.residual_max_age)
+        codec = CodecSettings(cfg.codec, cfg.codec_params or None, target_uplink=cfg.target_uplink,
+                              residual_max_age=cfg.residual_max_age)
         strategy = CompressedStrategy(inner, codec=codec, downlink=downlink)
         result = strategy.start(
             grid=grid,

@@ -2,7 +2,8 @@
 
 Public API:
 
-- :func:`encode` / :func:`decode`: named tensors <-> one self-contained stream (FORMAT.md)
+- :func:`encode` / :func:`decode`: named tensors <-> one self-contained stream (FORMAT.md);
+  ``encode(..., target_bytes=N)`` meets a byte budget (rate control, :mod:`nnc_fl.rate`)
 - :func:`decode_tensor`: one tensor without decoding the others
 - :func:`inspect`: the header table, for humans (``str()``) and tools (``.as_rows()``)
 - :func:`fingerprint`: 32-byte digest binding an update to the model it applies to

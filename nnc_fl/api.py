@@ -13,7 +13,7 @@ import os
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,7 +27,8 @@ from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
-from .steps import check_rd_lambda, check_step_choice, resolve_step
+from .rate import FINEST_OCTAVES, check_target_bytes, fit_budget
+from .steps import MAX_STEP, MIN_STEP, check_rd_lambda, check_step_choice, resolve_step
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
@@ -74,6 +75,7 @@ def encode(
     grid: Mapping[str, float] | None = None,
     threads: int | None = None,
     return_decoded: bool = False,
+    target_bytes: int | None = None,
 ) -> bytes | tuple[bytes, dict[str, np.ndarray]]:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -146,6 +148,17 @@ def encode(
         Also return what :func:`decode` gives for the stream -- the reconstruction, built from the
         encoder's own levels without decoding the payloads (an encoder that needs it, for error
         feedback or to apply an increment it sends, saves the decoding pass).
+    target_bytes
+        Rate control (:mod:`nnc_fl.rate`): a budget for the whole stream, in bytes. Every
+        quantised tensor's step (from ``step``, ``qp``, ``rel_step`` or the default policy) is
+        scaled by one common factor, searched on the exact coded size, and the stream of the finest
+        factor found within the budget is returned (at most 1 % below it, unless the factor is
+        pinned first). A budget below the smallest stream (every quantised tensor zero) gives that
+        stream; one above the stream at ``2**-16`` times the steps gives that one. Exact tensors
+        are not affected. The stream format is the same (the steps are in the table as always).
+        With ``grid``, steps are integer multiples of the grid (not only power-of-two ones: a
+        model on the grid stays on it all the same), at least the grid itself; near it the size
+        moves in coarse jumps and may land further below the budget.
 
     Returns
     -------
@@ -184,6 +197,11 @@ def encode(
     items = list(tensors.items())
     sizes = [int(np.size(v)) for _, v in items]
     workers = _thread_count(threads, sum(sizes))
+    if target_bytes is not None:
+        return _encode_to_budget(
+            items, check_target_bytes(target_bytes), step, qp, rel_step, lossless, fingerprint, limits, opts, grid,
+            bool(schema_bound), workers, return_decoded,
+        )
 
     def one(item):
         name, value = item
@@ -196,6 +214,57 @@ def encode(
     if return_decoded:
         return data, {c.record.name: c.decoded for c in coded}
     return data
+
+
+#: Rate control searches no coarser than the step at which every level of a tensor is zero (twice its
+#: peak) times 2**COARSEST_MARGIN, and no finer than levels of 2**FINEST_LEVEL_BITS times the peak.
+COARSEST_MARGIN, FINEST_LEVEL_BITS = 1.0, 40
+
+
+def _encode_to_budget(
+    items, target, step, qp, rel_step, lossless, fingerprint, limits, opts, grid, schema_bound, workers,
+    return_decoded,
+):
+    """:func:`encode` with ``target_bytes``: one step multiplier ``2**e`` for every quantised tensor,
+    searched by :func:`nnc_fl.rate.fit_budget` on the exact stream size."""
+    arrays = [(name, _as_array(name, value, limits)) for name, value in items]
+    reference: dict[str, tuple[float, float]] = {}  # quantised tensor -> (reference step, peak |x|)
+    for name, arr in arrays:
+        if arr.dtype.kind == "f" and name not in lossless and arr.size:
+            peak = float(np.max(np.abs(arr)))
+            if 0 < peak < math.inf:  # NaN/Inf tensors are refused by the coder (fixed below)
+                reference[name] = (resolve_step(name, arr, step, qp, rel_step), peak)
+    fixed = {  # coded once: exact, integer, all-zero (and non-finite: the coder raises) tensors
+        name: _code_tensor(name, arr, step, qp, rel_step, name in lossless, opts, grid.get(name))
+        for name, arr in arrays
+        if name not in reference
+    }
+    varying = [(name, arr) for name, arr in arrays if name in reference]
+    sizes = [arr.size for _, arr in varying]
+    opts = replace(opts, grid_multiples=True)  # with a grid, steps n * grid: finer rate steps than powers of two
+
+    def code(e: float):
+        steps = {n: min(max(s * 2.0**e, MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
+        coded = _map_tensors(
+            lambda it: _code_tensor(it[0], it[1], steps, None, None, False, opts, grid.get(it[0])),
+            varying, sizes, workers,
+        )
+        done = {**fixed, **{name: c for (name, _), c in zip(varying, coded, strict=True)}}
+        ordered = [done[name] for name, _ in arrays]
+        data = bs.write_stream([r for r, _ in ordered], fingerprint, limits=limits, schema_bound=schema_bound)
+        return len(data), (data, ordered)
+
+    if reference:
+        hi = max(math.log2(2.0 * peak / s) for s, peak in reference.values()) + COARSEST_MARGIN
+        lo = max(-FINEST_OCTAVES, max(math.log2(peak / s) for s, peak in reference.values()) - FINEST_LEVEL_BITS)
+        hi = max(hi, lo)
+        data, ordered = fit_budget(code, target, lo, hi, min(max(0.0, lo), hi)).result
+    else:  # nothing to scale: one coding
+        data, ordered = code(0.0)[1]
+    if not return_decoded:
+        return data
+    pairs = zip(arrays, ordered, strict=True)
+    return data, {name: _reconstruction(rec, arr, levels) for (name, arr), (rec, levels) in pairs}
 
 
 def _working_bytes(t: TensorInfo, plain: int) -> int:
@@ -404,6 +473,12 @@ def _quantise_within_range(name: str, flat: np.ndarray, s: float, dtype: np.dtyp
         s = float(np.float32(s / 2))  # rounding up at the edge of the range: a finer step stays inside
 
 
+def _on_grid_multiple(s: float, g: float) -> float:
+    """The integer multiple of grid step ``g`` nearest to ``s`` (at least ``g``): a finer choice of
+    steps than :func:`_on_grid` that keeps a model on the grid just as well (rate control)."""
+    return g * max(1.0, float(round(s / g)))
+
+
 def _on_grid(s: float, g: float) -> float:
     """The power-of-two multiple of grid step ``g`` nearest to ``s`` (at least ``g``)."""
     return g * 2.0 ** max(0, round(math.log2(s / g)))
@@ -419,6 +494,7 @@ class _Options:
     rate_search: bool = False
     row_refs: bool = False
     float_lossless: bool = False  # exact tensors coded by nnc_fl._floatcoder instead of raw
+    grid_multiples: bool = False  # steps on a grid: any integer multiple (rate control), not a power of two
 
 
 @dataclass(frozen=True)
@@ -474,7 +550,7 @@ def _code_tensor(
         flat = arr.reshape(-1) if dtype.itemsize >= 4 else arr.reshape(-1).astype(np.float32)  # exact
         s = resolve_step(name, arr, step, qp, rel_step)
         if grid is not None:
-            s = _on_grid(s, grid)
+            s = _on_grid_multiple(s, grid) if opts.grid_multiples else _on_grid(s, grid)
         if opts.bf16_steps:
             s = bs.bf16_round(s)
         levels, s = _quantise_within_range(name, flat, s, dtype)

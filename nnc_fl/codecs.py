@@ -18,6 +18,7 @@ imported the defining module can still build the codec.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 from importlib import metadata
@@ -28,6 +29,7 @@ import numpy as np
 from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
+from .rate import check_target_bytes, check_target_fraction
 from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
 
 ParamValue = int | float | str | bool
@@ -216,6 +218,12 @@ class NNCCodec:
     and the keyframe tensors not on an anchor grid) in mode float-lossless where that is smaller
     than raw (about 17 % for trained fp32 models; FORMAT.md); the default ``False`` keeps them
     raw, readable by decoders that predate the mode.
+
+    Rate control (:mod:`nnc_fl.rate`): ``target_bytes`` (an integer) or ``target_fraction`` (a
+    share of the fp32 size of the tensors coded, ``4 x elements``, in (0, 1)) is a budget per
+    stream; every lossy stream is then coded at one common multiple of the steps above, the finest
+    found within the budget (``nnc_fl.encode(..., target_bytes=...)``). Keyframes (``exact=True``)
+    are not affected. Decoders need neither parameter.
     """
 
     name = "nnc"
@@ -233,8 +241,14 @@ class NNCCodec:
         rate_search: bool = False,
         row_refs: bool = False,
         float_lossless: bool = False,
+        target_bytes: int | None = None,
+        target_fraction: float | None = None,
     ):
         check_step_choice(step, qp, rel_step)
+        if target_bytes is not None and target_fraction is not None:
+            raise ValueError("give at most one of target_bytes and target_fraction")
+        self.target_bytes = None if target_bytes is None else check_target_bytes(target_bytes)
+        self.target_fraction = None if target_fraction is None else check_target_fraction(target_fraction)
         self.step = None if step is None else check_step("<all>", step)
         self.qp = None if qp is None else int(qp)
         if qp is not None:
@@ -298,6 +312,10 @@ class NNCCodec:
                 float_lossless=self.float_lossless,
                 return_decoded=return_decoded,
             )
+        target = self.target_bytes
+        if self.target_fraction is not None:
+            raw = 4 * sum(int(np.size(v)) for v in tensors.values())
+            target = max(1, math.floor(self.target_fraction * raw))
         bound = self.schema_bound
         if bound:  # zero-memory stand-ins with the shapes and dtypes (see decode)
             self._last_schema = {
@@ -319,6 +337,7 @@ class NNCCodec:
             rate_search=self.rate_search,
             row_refs=self.row_refs,
             return_decoded=return_decoded,
+            target_bytes=target,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
@@ -355,6 +374,10 @@ class NNCCodec:
             out["row_refs"] = True
         if self.float_lossless:
             out["float_lossless"] = True
+        if self.target_bytes is not None:
+            out["target_bytes"] = self.target_bytes
+        if self.target_fraction is not None:
+            out["target_fraction"] = self.target_fraction
         return out
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from logging import DEBUG, ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -17,6 +19,7 @@ from flwr.supercore import log
 
 from nnc_fl import protocol
 from nnc_fl.codecs import ParamValue
+from nnc_fl.fingerprint import FINGERPRINT_SIZE
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
 from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite
@@ -24,7 +27,7 @@ from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite
 from . import uplink as up
 from .bandwidth import BandwidthLog, RoundStats
 from .server_model import ServerModel
-from .settings import CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
+from .settings import Budget, CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
 
 #: What a reply says when its ClientApp tried to read the coded model without nnc_mod.
 _NO_MOD_SIGNS = (protocol.STYPE, "Unsupported serialization type")
@@ -34,6 +37,10 @@ _NO_MOD_HELP = "add nnc_mod to its ClientApp: `from clients import nnc_mod; app 
 def _lacks_mod(msg: Message) -> bool:
     """Whether an error reply shows a ClientApp that read the coded model without ``nnc_mod``."""
     return msg.has_error() and any(sign in str(msg.error.reason) for sign in _NO_MOD_SIGNS)
+
+
+def _budget_text(budget: Budget) -> str:
+    return f"{budget} bytes" if isinstance(budget, int) else f"{100.0 * budget:.2f} %"
 
 
 def _tensors(arrays: ArrayRecord):
@@ -69,6 +76,14 @@ class CompressedStrategy(Strategy):
         What an update must pass before it may touch the global model.
     bandwidth_log : str or Path or None
         Write one row per round to this CSV (``.csv``) or JSON-lines file.
+    target_uplink : float or int, optional
+        Rate control: a budget per update, a float in (0, 1) as a share of its fp32 size (e.g.
+        ``0.005``) or an int as bytes; clients then code every update at the finest common multiple
+        of the codec's steps that fits (see :class:`~strategies.settings.CodecSettings`). With a
+        ``CodecSettings``, give it there instead.
+    target_downlink : float or int, optional
+        The same for the global increments (see :class:`~strategies.settings.DownlinkSettings`;
+        with a ``DownlinkSettings``, give it there instead as ``target``).
     """
 
     def __init__(
@@ -79,19 +94,29 @@ class CompressedStrategy(Strategy):
         downlink: DownlinkSettings | None = None,
         validation: ValidationSettings | None = None,
         bandwidth_log: str | Path | None = None,
+        *,
+        target_uplink: Budget | None = None,
+        target_downlink: Budget | None = None,
     ) -> None:
         if not isinstance(inner, Strategy):
             raise TypeError(f"inner must be a flwr Strategy, got {type(inner).__name__}")
         if isinstance(codec, CodecSettings):
             if codec_params is not None:
                 raise ValueError("give codec parameters inside CodecSettings, not also as codec_params")
+            if target_uplink is not None:
+                raise ValueError("give target_uplink inside CodecSettings, not also as an argument")
         else:
-            codec = CodecSettings("fp32" if codec is None else codec, codec_params)
+            codec = CodecSettings("fp32" if codec is None else codec, codec_params, target_uplink=target_uplink)
+        if target_downlink is not None:
+            if downlink is not None:
+                raise ValueError("give target_downlink inside DownlinkSettings (target=...), not also as an argument")
+            downlink = DownlinkSettings(target=target_downlink)
         self.inner = inner
         self.codec: CodecSettings = codec
         self.downlink: DownlinkSettings = settings_of(DownlinkSettings, downlink, "downlink")
         self.validation: ValidationSettings = settings_of(ValidationSettings, validation, "validation")
-        self.downlink.spec(self.codec.spec(1)).make()  # fail now on bad downlink parameters
+        self.downlink.check_codec(self.codec.spec(1, target=False))  # fail now on bad downlink parameters
+        self._budgets_checked = False
         self.model = ServerModel(self.downlink)
         self.checks = up.UplinkChecks(self.validation, getattr(inner, "weighted_by_key", None))
         self._rounds: list[RoundStats] = []
@@ -112,7 +137,10 @@ class CompressedStrategy(Strategy):
 
     def __repr__(self) -> str:
         """Name the wrapper, its codec and the inner strategy."""
-        return f"CompressedStrategy({self.inner!r}, codec={self.codec.name!r}, params={dict(self.codec.params)})"
+        targets = "".join(f", {k}={v!r}" for k, v in (("target_uplink", self.codec.target_uplink),
+                                                        ("target_downlink", self.downlink.target)) if v is not None)
+        return (f"CompressedStrategy({self.inner!r}, codec={self.codec.name!r}, params={dict(self.codec.params)}"
+                f"{targets})")
 
     def summary(self) -> None:
         """Log every compression setting, then the inner strategy's summary."""
@@ -141,6 +169,8 @@ class CompressedStrategy(Strategy):
         reasons = {code: sum(r[f"rejected_{code}"] for r in rows) for code in REJECT_CODES}
         why = ", ".join(f"{n} {c}" for c, n in reasons.items() if n)
         up = share(total["up_bytes"], total["up_raw_bytes"])
+        if self.codec.target_uplink is not None:
+            up += f", budget {_budget_text(self.codec.target_uplink)}"
         return (f"nnc-fl: {len(rows)} rounds, up {total['up_bytes'] / 1e6:.3f} MB ({up} of fp32), "
                 f"down {down / 1e6:.3f} MB ({share(down, down_raw)}), "
                 f"{total['keyframes'] + total['eval_keyframes']} keyframes, {total['rejected']} rejected"
@@ -158,8 +188,9 @@ class CompressedStrategy(Strategy):
         return self.codec.spec(server_round)
 
     def downlink_spec(self, server_round: int) -> CodecSpec:
-        """The codec that codes the global increment of ``server_round``."""
-        return self.downlink.spec(self.spec_for(server_round))
+        """The codec that codes the global increment of ``server_round`` (the round's codec
+        without the uplink budget, the downlink parameters and budget over it)."""
+        return self.downlink.spec(self.codec.spec(server_round, target=False))
 
     def stats(self, server_round: int) -> RoundStats:
         """The statistics of ``server_round`` (created on first use)."""
@@ -182,7 +213,30 @@ class CompressedStrategy(Strategy):
             self.model.adopt(tensors, self.downlink_spec(max(1, len(self._rounds))))
             self.checks.model_replaced()
             log(INFO, "nnc-fl: new global model v%s from outside", self.model.version)
+        if not self._budgets_checked:
+            self._check_budgets(max(1, len(self._rounds)))
+            self._budgets_checked = True
         self._global = arrays
+
+    def _check_budgets(self, server_round: int) -> None:
+        """Refuse (``ValueError``) a budget below the smallest stream this model's updates can have:
+        its header alone (every tensor zero), which no step can go below."""
+        tensors = self.model.tensors
+        zeros = {n: np.zeros_like(t) for n, t in tensors.items()}
+        checks = (
+            ("target_uplink", self.codec.target_uplink, self.codec.spec(server_round, target=False),
+             protocol.binding(b"\0" * FINGERPRINT_SIZE, b"\0" * protocol.NONCE_SIZE)),
+            ("target_downlink", self.downlink.target, self.codec.spec(server_round, target=False).merged(
+                self.downlink.params), b"\0" * FINGERPRINT_SIZE),
+        )
+        for what, budget, spec, fp in checks:
+            if budget is None:
+                continue
+            floor = len(spec.make().encode(zeros, fingerprint=fp))
+            allowed = budget if isinstance(budget, int) else math.floor(budget * self.model.raw_bytes)
+            if allowed < floor:
+                raise ValueError(f"{what}={budget!r} allows {allowed} bytes per message, below the {floor} bytes of "
+                                 f"the smallest stream of this model (every tensor zero)")
 
     def _encode_messages(
         self, messages: Iterable[Message], arrays: ArrayRecord, server_round: int, train: bool

@@ -11,6 +11,7 @@ when it is built, so a mistake shows up in the ServerApp's first line rather tha
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,43 @@ def _positive(value: object, what: str, *, allow_none: bool) -> None:
         raise ValueError(f"{what} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
 
 
+#: A per-update byte budget: a float in (0, 1) is a share of the fp32 size of what is coded
+#: (4 bytes x elements), an int >= 1 a number of bytes.
+Budget = float | int
+
+#: The codec parameters that carry a budget to the codec (and, in the round config, to the clients).
+BUDGET_PARAMS = ("target_fraction", "target_bytes")
+
+
+def check_budget(value: object, what: str) -> Budget | None:
+    """``value`` as a budget (``None`` stays ``None``): a float in (0, 1) or an int >= 1.
+
+    A float of 1 or more is refused rather than read as bytes (give bytes as an int), so that
+    ``0.005`` and ``5000`` cannot be confused.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a fraction of the fp32 size (a float in (0, 1)) or bytes (an int), "
+                        f"got {value!r}")
+    if isinstance(value, numbers.Integral):
+        if int(value) < 1:
+            raise ValueError(f"{what} in bytes must be at least 1, got {value!r}")
+        return int(value)
+    f = float(value)
+    if not 0.0 < f < 1.0:  # NaN fails too
+        raise ValueError(f"{what} as a float is a fraction of the fp32 size and must be in (0, 1), got {value!r} "
+                         f"(give a byte budget as an int)")
+    return f
+
+
+def budget_params(value: Budget | None) -> dict[str, ParamValue]:
+    """The codec parameters of a budget (see :func:`check_budget`)."""
+    if value is None:
+        return {}
+    return {"target_bytes": value} if isinstance(value, int) else {"target_fraction": value}
+
+
 def describe(settings: object) -> str:
     """``name=value`` for every field of a settings dataclass, for logs."""
     parts = []
@@ -78,6 +116,13 @@ class CodecSettings:
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
+    target_uplink : float or int, optional
+        Rate control of the updates: a budget per update, a float in (0, 1) as a share of its fp32
+        size or an int as bytes. Each client codes its update at one common multiple of the steps
+        ``params`` give, the finest that fits (:mod:`nnc_fl.rate`); the budget reaches the clients
+        as a codec parameter (``target_fraction`` / ``target_bytes``) in the round's codec spec.
+        Needs a codec with rate control (``"nnc"``). ``None`` (the default): no budget. The
+        downlink has its own (:attr:`DownlinkSettings.target`).
     residual_max_age : int, optional
         A node drops its error-feedback residual (the quantisation error it carries into its next
         update) when that was made against a model more than this many versions older than the one
@@ -88,6 +133,7 @@ class CodecSettings:
     name: str = "nnc"
     params: Mapping[str, ParamValue] | None = None
     schedule: CodecSchedule | None = None
+    target_uplink: Budget | None = None
     residual_max_age: int | None = None
 
     def __post_init__(self) -> None:
@@ -108,14 +154,29 @@ class CodecSettings:
         ):
             raise ValueError(f"residual_max_age must be an integer in 0..{MAX_RESIDUAL_AGE} or None, "
                              f"got {self.residual_max_age!r}")
+        object.__setattr__(self, "target_uplink", check_budget(self.target_uplink, "target_uplink"))
         spec = CodecSpec(self.name, self.params)
         spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now
         spec.make()  # unknown codec or bad parameters: fail now
+        _check_budget_codec(spec, self.target_uplink, "target_uplink")
 
-    def spec(self, server_round: int) -> CodecSpec:
-        """The codec (name and parameters) of ``server_round``."""
+    def spec(self, server_round: int, *, target: bool = True) -> CodecSpec:
+        """The codec (name and parameters) of ``server_round``; with ``target`` (the uplink's), the
+        uplink budget is among the parameters."""
         base = CodecSpec(self.name, self.params)
-        return base if self.schedule is None else base.merged(self.schedule(server_round))
+        if self.schedule is not None:
+            base = base.merged(self.schedule(server_round))
+        return base.merged(budget_params(self.target_uplink)) if target else base
+
+
+def _check_budget_codec(spec: CodecSpec, budget: Budget | None, what: str) -> None:
+    """Refuse a budget for a codec without rate control (``ValueError`` naming ``what``)."""
+    if budget is None:
+        return
+    try:
+        spec.merged(budget_params(budget)).make()
+    except ValueError as exc:
+        raise ValueError(f"{what} needs a codec with rate control (nnc); codec {spec.name!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -150,6 +211,14 @@ class DownlinkSettings:
         A node two or more versions behind may get ``G_v - G_u`` coded as one exact increment
         (a *catch-up*) instead of the chain, when that is smaller (with the anchor grid only:
         there the sum of the increments is exact; see :class:`strategies.server_model.ServerModel`).
+    target : float or int, optional
+        Rate control of the global increments: a budget per increment, a float in (0, 1) as a share
+        of the model's fp32 size or an int as bytes; each increment is coded at one common multiple
+        of its steps, the finest that fits (:mod:`nnc_fl.rate`). Keyframes are not affected. With
+        ``keyframe_grid``, increment steps are then integer multiples of the anchor grid (at least
+        the grid itself), so where they are only a few grid steps the size moves in coarse jumps
+        and lands further below the budget. ``None`` (the default): no budget
+        (the uplink's ``target_uplink`` does not apply to the downlink).
     """
 
     params: Mapping[str, ParamValue] = field(default_factory=dict)
@@ -159,11 +228,15 @@ class DownlinkSettings:
     shared_initial_model: bool = False
     keyframe_grid: int | None = 5
     catch_up: bool = True
+    target: Budget | None = None
 
     def __post_init__(self) -> None:
         _frozen_mapping(self, "params")
         if not isinstance(self.catch_up, bool):
             raise TypeError(f"catch_up must be a bool, got {self.catch_up!r}")
+        object.__setattr__(self, "target", check_budget(self.target, "target_downlink"))
+        if self.target is not None and self.exact:
+            raise ValueError("a downlink budget (target) contradicts exact increments (exact=True)")
         if isinstance(self.max_chain, bool) or not isinstance(self.max_chain, int):
             raise TypeError(f"max_chain must be an integer, got {self.max_chain!r}")
         if not 1 <= self.max_chain <= MAX_CHAIN:
@@ -175,8 +248,14 @@ class DownlinkSettings:
             raise ValueError(f"keyframe_grid must be an integer in 0..20 or None, got {self.keyframe_grid!r}")
 
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
-        """The codec that codes a global increment in a round whose uplink codec is ``round_spec``."""
-        return round_spec.merged(self.params)
+        """The codec that codes a global increment in a round whose codec (without the uplink
+        budget) is ``round_spec``: its parameters, ``params`` over them, and the downlink budget."""
+        return round_spec.merged({**self.params, **budget_params(self.target)})
+
+    def check_codec(self, round_spec: CodecSpec) -> None:
+        """Refuse a downlink budget for a codec without rate control, or bad ``params``."""
+        _check_budget_codec(round_spec.merged(self.params), self.target, "target_downlink")
+        self.spec(round_spec).make()
 
 
 @dataclass(frozen=True)
@@ -263,11 +342,15 @@ def settings_of(kind: type, value: Any, what: str) -> Any:
 
 
 __all__ = [
+    "BUDGET_PARAMS",
     "DEFAULT_PARAMS",
+    "Budget",
     "CodecSchedule",
     "CodecSettings",
     "DownlinkSettings",
     "ValidationSettings",
+    "budget_params",
+    "check_budget",
     "describe",
     "settings_of",
 ]

@@ -53,6 +53,18 @@ def test_cli_rejects_bad_codec_parameters(capsys):
     assert "bad parameters for codec 'nnc'" in capsys.readouterr().err
 
 
+def test_cli_target_uplink_meets_the_budget_per_round(tmp_path, capsys):
+    assert cli(["run", "uc10", "--source", "digits", "--rounds", "1", "--target-uplink", "1.5"]) == 2
+    assert "fraction of the fp32 size" in capsys.readouterr().err
+    code = cli(["run", "uc10", "--source", "digits", "--clients", "3", "--fraction", "1", "--n-train", "240",
+                "--rounds", "2", "--target-uplink", "0.01", "--target-downlink", "0.02", "--out", str(tmp_path)])
+    assert code == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["target_uplink"], config["target_downlink"]) == (0.01, 0.02)
+    rounds = json.loads((tmp_path / "rounds.json").read_text())[1:]
+    assert all(0.9 * r["up_raw_bytes"] * 0.01 <= r["up_bytes"] <= r["up_raw_bytes"] * 0.01 for r in rounds)
+
+
 def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
     # the shared model is kept exactly as given: compare with exact keyframes (no anchor grid)
     base = RunConfig(_tiny("uc10"), rounds=3, fraction=0.67, codec="nnc", codec_params={"rel_step": 2.0},

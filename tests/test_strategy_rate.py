@@ -1,0 +1,95 @@
+"""CompressedStrategy(..., target_uplink=, target_downlink=): budgets set by the server, obeyed by the clients."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from conftest import run_federation
+from flwr.serverapp.strategy import FedAvg
+
+import nnc_fl
+from nnc_fl import protocol
+from strategies import CodecSettings, CompressedStrategy, DownlinkSettings
+
+
+@pytest.mark.parametrize("bad", [0, -3, 0.0, 1.0, 1.5, 2000.0, -0.1, float("nan"), float("inf"), True, "0.01"])
+def test_impossible_budgets_are_refused_at_construction(bad):
+    with pytest.raises((TypeError, ValueError), match="target_uplink"):
+        CompressedStrategy(FedAvg(), target_uplink=bad)
+    with pytest.raises((TypeError, ValueError), match="target_downlink"):
+        CompressedStrategy(FedAvg(), target_downlink=bad)
+    with pytest.raises((TypeError, ValueError), match="target_uplink"):
+        CodecSettings("nnc", target_uplink=bad)
+
+
+def test_budgets_need_a_codec_with_rate_control_and_one_place():
+    with pytest.raises(ValueError, match="rate control"):
+        CompressedStrategy(FedAvg(), codec="fp32", target_uplink=0.01)
+    with pytest.raises(ValueError, match="rate control"):
+        CompressedStrategy(FedAvg(), codec=None, target_downlink=0.01)
+    with pytest.raises(ValueError, match="exact"):
+        DownlinkSettings(exact=True, target=0.01)
+    with pytest.raises(ValueError, match="inside CodecSettings"):
+        CompressedStrategy(FedAvg(), CodecSettings("nnc"), target_uplink=0.01)
+    with pytest.raises(ValueError, match="inside DownlinkSettings"):
+        CompressedStrategy(FedAvg(), downlink=DownlinkSettings(), target_downlink=0.01)
+
+
+def test_budgets_travel_as_codec_parameters_each_link_its_own():
+    default = CompressedStrategy(FedAvg())
+    assert not {"target_fraction", "target_bytes"} & set(default.spec_for(1).params)
+    assert not {"target_fraction", "target_bytes"} & set(default.downlink_spec(1).params)
+    s = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=2000)
+    assert dict(s.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "target_fraction": 0.005}
+    assert dict(s.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True, "target_bytes": 2000}
+    only_up = CompressedStrategy(FedAvg(), target_uplink=3000)
+    assert "target_bytes" not in only_up.downlink_spec(1).params  # the uplink budget is not the downlink's
+    grouped = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"rel_step": 3.0}, target_uplink=0.01),
+                                 downlink=DownlinkSettings({"rel_step": 4.0}, target=0.02))
+    assert dict(grouped.spec_for(2).params) == {"rel_step": 3.0, "target_fraction": 0.01}
+    assert dict(grouped.downlink_spec(2).params) == {"rel_step": 4.0, "target_fraction": 0.02}
+    assert "target_uplink=0.01" in repr(grouped) and "target_downlink=0.02" in repr(grouped)
+
+
+def test_summary_logs_the_budgets(caplog):
+    strategy = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=4096)
+    logger = logging.getLogger("flwr")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="flwr"):
+            strategy.summary()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "target_uplink=0.005" in caplog.text and "target=4096" in caplog.text
+
+
+@pytest.mark.parametrize("grid", [None, 5])
+def test_every_update_and_increment_meets_its_budget(make_grid, initial_arrays, grid):
+    up, down = 0.25, 0.2
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=up,
+                                  downlink=DownlinkSettings(keyframe_grid=grid, target=down))
+    sent_grid = make_grid(4)
+    run_federation(strategy, sent_grid, initial_arrays, 3)
+    raw = strategy.model.raw_bytes
+    rows = strategy.bandwidth
+    assert all(r["accepted"] == 4 for r in rows)
+    for r in rows:  # each of the round's 4 updates is within the budget, so is their sum
+        assert 0.9 * up * r["up_raw_bytes"] <= r["up_bytes"] <= up * r["up_raw_bytes"]
+    for payload in strategy.model.increments.values():
+        assert len(payload.data) <= down * raw
+        assert payload.spec.params["target_fraction"] == down
+    if grid is None:
+        assert all(len(p.data) >= 0.9 * down * raw for p in strategy.model.increments.values())
+    train = [m.content[protocol.RECORD_KEY] for m in sent_grid.sent if m.metadata.message_type == "train"]
+    assert {protocol.decode_params(c["codec_params"])["target_fraction"] for c in train} == {up}
+    inc = strategy.model.increments[strategy.model.version]
+    assert nnc_fl.decode(inc.data)  # an ordinary stream
+
+
+def test_a_budget_below_the_smallest_stream_stops_the_run_before_anything_is_sent(make_grid, initial_arrays):
+    grid = make_grid(4)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=0.01)  # 12 bytes
+    with pytest.raises(ValueError, match="smallest stream"):
+        strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=1)
+    assert not [m for m in grid.sent if m.metadata.message_type == "train"]
