@@ -32,7 +32,7 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 from ._probability import new_contexts, p_one, update
-from ._rangecoder import dec_bin, dec_init, enc_bin, enc_finish, enc_init, enc_room
+from ._rangecoder import dec_bin, dec_init, enc_bin, enc_finish, enc_init, enc_reserve
 from .errors import FormatError
 
 #: (exponent bits, mantissa bits) by item size: IEEE binary16, binary32, binary64.
@@ -139,13 +139,7 @@ def low_bit_counts(data, itemsize, mbits, tz, e_top, stride):
 @jit
 def _with_room(buf, st, n_values):
     """``buf``, or a larger copy, with room for ``n_values`` more values and the final flush."""
-    need = enc_room(st) + _MAX_BYTES_PER_VALUE * n_values
-    if need <= buf.size:
-        return buf
-    grown = np.empty(max(2 * buf.size, need), np.uint8)
-    used = max(st[4], 0)
-    grown[:used] = buf[:used]
-    return grown
+    return enc_reserve(buf, st, _MAX_BYTES_PER_VALUE * n_values)
 
 
 @jit
