@@ -32,7 +32,7 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 from ._probability import new_contexts, p_one, update
-from ._rangecoder import dec_bin, dec_init, enc_bin, enc_finish, enc_init, enc_room
+from ._rangecoder import dec_bin, dec_init, enc_bin, enc_finish, enc_init, enc_reserve
 from .errors import FormatError
 
 #: (exponent bits, mantissa bits) by item size: IEEE binary16, binary32, binary64.
@@ -107,6 +107,16 @@ def _bitlength(x):
     return n
 
 
+@jit_inline
+def _layout(mbits, tz, e_top):
+    """``(mp, tree, low, esc_bits, low_ctx)``: the mantissa bits coded (``m >> tz``), the top ones
+    coded down the tree and the low ones after them, the escape tree's depth, the first low-bit context."""
+    mp = mbits - tz
+    tree = min(TREE_BITS, mp)
+    esc_bits = _bitlength(max(e_top - UNARY_BINS, 0))
+    return mp, tree, mp - tree, esc_bits, ESC_CTX + (1 << esc_bits)
+
+
 @jit
 def scan_floats(data, itemsize, mbits):
     """``(e_top, mantissa_or)``: the largest exponent, and the OR of all mantissas (for ``tz``)."""
@@ -139,22 +149,12 @@ def low_bit_counts(data, itemsize, mbits, tz, e_top, stride):
 @jit
 def _with_room(buf, st, n_values):
     """``buf``, or a larger copy, with room for ``n_values`` more values and the final flush."""
-    need = enc_room(st) + _MAX_BYTES_PER_VALUE * n_values
-    if need <= buf.size:
-        return buf
-    grown = np.empty(max(2 * buf.size, need), np.uint8)
-    used = max(st[4], 0)
-    grown[:used] = buf[:used]
-    return grown
+    return enc_reserve(buf, st, _MAX_BYTES_PER_VALUE * n_values)
 
 
 @jit
 def _encode_span(data, start, stop, itemsize, mbits, tz, e_top, full, ctx, st, buf):
-    mp = mbits - tz
-    tree = min(TREE_BITS, mp)
-    low = mp - tree
-    esc_bits = _bitlength(max(e_top - UNARY_BINS, 0))
-    low_ctx = ESC_CTX + (1 << esc_bits)
+    mp, tree, low, esc_bits, low_ctx = _layout(mbits, tz, e_top)
     fast, slow = RATES
     low_fast, low_slow = LOW_RATES
     for i in range(start, stop):
@@ -201,9 +201,8 @@ def encode_floats(data, itemsize, mbits, tz, e_top, full):
     """The coded part for the values of ``data`` (little-endian element bytes; exponents at most
     ``e_top`` and mantissas with ``tz`` zero low bits, both checked by the caller)."""
     n = data.size // itemsize
-    mp = mbits - tz
-    low = mp - min(TREE_BITS, mp)
-    ctx = new_contexts(ESC_CTX + (1 << _bitlength(max(e_top - UNARY_BINS, 0))) + CLASSES * low)
+    _, _, low, _, low_ctx = _layout(mbits, tz, e_top)
+    ctx = new_contexts(low_ctx + CLASSES * low)
     st = enc_init()
     buf = np.empty(n + 256, np.uint8)
     for start in range(0, n, _SPAN):
@@ -243,11 +242,7 @@ def pack_low_bits(data, itemsize, mbits, tz):
 def decode_floats(coded, raw, n, itemsize, mbits, tz, e_top, full):
     """Mirror of :func:`encode_floats` (and of :func:`pack_low_bits` for the fast profile's
     ``raw`` part): ``(element bytes, status)``."""
-    mp = mbits - tz
-    tree = min(TREE_BITS, mp)
-    low = mp - tree
-    esc_bits = _bitlength(max(e_top - UNARY_BINS, 0))
-    low_ctx = ESC_CTX + (1 << esc_bits)
+    _, tree, low, esc_bits, low_ctx = _layout(mbits, tz, e_top)
     fast, slow = RATES
     low_fast, low_slow = LOW_RATES
     ctx = new_contexts(low_ctx + CLASSES * low)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
-from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init, enc_room
+from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init, enc_reserve
 
 GT_FLAGS = 12
 SIG_CTX = 0
@@ -237,13 +237,7 @@ def _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast
 @jit
 def _with_room(buf, st, n_levels):
     """``buf``, or a larger copy, with room for ``n_levels`` more levels and the final flush."""
-    need = enc_room(st) + _MAX_BYTES_PER_LEVEL * n_levels
-    if need <= buf.size:
-        return buf
-    grown = np.empty(max(2 * buf.size, need), np.uint8)
-    used = max(st[4], 0)
-    grown[:used] = buf[:used]
-    return grown
+    return enc_reserve(buf, st, _MAX_BYTES_PER_LEVEL * n_levels)
 
 
 @jit

@@ -11,15 +11,18 @@ encoder with its state in an int64 array measured about 2x slower per bin). Ever
 in int64 (``low`` < 2^33, ``code`` and ``range`` < 2^32), so the primitives give the same results as
 plain Python with ``NUMBA_DISABLE_JIT=1``. The encoder writes into a caller-provided buffer of at
 least :func:`enc_room` bytes plus room for the bins still to be coded (callers size it once per span
-of values). The decoder reads zero bytes past the end of its input, so truncated or hostile payloads
-decode to something bounded instead of reading out of bounds; integrity is the CRC's job.
+of values, with :func:`enc_reserve`). The decoder reads zero bytes past the end of its input, so
+truncated or hostile payloads decode to something bounded instead of reading out of bounds;
+integrity is the CRC's job.
 
 The very first byte an LZMA-style encoder emits is always zero; it is not written, and the decoder
 starts from four bytes instead of five. After the final flush, trailing zero bytes that the flush
 produced (at most four) are dropped, since the decoder reads zeros there anyway.
 """
 
-from ._jit import jit_inline
+import numpy as np
+
+from ._jit import jit, jit_inline
 
 PROB_BITS = 15
 PROB_ONE = 1 << PROB_BITS
@@ -95,6 +98,19 @@ def enc_room(state):
     more byte per 8 bits they cost.
     """
     return max(state[4], 0) + state[3] + 64
+
+
+@jit
+def enc_reserve(buf, state, nbytes):
+    """``buf``, or a larger copy of what is written so far, with room for the bytes written, the
+    pending ones, the final flush (:func:`enc_room`) and ``nbytes`` more."""
+    need = enc_room(state) + nbytes
+    if need <= buf.size:
+        return buf
+    grown = np.empty(max(2 * buf.size, need), np.uint8)
+    used = max(state[4], 0)
+    grown[:used] = buf[:used]
+    return grown
 
 
 @jit_inline
