@@ -211,6 +211,8 @@ class DownlinkSettings:
         A node two or more versions behind may get ``G_v - G_u`` coded as one exact increment
         (a *catch-up*) instead of the chain, when that is smaller (with the anchor grid only:
         there the sum of the increments is exact; see :class:`strategies.server_model.ServerModel`).
+        Tensors off the grid (e.g. BatchNorm statistics) must be restored exactly by one float32
+        difference; where they moved too much for that, the chain or a keyframe is sent instead.
     target : float or int, optional
         Rate control of the global increments: a budget per increment, a float in (0, 1) as a share
         of the model's fp32 size or an int as bytes; each increment is coded at one common multiple
