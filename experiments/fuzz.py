@@ -630,17 +630,21 @@ def _h_fingerprint(s, rng, ctx):
     return "fingerprint-size"
 
 
-def _h_count(s, rng, ctx):
-    n = len(s.entries)
+def _lied_size(n: int, rng: np.random.Generator, shifts, p_shift: float, p_zero: float):
+    """A false count or length for a true ``n``: shifted by one of ``shifts`` (probability
+    ``p_shift``), zero (up to ``p_zero``), ``n`` as a non-minimal varint (up to 0.7), or huge."""
     r = rng.random()
-    if r < 0.4:
-        s.count = max(0, n + int(_choice(rng, (-2, -1, 1, 2))))
-    elif r < 0.5:
-        s.count = 0
-    elif r < 0.7:
-        s.count = _nonminimal(n, rng)
-    else:
-        s.count = _big_value(rng)
+    if r < p_shift:
+        return max(0, n + int(_choice(rng, shifts)))
+    if r < p_zero:
+        return 0
+    if r < 0.7:
+        return _nonminimal(n, rng)
+    return _big_value(rng)
+
+
+def _h_count(s, rng, ctx):
+    s.count = _lied_size(len(s.entries), rng, (-2, -1, 1, 2), 0.4, 0.5)
     return "count"
 
 
@@ -827,16 +831,7 @@ def _h_length(s, rng, ctx):
     if not with_payload:
         return "length-none"
     e = _choice(rng, with_payload)
-    n = len(e.payload)
-    r = rng.random()
-    if r < 0.4:
-        e.length = max(0, n + int(_choice(rng, (-1, 1, -2, 2, 8, -8, 100))))
-    elif r < 0.55:
-        e.length = 0
-    elif r < 0.7:
-        e.length = _nonminimal(n, rng)
-    else:
-        e.length = _big_value(rng)
+    e.length = _lied_size(len(e.payload), rng, (-1, 1, -2, 2, 8, -8, 100), 0.4, 0.55)
     return "length-lie"
 
 
