@@ -35,7 +35,10 @@ stream), with and without fingerprints (1, 32, 48 and 64 bytes).
 
 **Outcomes**: ``ok``, ``FormatError`` / ``LimitError`` / ``SchemaError``, ``CRASH`` (any other
 exception: the input is recorded as hex with the traceback and the mutation kind; a worker process
-that dies counts too), ``HANG`` (a call slower than ``--hang-limit`` seconds; a worker stuck in
+that dies counts too), ``HANG`` (a call that spends more CPU time than ``--hang-limit`` seconds plus
+the elements the stream declares at ``--min-rate`` elements per second: CPU time, so that a loaded
+machine does not make hangs, and per declared element, since a 600-byte stream may rightly declare
+47 M elements within the default memory budget and take a second to decode them; a worker stuck in
 native code longer than ``--kill-after`` is killed, recorded and replaced), ``MISMATCH`` (calls that
 succeed but disagree: ``decode_tensor`` or ``decode(expect=)`` returning other values than
 ``decode``, a decoded table differing from ``inspect``, non-finite values from a mode that cannot
@@ -1170,17 +1173,20 @@ def reason_template(message: str) -> str:
 @dataclass
 class CallResult:
     outcome: str  # the classification: OUTCOMES
-    seconds: float
+    seconds: float  # CPU seconds of the process (all threads)
     value: object = None
     error: str = ""
     trace: str = ""
     completed: str = ""  # how the call ended (a slow call is a HANG but may have completed "ok")
+    wall: float = 0.0  # wall-clock seconds
 
 
-def _call(fn: Callable[[], object], hang_limit: float, alarm: bool) -> CallResult:
-    t0 = time.perf_counter()
+def _call(fn: Callable[[], object], allowance: float, alarm: bool) -> CallResult:
+    """Run one target. Time is the process's CPU time (all threads), so a loaded machine cannot
+    turn a slow call into a HANG; a call over ``allowance`` CPU seconds is one."""
+    t0, c0 = time.perf_counter(), time.process_time()
     if alarm:
-        signal.setitimer(signal.ITIMER_REAL, 4 * hang_limit)
+        signal.setitimer(signal.ITIMER_PROF, 4 * allowance)
     try:
         value = fn()
         res = CallResult("ok", 0.0, value)
@@ -1192,11 +1198,12 @@ def _call(fn: Callable[[], object], hang_limit: float, alarm: bool) -> CallResul
         res = CallResult("CRASH", 0.0, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
     finally:
         if alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    res.seconds = time.perf_counter() - t0
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    res.seconds = time.process_time() - c0
+    res.wall = time.perf_counter() - t0
     res.completed = res.outcome
-    if res.outcome not in ("CRASH", "HANG") and res.seconds > hang_limit:
-        res.error = f"{res.seconds:.2f} s (outcome {res.outcome}: {res.error})"
+    if res.outcome not in ("CRASH", "HANG") and res.seconds > allowance:
+        res.error = f"{res.seconds:.2f} CPU s, allowed {allowance:.2f} (outcome {res.outcome}: {res.error})"
         res.outcome = "HANG"
     return res
 
@@ -1289,16 +1296,37 @@ def _claims(data: bytes) -> tuple[int, int]:
     return max((c for c in claims if c <= budget), default=0), plain
 
 
+#: The slowest decoding rate that is not a hang (elements per CPU second; the decoders run at
+#: 20-100 M/s): a call may take ``hang_limit`` plus the elements it is allowed to produce at this
+#: rate. A 600-byte stream may legitimately declare 47 M elements within the default memory budget
+#: and take a second or two to decode them; a call that spends time on anything else is a HANG.
+MIN_RATE = 5e6
+
+
+def _allowances(data: bytes, hang_limit: float, min_rate: float) -> tuple[float, dict[str, float]]:
+    """CPU seconds allowed to ``decode`` and to each ``decode_tensor``, from the elements the
+    stream declares (up to what the default memory budget lets one call produce)."""
+    try:
+        info = nnc_fl.inspect(data)
+    except FormatError:
+        return hang_limit, {}
+    cap = nnc_fl.DEFAULT_LIMITS.max_decode_bytes
+    each = {t.name: hang_limit + min(t.numel, cap) / min_rate for t in info.tensors}
+    return hang_limit + min(sum(t.numel for t in info.tensors), cap) / min_rate, each
+
+
 def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float, alarm: bool,
-                measure: bool = False):
+                measure: bool = False, min_rate: float = MIN_RATE):
     """Every target on ``data``: ``{call: [CallResult]}``, a mismatch reason (or None) and, with
     ``measure`` for a stream that may need over :data:`HEAVY_BYTES`, ``(peak RSS growth over all the
-    calls in bytes, the largest allocation the table claims for one call)``."""
+    calls in bytes, the largest allocation the table claims for one call)``. A call may spend
+    ``hang_limit`` CPU seconds plus its declared elements at ``min_rate``."""
     results: dict[str, list[CallResult]] = {}
     memory = None
     claim, plain = _claims(data) if measure else (0, 0)
+    whole, each = _allowances(data, hang_limit, min_rate)
     base = _proc_status_mb("VmRSS:") if claim + plain >= HEAVY_BYTES and _reset_peak_rss() else None
-    results["decode"] = [_call(lambda: nnc_fl.decode(data), hang_limit, alarm)]
+    results["decode"] = [_call(lambda: nnc_fl.decode(data), whole, alarm)]
     results["fingerprint"] = [_call(lambda: nnc_fl.read_fingerprint(data), hang_limit, alarm)]
 
     def _inspect():
@@ -1312,8 +1340,8 @@ def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float
     results["decode_tensor"] = []
     if ins.completed == "ok":
         for t in ins.value.tensors:
-            results["decode_tensor"].append(
-                _call(lambda name=t.name: (name, nnc_fl.decode_tensor(data, name)), hang_limit, alarm))
+            results["decode_tensor"].append(_call(lambda name=t.name: (name, nnc_fl.decode_tensor(data, name)),
+                                                  each.get(t.name, hang_limit), alarm))
     results["decode_expect"] = [_call(lambda: nnc_fl.decode(data, expect=expect), hang_limit, alarm)]
     if base is not None:
         memory = (int((_proc_status_mb("VmHWM:") - base) * (1 << 20)), claim)
@@ -1445,14 +1473,14 @@ class Fuzzer:
     """The core loop: make input ``i``, run every target, classify, account. In-process."""
 
     def __init__(self, corpus: list[Seed], seed: int, hang_limit: float = 2.0, *, alarm: bool = False,
-                 measure: bool = True):
-        """``alarm``: interrupt Python code that runs 4x ``hang_limit`` with SIGALRM (main thread only;
+                 measure: bool = True, min_rate: float = MIN_RATE):
+        """``alarm``: interrupt Python code that runs 4x its allowance of CPU time with SIGPROF (main thread only;
         the campaign's workers do); ``measure``: the peak RSS of decode() on heavy streams."""
-        self.corpus, self.seed, self.hang_limit = corpus, seed, hang_limit
+        self.corpus, self.seed, self.hang_limit, self.min_rate = corpus, seed, hang_limit, min_rate
         self.expects = [c.expect() for c in corpus]
         self.alarm = alarm and threading.current_thread() is threading.main_thread()
         if self.alarm:
-            signal.signal(signal.SIGALRM, _on_alarm)
+            signal.signal(signal.SIGPROF, _on_alarm)
         self.measure = measure and _reset_peak_rss()
         self.memory_budget = nnc_fl.DEFAULT_LIMITS.max_decode_bytes
         self.stats = Stats()
@@ -1473,7 +1501,8 @@ class Fuzzer:
         st = self.stats
         rss0 = _rss_kb()
         t0 = time.perf_counter()
-        results, mismatch, memory = run_targets(data, self.expects[c], self.hang_limit, self.alarm, self.measure)
+        results, mismatch, memory = run_targets(data, self.expects[c], self.hang_limit, self.alarm, self.measure,
+                                                self.min_rate)
         seconds = time.perf_counter() - t0
         st.inputs += 1
         st.busy_s += seconds
@@ -1511,7 +1540,8 @@ class Fuzzer:
                                                       signature=reason_template(mismatch)))
         n = max(len(data), 1)
         lean = {"index": index, "mutation": f"{kind}:{sub}", "bytes": len(data), "call": worst_call,
-                "seconds": round(worst.seconds, 6), "seconds_per_byte": worst.seconds / n,
+                "seconds": round(worst.seconds, 6), "wall_s": round(worst.wall, 6),
+                "seconds_per_byte": worst.seconds / n,
                 "all_calls_s": round(seconds, 6), "outcome": worst.outcome}
         for heap, key in ((st.slowest, worst.seconds), (st.slowest_per_byte, worst.seconds / n)):
             if len(heap) < _KEEP or key > heap[0][0]:
@@ -1549,10 +1579,10 @@ class Fuzzer:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _worker(w, seed, indices, corpus, hang_limit, out_q, current, started, flush_every):
+def _worker(w, seed, indices, corpus, hang_limit, min_rate, out_q, current, started, flush_every):
     """Run ``indices``; send partial Stats tagged with the last index they cover."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fuzzer = Fuzzer(corpus, seed, hang_limit, alarm=True)
+    fuzzer = Fuzzer(corpus, seed, hang_limit, alarm=True, min_rate=min_rate)
     fuzzer.warm_up()
     last = time.monotonic()
     done = 0
@@ -1575,7 +1605,8 @@ def _worker(w, seed, indices, corpus, hang_limit, out_q, current, started, flush
     out_q.put(("done", w, indices[-1] if indices else -1, fuzzer.stats))
 
 
-def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: float, log=print) -> dict:
+def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: float, log=print,
+             min_rate: float = MIN_RATE) -> dict:
     """Inputs ``0 .. n-1`` of campaign ``seed`` on ``workers`` processes; the JSON report."""
     t_start = time.time()
     corpus = build_corpus()
@@ -1592,8 +1623,8 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
 
     def start(w: int) -> None:
         current, started = spawn.Value("q", -1, lock=False), spawn.Value("d", 0.0, lock=False)
-        p = spawn.Process(target=_worker, args=(w, seed, pending[w], corpus, hang_limit, out_q, current, started,
-                                                2000), daemon=True)
+        p = spawn.Process(target=_worker, args=(w, seed, pending[w], corpus, hang_limit, min_rate, out_q, current,
+                                                started, 2000), daemon=True)
         p.start()
         procs[w] = (p, current, started)
 
@@ -1668,7 +1699,8 @@ def campaign(n: int, workers: int, seed: int, hang_limit: float, kill_after: flo
     report["crashes"] = dead["CRASH"] + report["crashes"]
     report["hangs"] = dead["HANG"] + report["hangs"]
     report.update({
-        "n": n, "seed": seed, "workers": workers, "hang_limit_s": hang_limit, "kill_after_s": kill_after,
+        "n": n, "seed": seed, "workers": workers, "hang_limit_s": hang_limit, "min_rate": min_rate,
+        "kill_after_s": kill_after,
         "elapsed_s": round(elapsed, 1), "throughput_inputs_per_s": round(total.inputs / elapsed, 1),
         "worker_restarts": restarts, "lost_while_making_the_input": generator_lost,
         "corpus": [{"name": c.name, "bytes": len(c.data), "tensors": len(c.schema)} for c in corpus],
@@ -1738,7 +1770,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (at most the cores you may use)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the JSON report here")
-    p.add_argument("--hang-limit", type=float, default=2.0, help="a call slower than this (s) is a HANG")
+    p.add_argument("--hang-limit", type=float, default=2.0,
+                   help="CPU seconds a call may take, plus its declared elements at --min-rate")
+    p.add_argument("--min-rate", type=float, default=MIN_RATE,
+                   help="elements per CPU second below which a decode is a HANG (default %(default).0f)")
     p.add_argument("--kill-after", type=float, default=60.0, help="kill a worker stuck this long in one input (s)")
     p.add_argument("--show", type=int, metavar="I", help="print input I of --seed (kind, hex) and run it")
     args = p.parse_args(argv)
@@ -1747,10 +1782,12 @@ def main(argv: list[str] | None = None) -> int:
         c, kind, sub, data = make_input(args.seed, args.show, corpus)
         print(f"input {args.show} (seed {args.seed}): {kind}:{sub} of {corpus[c].name}, {len(data)} bytes")
         print(data.hex())
-        results, mismatch, memory = run_targets(data, corpus[c].expect(), args.hang_limit, False, True)
+        results, mismatch, memory = run_targets(data, corpus[c].expect(), args.hang_limit, False, True,
+                                                args.min_rate)
         for call, rs in results.items():
             for r in rs:
-                print(f"{call:>14}: {r.outcome} {r.seconds * 1e3:.3f} ms {r.error[:200]}")
+                print(f"{call:>14}: {r.outcome} {r.seconds * 1e3:.3f} ms CPU ({r.wall * 1e3:.3f} ms wall) "
+                      f"{r.error[:200]}")
                 if r.trace:
                     print(r.trace)
         print("mismatch:", mismatch)
@@ -1759,7 +1796,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.workers < 1 or args.n < 0:
         p.error("--workers must be >= 1 and --n >= 0")
-    report = campaign(args.n, args.workers, args.seed, args.hang_limit, args.kill_after)
+    report = campaign(args.n, args.workers, args.seed, args.hang_limit, args.kill_after, min_rate=args.min_rate)
     print(summary(report))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
