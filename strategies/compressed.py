@@ -363,7 +363,6 @@ class CompressedStrategy(Strategy):
             stats.aggregate_failed()
             return metrics
         stats.advanced(coded.encode_s, coded.decode_s)
-        self.checks.model_moved(coded.decoded)
         return metrics
 
     def configure_evaluate(

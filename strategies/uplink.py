@@ -284,6 +284,8 @@ class UplinkChecks:
         self._credit_weights(updates)
         _common_metrics(updates, self.weight_key)
         self.norms.record([o.norm for o in updates])
+        if self.direction is not None:
+            self.direction.record([o.delta for o in updates], [o.norm for o in updates])
 
     def _credit_weights(self, updates: list[Opened]) -> None:
         if self.weight_key is None or not updates or self.settings.weight_ratio is None:
@@ -296,11 +298,6 @@ class UplinkChecks:
             self._weights[o.node_id] = o.weight
 
     # -- what the model did ------------------------------------------------------------------------
-
-    def model_moved(self, increment: Mapping[str, np.ndarray]) -> None:
-        """The global model moved by ``increment``: the direction updates are compared with."""
-        if self.direction is not None:
-            self.direction.record(increment)
 
     def model_replaced(self) -> None:
         """The global model was replaced from outside: forget its direction."""

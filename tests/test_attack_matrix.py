@@ -179,7 +179,9 @@ def test_one_hostile_client(name, size, client_app, initial_arrays, clean_losses
     if caught == "capped":
         assert all(r["weights_capped"] >= 1 for r in rows) and not any(attacker)
     elif caught == "clipped":  # scaled down to norm_clip_ratio x the honest norm instead of refused
-        assert any(r["clipped"] >= 1 for r in rows) and not any(attacker)
+        # ... where its clipped updates still overshoot, its next ones point back (its own
+        # gradients correct the overshoot, then are scaled again): the direction check may refuse
+        assert any(r["clipped"] >= 1 for r in rows) and set(attacker) <= {None, "direction"}, attacker
     elif name == "replay":
         assert attacker[0] is None and set(attacker[1:]) == caught  # round 1 has nothing to replay
     elif "direction" in caught:

@@ -100,3 +100,60 @@ def test_outlier_mask_edge_cases():
 def test_outlier_rejection_reason():
     exc = v.outlier_rejection(1000.0, 9000.0, 10.0)
     assert exc.code == "outlier" and "1000" in exc.reason
+
+
+# -- the direction check across rounds ------------------------------------------------------------
+
+
+def _direction_run(cosine_of, rounds=20, nodes=10, cohort=5, seed=0, spread=3.5):
+    """Feed a DirectionReference ``rounds`` rounds of ``cohort`` sampled nodes whose cosines come
+    from ``cosine_of(node, rng)``; the (round, node) pairs it refused."""
+    rng = np.random.default_rng(seed)
+    ref = v.DirectionReference(spread)
+    refused = []
+    for r in range(rounds):
+        sampled = [int(n) for n in rng.choice(nodes, cohort, replace=False)]
+        verdicts = ref.judge(sampled, [float(np.clip(cosine_of(n, rng), -1, 1)) for n in sampled])
+        refused += [(r, n) for n, x in zip(sampled, verdicts) if x is not None]
+        assert all(x is None or x.code == "direction" for x in verdicts)
+    return refused
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_direction_check_stands_aside_where_honest_nodes_disagree(seed):
+    # label-skewed nodes (as measured on UC14A two-class Dirichlet): node means from -0.35 to
+    # +0.25, single updates scattered by ~0.45 around them
+    means = np.linspace(-0.35, 0.25, 10)
+    assert _direction_run(lambda n, rng: means[n] + 0.45 * rng.standard_normal(), seed=seed) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_direction_check_refuses_a_sign_flipper_among_agreeing_nodes(seed):
+    # UC10-like: honest updates agree with the consensus (+0.15 +- 0.05); node 0 sends -update
+    def cos(n, rng):
+        c = 0.15 + 0.05 * rng.standard_normal()
+        return -c if n == 0 else c
+
+    refused = _direction_run(cos, seed=seed)
+    assert refused and {n for _, n in refused} == {0}
+
+
+def test_direction_check_needs_other_nodes_and_rounds_before_judging():
+    ref = v.DirectionReference(3.5)
+    assert ref.judge([1, 2], [None, None]) == [None, None]  # no direction yet
+    for _ in range(5):  # two nodes only: no yardstick, however far apart
+        assert ref.judge([1, 2], [0.9, -0.9]) == [None, None]
+    assert ref.threshold(1) is None
+
+
+def test_direction_counts_each_update_once_whatever_its_size():
+    a = {"w": np.array([1.0, 0.0], np.float32), "steps": np.array([3], np.int64)}
+    b = {"w": np.array([0.0, 1000.0], np.float32), "steps": np.array([5], np.int64)}
+    ref = v.DirectionReference(3.5)
+    ref.record([a, b], [1.0, 1000.0])
+    ca, cb = ref.cosines([a, b], [1.0, 1000.0])
+    assert ca == pytest.approx(cb) == pytest.approx(2**-0.5)
+    ref.record([], [])  # a round without accepted updates leaves it as it was
+    assert ref.cosines([a], [1.0]) == [pytest.approx(ca)]
+    ref.reset()
+    assert ref.cosines([a], [1.0]) == [None]
