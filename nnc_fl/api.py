@@ -21,7 +21,7 @@ from . import bitstream as bs
 from . import payloads
 from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from ._floatcoder import decode_float_payload, encode_float_payload
-from ._levels import BAD_LEVEL, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
+from ._levels import BAD_LEVEL, GT_FLAGS, MAX_LEVEL, SHORT_PAYLOAD, decode_levels, encode_levels, encode_levels_rd
 from ._quantise import NOT_FINITE, OK, dequantise, quantise
 from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
@@ -586,6 +586,10 @@ def _code_tensor(
                 return _zero(name, arr), None
         else:
             payload = encode_levels(levels, cols, tools)
+            if int(np.abs(levels).max()) > GT_FLAGS:  # levels past the flags: try their prefixes in contexts
+                with_ctx = encode_levels(levels, cols, tools, True)
+                if with_ctx.size < payload.size:
+                    payload, tools = with_ctx, tools | bs.TOOL_EG_CTX
         payload = payload.tobytes()
     if opts.row_refs and arr.ndim >= 2 and shape[0] >= 2:
         coded = ks if tools & bs.TOOL_DQ else levels
@@ -594,7 +598,7 @@ def _code_tensor(
             rate = tools & bs.TOOLS_RATE_MASK
             with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
             if len(with_refs) < len(payload):
-                payload, tools = with_refs, tools | bs.TOOL_ROW_REFS
+                payload, tools = with_refs, (tools & ~bs.TOOL_EG_CTX) | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
         return _raw(name, arr), None  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload), levels
@@ -646,7 +650,7 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     elif t.tools & bs.TOOL_DQ:
         levels, status = decode_levels_dq(data, numel, cols, rate)
     else:
-        levels, status = decode_levels(data, numel, cols, rate)
+        levels, status = decode_levels(data, numel, cols, rate, bool(t.tools & bs.TOOL_EG_CTX))
     if status == BAD_REF:
         raise FormatError(f"tensor {t.name!r}: a row references a row not coded before it")
     if status == BAD_LEVEL:

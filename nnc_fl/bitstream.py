@@ -70,11 +70,13 @@ ZSTD_MODES = (MODE_RAW, *FLOAT_MODES)
 MAX_ZSTD_LEVEL = 22
 
 # tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
-# mode only), bit 3 row references; the rest reserved for later tools
+# mode only), bit 3 row references, bit 4 context-coded Exp-Golomb prefixes (plain level coding
+# only: not with bits 2 or 3); the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
 TOOL_DQ = 0x04
 TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
-_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS
+TOOL_EG_CTX = 0x10  # Exp-Golomb prefix bins in contexts (nnc_fl/_levels.py)
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -713,6 +715,9 @@ def _read_coding(
             raise FormatError(f"{what}: unknown coding tools 0x{tools:02x}")
         if tools & TOOL_DQ and mode != MODE_QUANT:
             raise FormatError(f"{what}: dependent quantisation on an exactly coded (int) tensor")
+        if tools & TOOL_EG_CTX and tools & (TOOL_DQ | TOOL_ROW_REFS):
+            raise FormatError(f"{what}: context-coded Exp-Golomb prefixes with dependent quantisation "
+                              "or row references")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)

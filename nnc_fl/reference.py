@@ -21,6 +21,10 @@ SIG_CTX = 0
 SIGN_CTX = 27
 GT_CTX = 36
 N_CONTEXTS = 72
+#: With context-coded Exp-Golomb prefixes (tools bit 4): prefix bin j in EG_CTX + min(j, EG_CONTEXTS - 1).
+EG_CTX = 72
+EG_CONTEXTS = 16
+N_CONTEXTS_EG = 88
 #: Column activity classes: 0 (none), below ACT_HIGH, at or above ACT_HIGH.
 ACT_HIGH = 96
 #: Largest level magnitude; Exp-Golomb prefixes of a valid payload are at most MAX_EG_PREFIX bins.
@@ -212,12 +216,19 @@ def _update_activity(activity: list[int], col: int, q: int) -> None:
 
 
 def encode_levels(
-    levels: Sequence[int], cols: int, rate_index: int = 0, dq: bool = False, refs: Sequence[int] | None = None
+    levels: Sequence[int],
+    cols: int,
+    rate_index: int = 0,
+    dq: bool = False,
+    refs: Sequence[int] | None = None,
+    egctx: bool = False,
 ) -> bytes:
     """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
     (``levels`` are then the quantisation indices); with ``refs`` (per row, the distance to the
-    referenced row or 0), of ``nnc_fl._rowref.encode_rows``."""
-    n_ctx = N_CONTEXTS_ROWS if refs is not None else (N_CONTEXTS_DQ if dq else N_CONTEXTS)
+    referenced row or 0), of ``nnc_fl._rowref.encode_rows``; with ``egctx`` (plain coding only),
+    the Exp-Golomb prefix bins in contexts."""
+    assert not (egctx and (dq or refs is not None))
+    n_ctx = N_CONTEXTS_ROWS if refs is not None else (N_CONTEXTS_DQ if dq else N_CONTEXTS_EG)
     model, enc = _Model(rate_index, n_ctx), RangeEncoder()
     levels = [int(v) for v in levels]
     activity = [0] * cols
@@ -259,7 +270,13 @@ def encode_levels(
         if m > GT_FLAGS:
             x = m - GT_FLAGS
             nb = x.bit_length() - 1
-            enc.bypass((1 << (nb + 1)) - 2, nb + 1)
+            if egctx:
+                for j in range(nb + 1):
+                    c = EG_CTX + min(j, EG_CONTEXTS - 1)
+                    enc.bin(int(j < nb), model.p1(c))
+                    model.update(c, int(j < nb))
+            else:
+                enc.bypass((1 << (nb + 1)) - 2, nb + 1)
             enc.bypass(x, nb)
     return enc.finish()
 
@@ -272,13 +289,14 @@ def decode_levels(
     stats: dict | None = None,
     dq: bool = False,
     rows: bool = False,
+    egctx: bool = False,
 ) -> list[int]:
     """Reference of ``nnc_fl._levels.decode_levels`` (with ``dq``: ``nnc_fl._dq.decode_levels_dq``,
     returning reconstruction levels; with ``rows``: ``nnc_fl._rowref.decode_rows``) for valid payloads.
 
     If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the decoder consumed.
     """
-    n_ctx = N_CONTEXTS_ROWS if rows else (N_CONTEXTS_DQ if dq else N_CONTEXTS)
+    n_ctx = N_CONTEXTS_ROWS if rows else (N_CONTEXTS_DQ if dq else N_CONTEXTS_EG)
     model, dec = _Model(rate_index, n_ctx), RangeDecoder(data)
     levels: list[int] = []  # the coded integers: levels, or indices with dq
     out: list[int] = []
@@ -308,7 +326,7 @@ def decode_levels(
             if eq:
                 q = ref
         if q is None:
-            q = _decode_value(dec, model, c_sig, c_sign, g)
+            q = _decode_value(dec, model, c_sig, c_sign, g, egctx)
         levels.append(q)
         out.append(dq_level(q, quantiser_state) if dq else q)
         state = DQ_TRANS[state][q & 1]
@@ -318,7 +336,7 @@ def decode_levels(
     return out
 
 
-def _decode_value(dec: RangeDecoder, model: _Model, c_sig: int, c_sign: int, g: int) -> int:
+def _decode_value(dec: RangeDecoder, model: _Model, c_sig: int, c_sign: int, g: int, egctx: bool = False) -> int:
     """The bins of one level (or index): significance, sign, greater-than flags, Exp-Golomb."""
     sig = dec.bin(model.p1(c_sig))
     model.update(c_sig, sig)
@@ -336,7 +354,15 @@ def _decode_value(dec: RangeDecoder, model: _Model, c_sig: int, c_sign: int, g: 
         m = k + 1
     if m > GT_FLAGS:
         nb = 0
-        while dec.bypass(1):
+        while True:
+            if egctx:
+                c = EG_CTX + min(nb, EG_CONTEXTS - 1)
+                one = dec.bin(model.p1(c))
+                model.update(c, one)
+            else:
+                one = dec.bypass(1)
+            if not one:
+                break
             nb += 1
             assert nb <= MAX_EG_PREFIX  # the kernel reports BAD_LEVEL
         m = GT_FLAGS + ((1 << nb) | dec.bypass(nb))

@@ -129,6 +129,14 @@ def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b
             _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x80\x00" + b"\0" * 4), b""),
             "unknown coding tools",
         ),
+        (  # context-coded Exp-Golomb prefixes exist for plain level coding only
+            _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x14\x00" + b"\0" * 4), b""),
+            "context-coded Exp-Golomb prefixes with dependent quantisation",
+        ),
+        (
+            _rebuild(_one_entry_table(dtype=6, mode=bs.MODE_INT, extra=b"\x18\x00" + b"\0" * 4), b""),
+            "context-coded Exp-Golomb prefixes with dependent quantisation or row references",
+        ),
         (
             _rebuild(
                 _one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", -1.0) + b"\x00\x00" + b"\0" * 4), b""

@@ -35,22 +35,39 @@ def _levels(rng, n, kind):
         return rng.integers(-(1 << 40), 1 << 40, size=n, dtype=np.int64)
     if kind == "extreme":
         return rng.choice(np.array([MAX_LEVEL, -MAX_LEVEL, 0, 1, -13, 14], np.int64), size=n)
+    if kind == "wide":  # a keyframe's levels: uniform over +-55 grid steps
+        return rng.integers(-55, 56, size=n, dtype=np.int64)
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme"])
+@pytest.mark.parametrize("egctx", [False, True])
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme", "wide"])
 @pytest.mark.parametrize("rate_index", range(len(RATE_PAIRS)))
-def test_kernel_matches_reference_bit_for_bit(kind, rate_index):
+def test_kernel_matches_reference_bit_for_bit(kind, rate_index, egctx):
     rng = np.random.default_rng(rate_index * 7 + len(kind))
     for n, cols in [(1, 1), (7, 7), (60, 12), (333, 37)]:
         levels = _levels(rng, n, kind)
-        fast = encode_levels(levels, cols, rate_index).tobytes()
-        slow = reference.encode_levels(levels.tolist(), cols, rate_index)
+        fast = encode_levels(levels, cols, rate_index, egctx).tobytes()
+        slow = reference.encode_levels(levels.tolist(), cols, rate_index, egctx=egctx)
         assert fast == slow
-        assert reference.decode_levels(slow, n, cols, rate_index) == levels.tolist()
-        decoded, status = decode_levels(np.frombuffer(fast, np.uint8), n, cols, rate_index)
+        assert reference.decode_levels(slow, n, cols, rate_index, egctx=egctx) == levels.tolist()
+        decoded, status = decode_levels(np.frombuffer(fast, np.uint8), n, cols, rate_index, egctx)
         assert status == OK
         np.testing.assert_array_equal(decoded, levels)
+
+
+def test_context_coded_prefixes_pay_on_wide_levels_and_rd_estimates_them():
+    rng = np.random.default_rng(5)
+    levels = _levels(rng, 20000, "wide")
+    bypass, ctx = encode_levels(levels, 100, 0), encode_levels(levels, 100, 0, True)
+    assert ctx.size < 0.85 * bypass.size  # uniform over 111 values: 6.8 bits of entropy per level
+    x = levels + rng.uniform(-0.5, 0.5, levels.size)
+    coded = levels.copy()
+    payload = encode_levels_rd(coded, x, 1.0, 0.3, 100, 0, True)
+    assert np.abs(coded - levels).sum() > 0 and np.abs(coded - x).max() < 1  # some lowered, within one step
+    decoded, status = decode_levels(payload, levels.size, 100, 0, True)
+    assert status == OK
+    np.testing.assert_array_equal(decoded, coded)
 
 
 def test_reference_constants_equal_the_kernels():
@@ -66,6 +83,9 @@ def test_reference_constants_equal_the_kernels():
         "ACT_HIGH": _levels.ACT_HIGH,
         "MAX_LEVEL": _levels.MAX_LEVEL,
         "MAX_EG_PREFIX": _levels.MAX_EG_PREFIX,
+        "EG_CTX": _levels.EG_CTX,
+        "EG_CONTEXTS": _levels.EG_CONTEXTS,
+        "N_CONTEXTS_EG": _levels.N_CONTEXTS_EG,
         "RATE_PAIRS": tuple(tuple(pair) for pair in _probability.RATE_PAIRS.tolist()),
         "WARMUP_BINS": _probability.WARMUP_BINS,
         "P_INIT": _probability._HALF16,
@@ -103,18 +123,23 @@ def test_truncated_payload_is_reported_not_misread():
     assert status != OK
 
 
-def _one_level_payload(prefix_ones, low_bits=None):
+def _one_level_payload(prefix_ones, low_bits=None, egctx=False):
     """A payload of one positive level (cols 1, rate index 0) whose Exp-Golomb part has ``prefix_ones``
     ones, then (if ``low_bits`` is given) the terminating zero and ``prefix_ones`` low bits."""
-    model, enc = reference._Model(0), reference.RangeEncoder()
+    model, enc = reference._Model(0, reference.N_CONTEXTS_EG), reference.RangeEncoder()
     gt_bins = [(reference.GT_CTX + 3 * (k - 1), 1) for k in range(1, reference.GT_FLAGS + 1)]
+    prefix = [1] * prefix_ones + ([0] if low_bits is not None else [])
     for c, bit in [(reference.SIG_CTX, 1), (reference.SIGN_CTX, 0), *gt_bins]:  # no neighbours, idle column
         enc.bin(bit, model.p1(c))
         model.update(c, bit)
-    if low_bits is None:
-        enc.bypass((1 << prefix_ones) - 1, prefix_ones)
-    else:
-        enc.bypass((1 << (prefix_ones + 1)) - 2, prefix_ones + 1)
+    for j, bit in enumerate(prefix):
+        if egctx:
+            c = reference.EG_CTX + min(j, reference.EG_CONTEXTS - 1)
+            enc.bin(bit, model.p1(c))
+            model.update(c, bit)
+        else:
+            enc.bypass(bit, 1)
+    if low_bits is not None:
         enc.bypass(low_bits, prefix_ones)
     return np.frombuffer(enc.finish(), np.uint8)
 
@@ -129,8 +154,9 @@ def _one_level_payload(prefix_ones, low_bits=None):
         (63, None, None),  # prefix longer than MAX_EG_PREFIX
     ],
 )
-def test_levels_beyond_max_level_are_reported(prefix_ones, low_bits, expected):
-    levels, status = decode_levels(_one_level_payload(prefix_ones, low_bits), 1, 1, 0)
+@pytest.mark.parametrize("egctx", [False, True])
+def test_levels_beyond_max_level_are_reported(prefix_ones, low_bits, expected, egctx):
+    levels, status = decode_levels(_one_level_payload(prefix_ones, low_bits, egctx), 1, 1, 0, egctx)
     if expected is None:
         assert status == BAD_LEVEL
     else:
@@ -169,17 +195,18 @@ def _kernel_outputs_digest():
     for kind in ("laplace", "sparse", "large", "extreme"):
         for rate_index in range(len(RATE_PAIRS)):
             levels = _levels(rng, 400, kind)
-            payload = encode_levels(levels, 20, rate_index)
-            decoded, status = decode_levels(payload, levels.size, 20, rate_index)
-            h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
+            for egctx in (False, True):
+                payload = encode_levels(levels, 20, rate_index, egctx)
+                decoded, status = decode_levels(payload, levels.size, 20, rate_index, egctx)
+                h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
     x = rng.laplace(size=3000) * 0.03
     for lam in (0.05, 0.3):
         levels, status = quantise(x, 0.01, MAX_LEVEL)
-        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0)
+        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0, lam > 0.1)
         h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
     for _ in range(60):
         junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
-        decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))))
+        decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))), bool(_ % 2))
         h.update(decoded.tobytes() + bytes([status]))
     for lam in (0.0, 0.4):
         payload, ks = encode_levels_dq(x, 0.01, lam, 60, 1)

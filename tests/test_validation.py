@@ -114,7 +114,7 @@ def _direction_run(cosine_of, rounds=20, nodes=10, cohort=5, seed=0, spread=3.5)
     for r in range(rounds):
         sampled = [int(n) for n in rng.choice(nodes, cohort, replace=False)]
         verdicts = ref.judge(sampled, [float(np.clip(cosine_of(n, rng), -1, 1)) for n in sampled])
-        refused += [(r, n) for n, x in zip(sampled, verdicts) if x is not None]
+        refused += [(r, n) for n, x in zip(sampled, verdicts, strict=True) if x is not None]
         assert all(x is None or x.code == "direction" for x in verdicts)
     return refused
 
