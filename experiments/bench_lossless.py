@@ -65,6 +65,10 @@ def model_weights(kind: str, epochs: int = 3, seed: int = 0) -> OrderedDict[str,
         return get_weights(model)
 
 
+#: The anchor grid of the default compressed keyframes (``DownlinkSettings.keyframe_grid``).
+KEYFRAME_GRID = 5
+
+
 def _best_time(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up (numba kernels compiled or loaded from the cache)
     best = math.inf
@@ -119,6 +123,19 @@ def bench_model(weights: dict[str, np.ndarray], repeat: int) -> list[dict]:
             _best_time(lambda: [z.compress(p) for p in _planes(floats, 4)], repeat),
             _best_time(lambda: [unz.decompress(p) for p in zp], repeat),
             lambda: [unz.decompress(p) for p in zp] == planes)
+    # what a node gets as a keyframe by default: the model on its anchor grid (``keyframe_grid=5``),
+    # statistics exact; lossless for the gridded model, not for the original values
+    from strategies.server_model import anchor_grid
+
+    grid = anchor_grid(weights, [k for k in names if "running_" not in k], KEYFRAME_GRID)
+    gridded = {k: (np.rint(v / grid[k]) * grid[k] + 0.0).astype(v.dtype) if k in grid else v  # as ServerModel.adopt
+               for k, v in weights.items()}
+    codec = nnc_fl.codecs.make_codec("nnc", float_lossless=True)
+    kf = codec.encode(gridded, exact=True, grid=grid)
+    add(f"grid-{KEYFRAME_GRID} keyframe", len(kf),
+        _best_time(lambda: codec.encode(gridded, exact=True, grid=grid), repeat),
+        _best_time(lambda: nnc_fl.decode(kf), repeat),
+        lambda: all(out.tobytes() == gridded[k].tobytes() for k, out in nnc_fl.decode(kf).items()))
     profiles = [coded[t.offset + 1] for t in nnc_fl.inspect(coded).tensors if t.mode_name == "float-lossless"]
     rows[0]["full"] = f"{sum(profiles)}/{len(profiles)}"
     return rows
