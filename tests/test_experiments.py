@@ -137,3 +137,24 @@ def test_lossless_benchmark_rows():
     assert set(rows) == {"float-lossless", "raw", "zstd-19", "lzma", "planes+zstd-19"}
     assert rows["float-lossless"]["bytes"] < min(rows[m]["bytes"] for m in ("zstd-19", "lzma", "raw"))
     assert rows["float-lossless"]["full"] == "0/1"
+
+
+def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_path):
+    from experiments import direction_trace
+
+    out = tmp_path / "trace.jsonl"
+    code = direction_trace.main(["trace", str(out), "--", "uc10", "--source", "digits", "--clients", "3",
+                                 "--fraction", "1", "--n-train", "120", "--rounds", "3", "--attack", "sign-flip",
+                                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["round"] for r in rows} == {1, 2, 3} and len(rows) == 9
+    assert all(r["cosine"] is None for r in rows if r["round"] == 1)  # no direction before round 1's updates
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rejected"] == 0  # recorded, not refused
+    # a replay is the check on those cosines: a flipper among agreeing nodes is refused, nobody else
+    flip = tmp_path / "flip.jsonl"
+    flip.write_text("".join(json.dumps({"round": r, "node": n, "cosine": (-0.2 if n == 0 else 0.2 + 0.01 * n)})
+                            + "\n" for r in range(1, 8) for n in range(5)))
+    refused = direction_trace.replay(str(flip), 3.5)
+    assert refused and {n for _, n, _ in refused} == {0}
+    assert "point against the model's direction" in refused[0][2]
