@@ -244,21 +244,22 @@ class DirectionReference:
     updates (each update counted once: a client with a huge claimed weight does not get to define
     it, which a direction taken from the weighted global increments let a flipper with a capped 4x
     weight do in a cohort of two). For every update, once there is a direction, its cosine with it
-    is added to its node's record. A node whose mean
-    cosine (over ``min_rounds`` or more rounds) lies below ``-floor`` and more than ``spread``
-    standard deviations below the median of the other recorded nodes' means is refused: a
-    sign-flipping client averages the negative of what it would have sent.
+    is added to its node's record. A node whose mean cosine (over ``min_rounds`` or more rounds)
+    lies below ``-floor`` and more than ``spread`` standard deviations below the median of the other
+    recorded nodes' means is refused: a sign-flipping client averages the negative of what it would
+    have sent.
 
     The standard deviation a node's mean is held to is that of an honest node with as many rounds:
     the spread *between* the other nodes' means (1.4826 x their MAD) and the spread of single
     updates *within* a node (the median of the other nodes' variances) over the node's count, in
     quadrature. A node with two rounds of noisy updates is not judged as if its mean were exact.
-    Measured on honest federations: UC10 nodes' cosines sit near +0.2 with little noise, so a
-    flipper stands out within a few rounds; label-skewed two-class UC14A nodes had means from -0.34
-    to +0.29 and single updates far apart, where a flipper looks like an honest node and the test
-    stands aside rather than refuse honest updates (a test on between-node spread alone refused
-    1-6 honest updates in 6 of 10 such runs). It needs ``min_nodes`` other recorded nodes, so one
-    client cannot set the reference alone, and a node cannot widen its own yardstick.
+    Measured (traced UC10 / UC14A runs, ``experiments.direction_trace``): UC10 IID nodes' means sat
+    at +0.03 to +0.08 with a flipper at -0.11, refused from its second round; label-skewed two-class
+    UC14A nodes' means spread from -0.31 to +0.26 with single updates far apart, where a flipper
+    looks like an honest node and the test stands aside rather than refuse honest updates (a test
+    on the between-node spread alone refused 1-6 honest updates in 6 of 10 such runs). It needs
+    ``min_nodes`` other recorded nodes, so one client cannot set the reference alone, and a node
+    cannot widen its own yardstick.
     """
 
     def __init__(
@@ -317,7 +318,7 @@ class DirectionReference:
         if count < self.min_rounds or len(others) < self.min_nodes:
             return None
         means = np.array([t / c for t, _, c in others])
-        within = np.array([max(q - c * (t / c) ** 2, 0.0) / (c - 1) for t, q, c in others])
+        within = np.array([max(q - c * (t / c) ** 2, 0.0) / max(c - 1, 1) for t, q, c in others])
         med = float(np.median(means))
         between = _MAD_SCALE * float(np.median(np.abs(means - med)))
         sd = math.sqrt(between**2 + float(np.median(within)) / count)
