@@ -1276,14 +1276,22 @@ def _reset_peak_rss() -> bool:
 HEAVY_BYTES = 32 << 20
 
 
-def _claims(data: bytes) -> tuple[int, int]:
+def _table(data: bytes):
+    """The stream's table (:func:`nnc_fl.inspect`), or ``None`` where there is none to read."""
+    try:
+        return nnc_fl.inspect(data)
+    except FormatError:
+        return None
+
+
+def _claims(data: bytes, info=None) -> tuple[int, int]:
     """``(claim, zstd plain bytes)``: the most memory the stream lets one call allocate by the
     decoder's own estimate (:func:`nnc_fl.api.decoding_memory`: outputs and working arrays, zstd
     plain buffers included, of all tensors for decode(), of one for decode_tensor, within the default
-    budget), and the plain size its table allows its zstd payloads. ``(0, 0)`` without a table."""
-    try:
-        info = nnc_fl.inspect(data)
-    except FormatError:
+    budget), and the plain size its table allows its zstd payloads. ``(0, 0)`` without a table
+    (``info``: the table, if already read)."""
+    info = _table(data) if info is None else info
+    if info is None:
         return 0, 0
     plain = sum(bs.plain_payload_size(t.mode, t.dtype, t.numel)[0] for t in info.tensors if t.zstd)
     try:
@@ -1303,12 +1311,10 @@ def _claims(data: bytes) -> tuple[int, int]:
 MIN_RATE = 5e6
 
 
-def _allowances(data: bytes, hang_limit: float, min_rate: float) -> tuple[float, dict[str, float]]:
+def _allowances(info, hang_limit: float, min_rate: float) -> tuple[float, dict[str, float]]:
     """CPU seconds allowed to ``decode`` and to each ``decode_tensor``, from the elements the
-    stream declares (up to what the default memory budget lets one call produce)."""
-    try:
-        info = nnc_fl.inspect(data)
-    except FormatError:
+    stream's table ``info`` declares (up to what the default memory budget lets one call produce)."""
+    if info is None:
         return hang_limit, {}
     cap = nnc_fl.DEFAULT_LIMITS.max_decode_bytes
     each = {t.name: hang_limit + min(t.numel, cap) / min_rate for t in info.tensors}
@@ -1327,8 +1333,9 @@ def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float
     (freed, not returned) showed up as the next call's growth (seen: 1,075 MB over the calls of a
     stream whose decode() alone peaks at its 728 MB claim)."""
     results: dict[str, list[CallResult]] = {}
-    claim, plain = _claims(data) if measure else (0, 0)
-    whole, each = _allowances(data, hang_limit, min_rate)
+    info = _table(data)
+    claim, plain = _claims(data, info) if measure else (0, 0)
+    whole, each = _allowances(info, hang_limit, min_rate)
     heavy = claim + plain >= HEAVY_BYTES and _reset_peak_rss()
     growth = [0.0]
 
