@@ -134,9 +134,12 @@ def test_lossless_benchmark_rows():
     rng = np.random.default_rng(0)
     weights = {"w": (rng.normal(size=(64, 100)) * 0.05).astype(np.float32), "n": np.array(3, np.int64)}
     rows = {r["method"]: r for r in bench_model(weights, repeat=1)}
-    assert set(rows) == {"float-lossless", "raw", "zstd-19", "lzma", "planes+zstd-19"}
+    assert set(rows) == {"float-lossless", "raw", "zstd-19", "lzma", "planes+zstd-19", "grid-5 keyframe"}
     assert rows["float-lossless"]["bytes"] < min(rows[m]["bytes"] for m in ("zstd-19", "lzma", "raw"))
     assert rows["float-lossless"]["full"] == "0/1"
+    # a keyframe on the grid (a power of two at or below rms / 32): ~8 bits per Gaussian weight (its
+    # check compared the decoded bytes with the gridded model's)
+    assert rows["grid-5 keyframe"]["pct"] < 0.35 * rows["float-lossless"]["pct"]
 
 
 def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_path):
