@@ -6,7 +6,7 @@ per round) and a human-readable ``reason`` for the log.
 
 Two checks look across rounds, because a cohort of two cannot tell on its own which update is odd:
 :class:`NormReference` learns the scale of honest updates from the accepted ones, and
-:class:`DirectionReference` follows the direction the global model has been moving in.
+:class:`DirectionReference` follows the consensus direction of recently accepted updates.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ class DirectionReference:
             if limit is not None and total / count < limit:
                 out.append(UpdateRejected(
                     "direction",
-                    f"this node's updates point against the model's direction on average (mean cosine "
+                    f"this node's updates point against the federation's recent direction on average (mean cosine "
                     f"{total / count:.3f} over {count} rounds, below {limit:.3f} for the federation)",
                 ))
             else:

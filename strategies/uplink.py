@@ -5,7 +5,7 @@ protocol record, the authentication tag, the model and round the stream is bound
 tensor table against the model's schema (before a single payload is decoded, so a small stream
 cannot make the server allocate what it claims), the payloads, finite values, the weighting metric
 -- and :meth:`UplinkChecks.review` the checks across the round's updates: scale against the norm
-the honest updates have had, direction against where the model has been moving, robust outliers.
+the honest updates have had, direction against the consensus of recently accepted updates, robust outliers.
 Nothing a client sends raises out of here: every failure is an :class:`UpdateRejected` with a code.
 """
 

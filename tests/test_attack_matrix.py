@@ -192,7 +192,7 @@ def test_one_hostile_client(name, size, client_app, initial_arrays, clean_losses
         assert all(v in caught for v in attacker), attacker
     if caught not in ("clipped", {"direction"}):
         # checks of the update itself never refuse an honest partner (an attacker that moves the
-        # model's direction can make honest updates look like outliers: the final model decides)
+        # federation's direction can make honest updates look like outliers: the final model decides)
         assert all(node == str(ATTACKER) for v in verdicts for node in v), verdicts
     assert np.all(np.isfinite(np.concatenate([v.ravel() for v in final.values() if v.dtype.kind == "f"])))
     reference = clean_losses[size]

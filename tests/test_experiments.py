@@ -160,4 +160,4 @@ def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_pa
                             + "\n" for r in range(1, 8) for n in range(5)))
     refused = direction_trace.replay(str(flip), 3.5)
     assert refused and {n for _, n, _ in refused} == {0}
-    assert "point against the model's direction" in refused[0][2]
+    assert "point against the federation's recent direction" in refused[0][2]
