@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -242,3 +243,15 @@ def run_federation(strategy, grid: LocalGrid, initial_arrays, rounds: int, on_ro
         grid=grid, initial_arrays=initial_arrays, num_rounds=rounds, evaluate_fn=after_round
     )
     return result, history
+
+
+def summary_text(strategy, caplog) -> str:
+    """What ``strategy.summary()`` logs at INFO on Flower's logger (the CLI tests quiet it)."""
+    logger = logging.getLogger("flwr")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="flwr"):
+            strategy.summary()
+    finally:
+        logger.removeHandler(caplog.handler)
+    return caplog.text

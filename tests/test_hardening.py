@@ -10,7 +10,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import LocalGrid, forge_raw, run_federation
+from conftest import LocalGrid, forge_raw, run_federation, summary_text
 from flwr.app import ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
@@ -154,15 +154,9 @@ def test_node_keys_from_node_config_and_keyring_file(tmp_path, initial_arrays):
 
 def test_keys_are_never_logged(caplog):
     strategy = _strategy(2, auth_keys=KEYS)
-    logger = logging.getLogger("flwr")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="flwr"):
-            strategy.summary()
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert "auth_keys=<4 keys: node-0, node-1, node-2, node-3>" in caplog.text
-    assert all(k.hex() not in caplog.text for k in KEYS.values())
+    text = summary_text(strategy, caplog)
+    assert "auth_keys=<4 keys: node-0, node-1, node-2, node-3>" in text
+    assert all(k.hex() not in text for k in KEYS.values())
 
 
 class _FailingEvaluate(FedAvg):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
+from conftest import summary_text
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
@@ -69,14 +68,7 @@ def test_summary_logs_every_setting(caplog):
         downlink=DownlinkSettings({"rel_step": 4.0}, max_chain=7),
         validation=ValidationSettings(outlier_threshold=12.5, max_update_norm=3.0),
     )
-    logger = logging.getLogger("flwr")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="flwr"):  # the CLI tests quiet Flower's logger
-            strategy.summary()
-    finally:
-        logger.removeHandler(caplog.handler)
-    text = caplog.text
+    text = summary_text(strategy, caplog)
     for setting in (CodecSettings, DownlinkSettings, ValidationSettings):
         for name in setting.__dataclass_fields__:
             assert f"{name}=" in text, name

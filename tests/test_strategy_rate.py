@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-from conftest import run_federation
+from conftest import run_federation, summary_text
 from flwr.serverapp.strategy import FedAvg
 
 import nnc_fl
@@ -54,14 +52,8 @@ def test_budgets_travel_as_codec_parameters_each_link_its_own():
 
 def test_summary_logs_the_budgets(caplog):
     strategy = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=4096)
-    logger = logging.getLogger("flwr")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="flwr"):
-            strategy.summary()
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert "target_uplink=0.005" in caplog.text and "target=4096" in caplog.text
+    text = summary_text(strategy, caplog)
+    assert "target_uplink=0.005" in text and "target=4096" in text
 
 
 @pytest.mark.parametrize("grid", [None, 5])
