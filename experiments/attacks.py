@@ -33,6 +33,11 @@ def _fill(trained: Weights, value: float) -> Weights:
     return {k: np.full_like(w, value) if np.issubdtype(w.dtype, np.floating) else w for k, w in trained.items()}
 
 
+def _negative_variances(trained: Weights) -> Weights:
+    """Every normalisation running variance negated: a model no honest training produces."""
+    return {k: -np.abs(w) if k.endswith(("running_var", "moving_variance")) else w for k, w in trained.items()}
+
+
 def _with_weight(metrics: dict, value: float) -> dict:
     return {**metrics, "num-examples": value}
 
@@ -43,6 +48,7 @@ ATTACKS: dict[str, Attack] = {
     "scale-1000": lambda g, w, m: (_scaled(g, w, 1000.0), m),
     "nan": lambda g, w, m: (_fill(w, np.nan), m),
     "huge": lambda g, w, m: (_fill(w, 3e38), m),
+    "negative-variance": lambda g, w, m: (_negative_variances(w), m),
     "weight-1e6": lambda g, w, m: (w, _with_weight(m, 1e6)),
     "weight-1e6-sign-flip": lambda g, w, m: (_scaled(g, w, -1.0), _with_weight(m, 1e6)),
     "weight-negative-sign-flip": lambda g, w, m: (_scaled(g, w, -1.0), _with_weight(m, -1e6)),

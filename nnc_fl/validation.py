@@ -11,6 +11,7 @@ Two checks look across rounds, because a cohort of two cannot tell on its own wh
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from .errors import SchemaError
 
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
 #: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
-#: the values, the weighting metric; then, across the round's updates, scale, direction, outliers.
+#: the values (finite, then within their range), the weighting metric; then, across the round's updates, scale, direction, outliers.
 REJECT_CODES = (
     "protocol",
     "auth",
@@ -31,6 +32,7 @@ REJECT_CODES = (
     "schema",
     "format",
     "nonfinite",
+    "range",
     "weight",
     "norm",
     "direction",
@@ -93,6 +95,26 @@ def check_finite(tensors: Mapping[str, np.ndarray]) -> None:
     for name, arr in tensors.items():
         if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
             raise UpdateRejected("nonfinite", f"tensor {name!r} holds NaN or infinity")
+
+
+#: Tensors that must hold no negative value in any usable model: the running variances of
+#: normalisation layers (PyTorch ``running_var``, Keras ``moving_variance``). One negative entry
+#: makes ``sqrt(var + eps)`` NaN and every prediction of the model meaningless.
+NONNEGATIVE = ("*running_var", "*moving_variance")
+
+
+def check_nonnegative(tensors: Mapping[str, np.ndarray], patterns: Sequence[str] = NONNEGATIVE) -> None:
+    """Refuse a model (not a delta) in which a tensor whose name matches one of the ``fnmatch``
+    ``patterns`` holds a negative value (``range``).
+
+    A sign-flipping client sends ``G - (W - G)``: where training raised a BatchNorm variance by more
+    than it was, the flipped variance is negative, and a global model averaged from it can be too.
+    """
+    for name, arr in tensors.items():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns) and np.issubdtype(arr.dtype, np.number):
+            low = arr.min(initial=0)
+            if low < 0:
+                raise UpdateRejected("range", f"tensor {name!r} must not be negative (a variance), holds {float(low):.6g}")
 
 
 def update_norm(tensors: Mapping[str, np.ndarray]) -> float:
@@ -352,12 +374,14 @@ class DirectionReference:
 
 
 __all__ = [
+    "NONNEGATIVE",
     "REJECT_CODES",
     "DirectionReference",
     "NormReference",
     "UpdateRejected",
     "cap_weights",
     "check_finite",
+    "check_nonnegative",
     "check_norm_bound",
     "check_schema",
     "check_weight",

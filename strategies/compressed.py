@@ -22,7 +22,7 @@ from nnc_fl.codecs import ParamValue
 from nnc_fl.fingerprint import FINGERPRINT_SIZE
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
-from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite
+from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite, check_nonnegative
 
 from . import uplink as up
 from .bandwidth import BandwidthLog, RoundStats
@@ -356,6 +356,7 @@ class CompressedStrategy(Strategy):
         try:
             target = cast_like(_tensors(agg), self.model.tensors)
             check_finite(target)
+            check_nonnegative(target, self.validation.nonnegative)
             coded = self.model.advance(target, self.downlink_spec(server_round))
         except (ValueError, TypeError, UpdateRejected) as exc:
             log(ERROR, "nnc-fl round %s: unusable aggregate (%s); global model unchanged",

@@ -21,6 +21,7 @@ from typing import Any
 from nnc_fl.auth import check_key, read_keyring
 from nnc_fl.codecs import ParamValue
 from nnc_fl.protocol import MAX_CHAIN, MAX_RESIDUAL_AGE, CodecSpec
+from nnc_fl.validation import NONNEGATIVE
 
 CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 
@@ -295,6 +296,11 @@ class ValidationSettings:
         unlike it, did not refuse honest non-IID updates in the measured runs.
     outlier_min_count : int
         Fewest updates in a round for the outlier test to run (at least 3).
+    nonnegative : str or sequence of str
+        ``fnmatch`` patterns (or one comma-separated string) of the tensors that must hold no
+        negative value in a reconstructed update or the aggregate (``range``): by default the
+        running variances of normalisation layers, which a sign-flipped update drives below zero
+        (one negative variance makes the model's outputs NaN). ``""``: no such check.
     auth_keys : mapping or str or Path, optional
         Keys the operator provisioned, ``key_id -> key bytes``, or a keyring file
         (:func:`nnc_fl.auth.read_keyring`). With keys, every update must carry a valid
@@ -308,6 +314,7 @@ class ValidationSettings:
     max_update_norm: float | None = None
     outlier_threshold: float | None = None
     outlier_min_count: int = 3
+    nonnegative: str | tuple[str, ...] = NONNEGATIVE
     auth_keys: Mapping[str, bytes] | str | Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -325,6 +332,12 @@ class ValidationSettings:
             raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
         if self.outlier_min_count < 3:
             raise ValueError(f"outlier_min_count must be at least 3, got {self.outlier_min_count}")
+        patterns = self.nonnegative
+        if isinstance(patterns, str):
+            patterns = patterns.split(",")
+        if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+            raise TypeError(f"nonnegative must be name patterns (a comma-separated string or a list), got {patterns!r}")
+        object.__setattr__(self, "nonnegative", tuple(p.strip() for p in patterns if p.strip()))
         keys = self.auth_keys
         if isinstance(keys, (str, Path)):
             keys = read_keyring(keys)

@@ -31,6 +31,7 @@ from nnc_fl.validation import (
     UpdateRejected,
     cap_weights,
     check_finite,
+    check_nonnegative,
     check_norm_bound,
     check_schema,
     check_weight,
@@ -278,6 +279,7 @@ class UplinkChecks:
             o.tensors = apply_delta(model.tensors, o.delta)
             try:
                 check_finite(o.tensors)
+                check_nonnegative(o.tensors, s.nonnegative)
             except UpdateRejected as exc:
                 o.reject(exc)
         updates = [o for o in updates if o.kind == "update"]

@@ -161,3 +161,15 @@ def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_pa
     refused = direction_trace.replay(str(flip), 3.5)
     assert refused and {n for _, n, _ in refused} == {0}
     assert "point against the federation's recent direction" in refused[0][2]
+
+
+def test_an_update_with_a_negative_running_variance_is_refused(tmp_path):
+    """A sign-flipped BatchNorm update, ``G - (W - G)``, has a negative running variance wherever
+    training raised it by more than it was (seen from round 2 of the 4-node digits runs); a global
+    model averaged from it would output NaN. Such updates are refused as ``range``."""
+    fed = _tiny("uc10", model="cnn-bn", attack="negative-variance", attacker=0)
+    out = run(RunConfig(fed, rounds=2, fraction=1.0, codec="nnc"), tmp_path)
+    rounds = out["rounds"][1:]
+    assert [r["rejected_nodes"].split(":")[-1] for r in rounds] == ["range", "range"]
+    assert all(r["clients"] == 3 and r["rejected"] == 1 and r["aggregate_failed"] == 0 for r in rounds)
+    assert rounds[-1]["test_accuracy"] > 0.5  # the honest nodes' model, not a NaN one

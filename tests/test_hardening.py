@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 from conftest import LocalGrid, forge_raw, run_federation, summary_text
-from flwr.app import ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -64,6 +64,31 @@ def test_a_failing_inner_strategy_ends_the_round_with_the_model_unchanged(make_g
     for k, v in _final(result).items():
         np.testing.assert_array_equal(v, initial_arrays[k].numpy())
     assert "inner aggregation failed (ZeroDivisionError" in caplog.text
+
+
+class _NegativeBias(FedAvg):
+    """Aggregates like FedAvg, then drives ``fc.bias`` below zero (as a server-side optimiser with
+    momentum could drive a running variance)."""
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        tensors = {k: a.numpy() for k, a in arrays.items()}
+        tensors["fc.bias"] = tensors["fc.bias"] - 100.0
+        return ArrayRecord({k: Array(v) for k, v in tensors.items()}), metrics
+
+
+def test_an_aggregate_outside_the_valid_range_leaves_the_model_unchanged(make_grid, initial_arrays, caplog):
+    initial = {k: a.numpy() for k, a in initial_arrays.items()}
+    initial["fc.bias"] = np.abs(initial["fc.bias"]) + 1.0  # a valid model: no negative entry
+    inner = _NegativeBias(fraction_evaluate=0.0, min_available_nodes=2)
+    strategy = CompressedStrategy(inner, codec_params={"step": 0.001},
+                                  validation=ValidationSettings(nonnegative="fc.bias"))
+    result, _ = run_federation(strategy, make_grid(2), ArrayRecord({k: Array(v) for k, v in initial.items()}), 2)
+    rows = strategy.bandwidth
+    assert [r["aggregate_failed"] for r in rows] == [1, 1] and all(r["rejected_range"] == 0 for r in rows)
+    assert strategy.model.version == 1
+    np.testing.assert_array_equal(_final(result)["fc.bias"], initial["fc.bias"])
+    assert "unusable aggregate (range: tensor 'fc.bias' must not be negative" in caplog.text
 
 
 def test_a_huge_finite_update_in_a_cohort_of_two_is_refused(make_grid, initial_arrays):

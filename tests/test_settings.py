@@ -29,11 +29,20 @@ from strategies import CodecSettings, CompressedStrategy, DownlinkSettings, Vali
         (lambda: ValidationSettings(outlier_threshold=float("nan")), ValueError, "outlier_threshold"),
         (lambda: ValidationSettings(max_update_norm=0), ValueError, "max_update_norm"),
         (lambda: ValidationSettings(outlier_min_count=2), ValueError, "outlier_min_count"),
+        (lambda: ValidationSettings(nonnegative=3), TypeError, "nonnegative"),
+        (lambda: ValidationSettings(nonnegative=["*var", None]), TypeError, "nonnegative"),
     ],
 )
 def test_impossible_settings_are_refused_at_construction(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_nonnegative_patterns_read_as_a_comma_separated_string_or_a_list():
+    assert ValidationSettings().nonnegative == ("*running_var", "*moving_variance")
+    assert ValidationSettings(nonnegative=" a.var , *scale").nonnegative == ("a.var", "*scale")
+    assert ValidationSettings(nonnegative=["a.var"]).nonnegative == ("a.var",)
+    assert ValidationSettings(nonnegative="").nonnegative == ()
 
 
 def test_settings_are_frozen_and_their_params_immutable():

@@ -67,6 +67,26 @@ def test_check_finite_ignores_integers():
             v.check_finite({**REF, "w": np.full((2, 3), bad, np.float32)})
 
 
+def test_check_nonnegative_refuses_a_negative_running_variance_only():
+    model = {
+        "bn.running_var": np.array([0.0, 0.5, 2.0], np.float32),
+        "bn.running_mean": np.array([-1.0, 0.0, 1.0], np.float32),  # a mean may be negative
+        "block.norm.moving_variance": np.ones(2, np.float64),
+        "bn.num_batches_tracked": np.array(-1, np.int64),  # not a variance: not checked
+    }
+    v.check_nonnegative(model)
+    for name in ("bn.running_var", "block.norm.moving_variance"):
+        bad = {**model, name: model[name].copy()}
+        bad[name][-1] = -1e-3
+        with _rejected("range") as info:
+            v.check_nonnegative(bad)
+        assert name in info.value.reason and "-0.001" in info.value.reason
+    v.check_nonnegative({**model, "bn.running_var": -model["bn.running_var"] - 1}, patterns=())  # switched off
+    with _rejected("range"):
+        v.check_nonnegative({"scale": np.array([-2.0])}, patterns=("scale",))
+    v.check_nonnegative({"bn.running_var": np.zeros(0, np.float32)})  # empty tensor
+
+
 def test_update_norm_uses_float_tensors_only():
     t = {"w": np.full((2, 2), 3.0, np.float32), "n": np.array(10**12, np.int64)}
     assert v.update_norm(t) == pytest.approx(6.0)
