@@ -60,8 +60,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="run every codec with seeds SEED, SEED+1, ..., SEED+N-1 and aggregate (mean ± std)")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="run up to J runs at once, each in its own process with one torch thread")
-    p.add_argument("--attack", default="", help="one hostile client: sign-flip, scale-10, scale-1000, nan, huge, negative-variance, "
-                   "weight-1e6, weight-1e6-sign-flip, weight-negative-sign-flip, weight-nan, weight-zero")
+    p.add_argument("--attack", default="", help="one hostile client: sign-flip, scale-10, scale-1000, nan, huge, "
+                   "negative-variance, weight-1e6, weight-1e6-sign-flip, weight-negative-sign-flip, weight-nan, "
+                   "weight-zero")
     p.add_argument("--attacker", type=int, default=0, help="partition id of the hostile client")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")

@@ -23,7 +23,8 @@ from .errors import SchemaError
 
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
 #: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
-#: the values (finite, then within their range), the weighting metric; then, across the round's updates, scale, direction, outliers.
+#: the values (finite, then within their range), the weighting metric; then, across the round's
+#: updates, scale, direction, outliers.
 REJECT_CODES = (
     "protocol",
     "auth",
@@ -114,7 +115,8 @@ def check_nonnegative(tensors: Mapping[str, np.ndarray], patterns: Sequence[str]
         if any(fnmatch.fnmatchcase(name, p) for p in patterns) and np.issubdtype(arr.dtype, np.number):
             low = arr.min(initial=0)
             if low < 0:
-                raise UpdateRejected("range", f"tensor {name!r} must not be negative (a variance), holds {float(low):.6g}")
+                raise UpdateRejected("range",
+                                     f"tensor {name!r} must not be negative (a variance), holds {float(low):.6g}")
 
 
 def update_norm(tensors: Mapping[str, np.ndarray]) -> float:
