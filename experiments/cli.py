@@ -64,6 +64,11 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    "negative-variance, weight-1e6, weight-1e6-sign-flip, weight-negative-sign-flip, weight-nan, "
                    "weight-zero")
     p.add_argument("--attacker", type=int, default=0, help="partition id of the hostile client")
+    p.add_argument("--trusted-examples", type=int, default=0, metavar="N",
+                   help="the server holds N training examples back and refuses updates that raise its loss on "
+                        "them (ValidationSettings.trusted_loss); default 0: off")
+    p.add_argument("--trusted-tolerance", type=float, default=3.0,
+                   help="how much (a fraction of the current loss) an update may raise the trusted loss")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")
     p.add_argument("--keyframe-grid", type=lambda v: None if v == "none" else int(v), default=5,
@@ -82,7 +87,7 @@ def _federation(a: argparse.Namespace, seed: int | None = None):
         task=a.task, source=a.source, num_clients=a.clients, partition=a.partition, alpha=a.alpha,
         seed=a.seed if seed is None else seed,
         n_train=a.n_train, model=a.model, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr,
-        attack=a.attack, attacker=a.attacker,
+        attack=a.attack, attacker=a.attacker, trusted_examples=a.trusted_examples,
     )
 
 
@@ -182,7 +187,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
                   keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age, backend=a.backend,
-                  target_uplink=a.target_uplink, target_downlink=a.target_downlink)
+                  target_uplink=a.target_uplink, target_downlink=a.target_downlink,
+                  trusted_tolerance=a.trusted_tolerance)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
@@ -215,7 +221,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
             cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
                             codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
                             keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
-                  backend=a.backend)
+                            backend=a.backend, trusted_tolerance=a.trusted_tolerance)
             sub = out_dir / slug(cfg.name())
             tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
     outs = _run_tasks(tasks, a.jobs)

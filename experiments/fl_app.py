@@ -44,6 +44,9 @@ class Federation:
     lr: float = 0.05
     attack: str = ""  # a hostile client (experiments.attacks), or none
     attacker: int = 0  # the partition whose node runs the attack
+    #: training examples the server holds back as its trusted data (ValidationSettings.trusted_loss);
+    #: the clients share the rest
+    trusted_examples: int = 0
 
 
 @lru_cache(maxsize=4)
@@ -55,15 +58,28 @@ def dataset(fed: Federation) -> ImageDataset:
     return ds
 
 
+def _trusted_split(fed: Federation) -> tuple[np.ndarray, np.ndarray]:
+    """``(server, clients)``: index arrays into the training set; the server's ``trusted_examples``
+    drawn at random (seeded), the clients' the rest."""
+    n = len(dataset(fed).y_train)
+    if not 0 <= fed.trusted_examples < n:
+        raise ValueError(f"trusted_examples must be in [0, {n}), got {fed.trusted_examples}")
+    order = np.random.default_rng([fed.seed, 7]).permutation(n)
+    return np.sort(order[: fed.trusted_examples]), np.sort(order[fed.trusted_examples:])
+
+
 @lru_cache(maxsize=4)
 def partitions(fed: Federation) -> tuple[np.ndarray, ...]:
-    """Index arrays into the training set, one per client."""
-    y = dataset(fed).y_train
+    """Index arrays into the training set, one per client (without the server's trusted examples)."""
+    rest = _trusted_split(fed)[1] if fed.trusted_examples else np.arange(len(dataset(fed).y_train))
+    y = dataset(fed).y_train[rest]
     if fed.partition == "iid":
-        return tuple(iid_partition(y, fed.num_clients, seed=fed.seed))
-    if fed.partition == "dirichlet":
-        return tuple(dirichlet_partition(y, fed.num_clients, fed.alpha, seed=fed.seed))
-    raise ValueError(f"unknown partition {fed.partition!r}; choose 'iid' or 'dirichlet'")
+        parts = iid_partition(y, fed.num_clients, seed=fed.seed)
+    elif fed.partition == "dirichlet":
+        parts = dirichlet_partition(y, fed.num_clients, fed.alpha, seed=fed.seed)
+    else:
+        raise ValueError(f"unknown partition {fed.partition!r}; choose 'iid' or 'dirichlet'")
+    return tuple(rest[p] for p in parts)
 
 
 def initial_model(fed: Federation) -> torch.nn.Module:
@@ -111,6 +127,23 @@ def make_client_app(fed: Federation, shared_initial_model: bool = False) -> Clie
         return Message(content=content, reply_to=msg)
 
     return app
+
+
+def trusted_loss(fed: Federation):
+    """``loss(tensors) -> float``: cross-entropy on the server's ``trusted_examples`` (for
+    ``ValidationSettings.trusted_loss``)."""
+    if not fed.trusted_examples:
+        raise ValueError("the federation holds no trusted examples (trusted_examples=0)")
+    idx = _trusted_split(fed)[0]
+
+    def loss(tensors) -> float:
+        ds = dataset(fed)
+        model = initial_model(fed)
+        set_weights(model, dict(tensors))
+        with torch_threads(1):
+            return float(evaluate(model, ds.x_train[idx], ds.y_train[idx])[0])
+
+    return loss
 
 
 def central_evaluator(fed: Federation):

@@ -23,11 +23,11 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from strategies import CodecSettings, CompressedStrategy, DownlinkSettings
+from strategies import CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
 from strategies.inprocess import InProcessGrid
 
 from .baselines import register_baselines
-from .fl_app import Federation, central_evaluator, dataset, initial_model, make_client_app
+from .fl_app import Federation, central_evaluator, dataset, initial_model, make_client_app, trusted_loss
 from .models import count_parameters
 
 ROUND_FIELDS = (
@@ -60,6 +60,8 @@ class RunConfig:
     #: int: bytes), see CompressedStrategy; None: none
     target_uplink: float | int | None = None
     target_downlink: float | int | None = None
+    #: with federation.trusted_examples: ValidationSettings.trusted_loss_tolerance
+    trusted_tolerance: float = 3.0
 
     def name(self) -> str:
         if self.label:
@@ -76,6 +78,8 @@ class RunConfig:
             name = f"{name} exact-keyframes"
         if self.residual_max_age is not None:
             name = f"{name} residual-age<={self.residual_max_age}"
+        if self.federation.trusted_examples:
+            name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
         return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
@@ -101,7 +105,11 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
         codec = CodecSettings(cfg.codec, cfg.codec_params or None, target_uplink=cfg.target_uplink,
                               residual_max_age=cfg.residual_max_age)
-        strategy = CompressedStrategy(inner, codec=codec, downlink=downlink)
+        validation = None
+        if fed.trusted_examples:
+            validation = ValidationSettings(trusted_loss=trusted_loss(fed),
+                                            trusted_loss_tolerance=cfg.trusted_tolerance)
+        strategy = CompressedStrategy(inner, codec=codec, downlink=downlink, validation=validation)
         result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),

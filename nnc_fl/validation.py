@@ -24,7 +24,7 @@ from .errors import SchemaError
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
 #: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
 #: the values (finite, then within their range), the weighting metric; then, across the round's
-#: updates, scale, direction, outliers.
+#: updates, scale, direction, outliers; last (opt-in), the loss on the server's trusted data.
 REJECT_CODES = (
     "protocol",
     "auth",
@@ -38,6 +38,7 @@ REJECT_CODES = (
     "norm",
     "direction",
     "outlier",
+    "loss",
 )
 
 #: ``1 / Phi^-1(3/4)``: makes the MAD a consistent estimator of a normal standard deviation.
@@ -170,6 +171,36 @@ def outlier_rejection(norm: float, score: float, threshold: float) -> UpdateReje
     return UpdateRejected(
         "outlier", f"update norm {norm:.6g} has robust z-score {score:.3g} > threshold {threshold:.3g}"
     )
+
+
+class LossReference:
+    """How much an update may raise the loss on the server's trusted data (cf. Zeno, FLTrust): the
+    defence that needs no history, working from the first round and in a cohort of two, where a
+    sign-flipped update raises the loss by about what an honest one lowers it.
+
+    :meth:`bound` is ``reference + tolerance * max(reference, floor * top)``: a multiple of the
+    current model's loss, but never less than a multiple of ``floor`` times the largest loss seen
+    (usually the initial model's) -- a nearly converged model's small loss would make the honest
+    noise of single updates look like attacks.
+    """
+
+    def __init__(self, tolerance: float, floor: float = 0.1) -> None:
+        self.tolerance = tolerance
+        self.floor = floor
+        self._top = 0.0
+
+    def bound(self, reference: float) -> float:
+        """The largest loss an update's model may have when the current model's is ``reference``."""
+        self._top = max(self._top, reference)
+        return reference + self.tolerance * max(reference, self.floor * self._top)
+
+    def check(self, loss: float, reference: float, bound: float) -> None:
+        """Refuse (``loss``) an update whose model's trusted loss is not finite or above ``bound``."""
+        if not math.isfinite(loss):
+            raise UpdateRejected("loss", f"the loss on the server's trusted data is {loss!r}")
+        if loss > bound:
+            raise UpdateRejected("loss", f"the loss on the server's trusted data rises to {loss:.6g} from "
+                                         f"{reference:.6g} (above {bound:.6g})")
 
 
 # -- the weighting metric --------------------------------------------------------------------------
@@ -379,6 +410,7 @@ __all__ = [
     "NONNEGATIVE",
     "REJECT_CODES",
     "DirectionReference",
+    "LossReference",
     "NormReference",
     "UpdateRejected",
     "cap_weights",

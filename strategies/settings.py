@@ -97,6 +97,8 @@ def describe(settings: object) -> str:
             shown = "None" if value is None else f"<{len(value)} keys: {', '.join(sorted(value))}>"
         elif isinstance(value, Mapping):
             shown = repr(dict(value))
+        elif callable(value):
+            shown = f"<{getattr(value, '__qualname__', type(value).__name__)}>"
         else:
             shown = repr(value)
         parts.append(f"{f.name}={shown}")
@@ -301,6 +303,20 @@ class ValidationSettings:
         negative value in a reconstructed update or the aggregate (``range``): by default the
         running variances of normalisation layers, which a sign-flipped update drives below zero
         (one negative variance makes the model's outputs NaN). ``""``: no such check.
+    trusted_loss : callable, optional
+        ``trusted_loss(tensors) -> float``: the loss of a model (a mapping name -> numpy array) on
+        a small data set the server holds and trusts. With it, an update whose model
+        ``G_v + delta`` has a loss above ``L + trusted_loss_tolerance * max(L, L_top / 10)`` is
+        refused (``loss``), where ``L`` is the current model's loss and ``L_top`` the largest seen
+        (:class:`nnc_fl.validation.LossReference`): a defence that needs no history and works in a
+        cohort of two from the first round (a sign-flipped update raises the loss by about what an
+        honest one lowers it). One evaluation per update. A loss that is not finite, or a callable
+        that raises on an update's model, refuses that update; if it fails on the current model,
+        the check stands aside for the round. Honest updates of label-skewed nodes raise a loss on
+        balanced data: see the README's threat model for what was measured.
+    trusted_loss_tolerance : float
+        How much worse than the current model an update's model may be on the trusted data, in
+        multiples of the current loss (or of a tenth of the largest, if more).
     auth_keys : mapping or str or Path, optional
         Keys the operator provisioned, ``key_id -> key bytes``, or a keyring file
         (:func:`nnc_fl.auth.read_keyring`). With keys, every update must carry a valid
@@ -315,6 +331,8 @@ class ValidationSettings:
     outlier_threshold: float | None = None
     outlier_min_count: int = 3
     nonnegative: str | tuple[str, ...] = NONNEGATIVE
+    trusted_loss: Callable[[Mapping[str, Any]], float] | None = field(default=None, repr=False)
+    trusted_loss_tolerance: float = 3.0
     auth_keys: Mapping[str, bytes] | str | Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -332,6 +350,9 @@ class ValidationSettings:
             raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
         if self.outlier_min_count < 3:
             raise ValueError(f"outlier_min_count must be at least 3, got {self.outlier_min_count}")
+        if self.trusted_loss is not None and not callable(self.trusted_loss):
+            raise TypeError(f"trusted_loss must be a callable tensors -> loss, got {self.trusted_loss!r}")
+        _positive(self.trusted_loss_tolerance, "trusted_loss_tolerance", allow_none=False)
         patterns = self.nonnegative
         if isinstance(patterns, str):
             patterns = patterns.split(",")

@@ -11,6 +11,7 @@ Nothing a client sends raises out of here: every failure is an :class:`UpdateRej
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from nnc_fl.codecs import UpdateCodec
 from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
     DirectionReference,
+    LossReference,
     NormReference,
     UpdateRejected,
     cap_weights,
@@ -136,6 +138,7 @@ class UplinkChecks:
         self.norms = NormReference()
         spread = settings.direction_spread
         self.direction = DirectionReference(spread) if spread is not None else None
+        self.trusted = LossReference(settings.trusted_loss_tolerance) if settings.trusted_loss is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
         self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
 
@@ -283,11 +286,37 @@ class UplinkChecks:
             except UpdateRejected as exc:
                 o.reject(exc)
         updates = [o for o in updates if o.kind == "update"]
+        if self.trusted is not None and updates:
+            self._check_trusted_loss(updates, model)
+            updates = [o for o in updates if o.kind == "update"]
         self._credit_weights(updates)
         _common_metrics(updates, self.weight_key)
         self.norms.record([o.norm for o in updates])
         if self.direction is not None:
             self.direction.record([o.delta for o in updates], [o.norm for o in updates])
+
+    def _check_trusted_loss(self, updates: list[Opened], model: ServerModel) -> None:
+        """Each reconstructed model's loss on the server's trusted data against the current one's."""
+        s = self.settings
+        try:
+            reference = float(s.trusted_loss(model.tensors))
+        except Exception as exc:  # noqa: BLE001 -- the operator's function; the round goes on without it
+            reference, why = float("nan"), f"{type(exc).__name__}: {protocol.printable(str(exc), 200)}"
+        else:
+            why = f"loss {reference!r}"
+        if not math.isfinite(reference):
+            log(WARNING, "nnc-fl: trusted_loss of the current model failed (%s); the check stands aside this round",
+                why)
+            return
+        bound = self.trusted.bound(reference)
+        for o in updates:
+            try:
+                self.trusted.check(float(s.trusted_loss(o.tensors)), reference, bound)
+            except UpdateRejected as exc:
+                o.reject(exc)
+            except Exception as exc:  # noqa: BLE001 -- whatever this update's model makes the function do
+                o.reject(UpdateRejected("loss", f"trusted_loss failed on this update's model ({type(exc).__name__}: "
+                                                f"{protocol.printable(str(exc), 200)})"))
 
     def _credit_weights(self, updates: list[Opened]) -> None:
         if self.weight_key is None or not updates or self.settings.weight_ratio is None:
