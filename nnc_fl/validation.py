@@ -173,34 +173,26 @@ def outlier_rejection(norm: float, score: float, threshold: float) -> UpdateReje
     )
 
 
-class LossReference:
-    """How much an update may raise the loss on the server's trusted data (cf. Zeno, FLTrust): the
-    defence that needs no history, working from the first round and in a cohort of two, where a
-    sign-flipped update raises the loss by about what an honest one lowers it.
+def loss_bound(reference: float, tolerance: float) -> float:
+    """The largest loss on the server's trusted data an update's model may have when the current
+    model's is ``reference``: ``(1 + tolerance) * reference`` (cf. Zeno, FLTrust).
 
-    :meth:`bound` is ``reference + tolerance * max(reference, floor * top)``: a multiple of the
-    current model's loss, but never less than a multiple of ``floor`` times the largest loss seen
-    (usually the initial model's) -- a nearly converged model's small loss would make the honest
-    noise of single updates look like attacks.
+    The defence that needs no history: from the first round and in a cohort of two, a sign-flipped
+    update raises the loss by about what an honest one lowers it, and near convergence by many
+    times the current loss.
     """
+    return reference + tolerance * abs(reference)
 
-    def __init__(self, tolerance: float, floor: float = 0.1) -> None:
-        self.tolerance = tolerance
-        self.floor = floor
-        self._top = 0.0
 
-    def bound(self, reference: float) -> float:
-        """The largest loss an update's model may have when the current model's is ``reference``."""
-        self._top = max(self._top, reference)
-        return reference + self.tolerance * max(reference, self.floor * self._top)
-
-    def check(self, loss: float, reference: float, bound: float) -> None:
-        """Refuse (``loss``) an update whose model's trusted loss is not finite or above ``bound``."""
-        if not math.isfinite(loss):
-            raise UpdateRejected("loss", f"the loss on the server's trusted data is {loss!r}")
-        if loss > bound:
-            raise UpdateRejected("loss", f"the loss on the server's trusted data rises to {loss:.6g} from "
-                                         f"{reference:.6g} (above {bound:.6g})")
+def check_trusted_loss(loss: float, reference: float, tolerance: float) -> None:
+    """Refuse (``loss``) an update whose model's trusted loss is not finite or above
+    :func:`loss_bound`."""
+    if not math.isfinite(loss):
+        raise UpdateRejected("loss", f"the loss on the server's trusted data is {loss!r}")
+    bound = loss_bound(reference, tolerance)
+    if loss > bound:
+        raise UpdateRejected("loss", f"the loss on the server's trusted data rises to {loss:.6g} from "
+                                     f"{reference:.6g} (above {bound:.6g})")
 
 
 # -- the weighting metric --------------------------------------------------------------------------
@@ -410,7 +402,6 @@ __all__ = [
     "NONNEGATIVE",
     "REJECT_CODES",
     "DirectionReference",
-    "LossReference",
     "NormReference",
     "UpdateRejected",
     "cap_weights",
@@ -418,10 +409,12 @@ __all__ = [
     "check_nonnegative",
     "check_norm_bound",
     "check_schema",
+    "check_trusted_loss",
     "check_weight",
     "cosine",
     "decode_update",
     "float_dot",
+    "loss_bound",
     "outlier_mask",
     "outlier_rejection",
     "outlier_scores",

@@ -306,17 +306,16 @@ class ValidationSettings:
     trusted_loss : callable, optional
         ``trusted_loss(tensors) -> float``: the loss of a model (a mapping name -> numpy array) on
         a small data set the server holds and trusts. With it, an update whose model
-        ``G_v + delta`` has a loss above ``L + trusted_loss_tolerance * max(L, L_top / 10)`` is
-        refused (``loss``), where ``L`` is the current model's loss and ``L_top`` the largest seen
-        (:class:`nnc_fl.validation.LossReference`): a defence that needs no history and works in a
-        cohort of two from the first round (a sign-flipped update raises the loss by about what an
-        honest one lowers it). One evaluation per update. A loss that is not finite, or a callable
-        that raises on an update's model, refuses that update; if it fails on the current model,
-        the check stands aside for the round. Honest updates of label-skewed nodes raise a loss on
-        balanced data: see the README's threat model for what was measured.
+        ``G_v + delta`` has a loss above ``1 + trusted_loss_tolerance`` times the current model's
+        is refused (``loss``; :func:`nnc_fl.validation.loss_bound`): a defence that needs no
+        history and works in a cohort of two from the first round. One evaluation per update. A
+        loss that is not finite, or a callable that raises on an update's model, refuses that
+        update; if it fails on the current model, the check stands aside for the round. Honest
+        updates can raise a loss on the server's data too (label-skewed nodes, a node whose local
+        training went astray): see the README's threat model for what was measured.
     trusted_loss_tolerance : float
         How much worse than the current model an update's model may be on the trusted data, in
-        multiples of the current loss (or of a tenth of the largest, if more).
+        multiples of the current loss.
     auth_keys : mapping or str or Path, optional
         Keys the operator provisioned, ``key_id -> key bytes``, or a keyring file
         (:func:`nnc_fl.auth.read_keyring`). With keys, every update must carry a valid

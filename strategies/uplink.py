@@ -28,7 +28,6 @@ from nnc_fl.codecs import UpdateCodec
 from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
     DirectionReference,
-    LossReference,
     NormReference,
     UpdateRejected,
     cap_weights,
@@ -36,6 +35,7 @@ from nnc_fl.validation import (
     check_nonnegative,
     check_norm_bound,
     check_schema,
+    check_trusted_loss,
     check_weight,
     decode_update,
     outlier_mask,
@@ -138,7 +138,6 @@ class UplinkChecks:
         self.norms = NormReference()
         spread = settings.direction_spread
         self.direction = DirectionReference(spread) if spread is not None else None
-        self.trusted = LossReference(settings.trusted_loss_tolerance) if settings.trusted_loss is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
         self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
 
@@ -286,7 +285,7 @@ class UplinkChecks:
             except UpdateRejected as exc:
                 o.reject(exc)
         updates = [o for o in updates if o.kind == "update"]
-        if self.trusted is not None and updates:
+        if s.trusted_loss is not None and updates:
             self._check_trusted_loss(updates, model)
             updates = [o for o in updates if o.kind == "update"]
         self._credit_weights(updates)
@@ -308,10 +307,9 @@ class UplinkChecks:
             log(WARNING, "nnc-fl: trusted_loss of the current model failed (%s); the check stands aside this round",
                 why)
             return
-        bound = self.trusted.bound(reference)
         for o in updates:
             try:
-                self.trusted.check(float(s.trusted_loss(o.tensors)), reference, bound)
+                check_trusted_loss(float(s.trusted_loss(o.tensors)), reference, s.trusted_loss_tolerance)
             except UpdateRejected as exc:
                 o.reject(exc)
             except Exception as exc:  # noqa: BLE001 -- whatever this update's model makes the function do

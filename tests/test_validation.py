@@ -87,17 +87,15 @@ def test_check_nonnegative_refuses_a_negative_running_variance_only():
     v.check_nonnegative({"bn.running_var": np.zeros(0, np.float32)})  # empty tensor
 
 
-def test_loss_reference_bounds_relative_to_the_current_loss_with_a_floor():
-    ref = v.LossReference(tolerance=3.0, floor=0.1)
-    assert ref.bound(2.0) == pytest.approx(8.0)  # 2 + 3 * 2
-    assert ref.bound(0.05) == pytest.approx(0.05 + 3 * 0.2)  # a tenth of the largest loss seen (2.0)
-    ref.check(0.6, 0.05, ref.bound(0.05))
+def test_trusted_loss_may_rise_by_a_multiple_of_the_current_loss():
+    assert v.loss_bound(2.0, 3.0) == pytest.approx(8.0)
+    v.check_trusted_loss(0.2, 0.05, 3.0)  # exactly at the bound
     with _rejected("loss") as info:
-        ref.check(0.7, 0.05, ref.bound(0.05))
-    assert "rises to 0.7 from 0.05" in info.value.reason
+        v.check_trusted_loss(0.21, 0.05, 3.0)
+    assert "rises to 0.21 from 0.05 (above 0.2)" in info.value.reason
     for bad in (float("nan"), float("inf")):
         with _rejected("loss"):
-            ref.check(bad, 0.05, 1.0)
+            v.check_trusted_loss(bad, 0.05, 3.0)
 
 
 def test_update_norm_uses_float_tensors_only():
