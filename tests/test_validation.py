@@ -169,6 +169,33 @@ def test_direction_check_refuses_a_sign_flipper_among_agreeing_nodes(seed):
     assert refused and {n for _, n in refused} == {0}
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_direction_check_stands_aside_when_a_minority_of_nodes_points_the_other_way(seed):
+    # UC14A two-class Dirichlet, measured (seed 0 with 200 examples held back): 8 nodes at +0.5, two
+    # holding the other class at -0.5 -- each alone looks like a flipper, two are a pattern. Until
+    # the second one has been seen, the first is a lone dissenter and may be refused.
+    seen: dict[int, int] = {}
+
+    def cos(n, rng):
+        seen.setdefault(n, len(seen))
+        return (-0.5 if n in (3, 7) else 0.5) + 0.1 * rng.standard_normal()
+
+    rng = np.random.default_rng(seed)
+    ref = v.DirectionReference(3.5)
+    both_seen = None
+    for r in range(20):
+        sampled = [int(n) for n in rng.choice(10, 5, replace=False)]
+        verdicts = ref.judge(sampled, [cos(n, rng) for n in sampled])
+        refused = {n for n, x in zip(sampled, verdicts, strict=True) if x is not None}
+        assert refused <= {3, 7}
+        if both_seen is not None and r > both_seen:
+            assert not refused, (r, refused)
+        if both_seen is None and 3 in seen and 7 in seen:
+            both_seen = r
+    flipper = _direction_run(lambda n, rng: (-0.5 if n == 3 else 0.5) + 0.1 * rng.standard_normal(), seed=seed)
+    assert flipper and {n for _, n in flipper} == {3}
+
+
 def test_direction_check_needs_other_nodes_and_rounds_before_judging():
     ref = v.DirectionReference(3.5)
     assert ref.judge([1, 2], [None, None]) == [None, None]  # no direction yet
