@@ -124,6 +124,16 @@ def _one_metric_record(msg: Message, key: str) -> MetricRecord:
     return records[0]
 
 
+def _read_only(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Views the operator's function cannot write through (the server's model, an update's)."""
+    views = {}
+    for name, value in tensors.items():
+        view = np.asarray(value).view()
+        view.flags.writeable = False
+        views[name] = view
+    return views
+
+
 class UplinkChecks:
     """Every check a train reply must pass, and what the server learns across rounds to check them.
 
@@ -298,7 +308,7 @@ class UplinkChecks:
         """Each reconstructed model's loss on the server's trusted data against the current one's."""
         s = self.settings
         try:
-            reference = float(s.trusted_loss(model.tensors))
+            reference = float(s.trusted_loss(_read_only(model.tensors)))
         except Exception as exc:  # noqa: BLE001 -- the operator's function; the round goes on without it
             reference, why = float("nan"), f"{type(exc).__name__}: {protocol.printable(str(exc), 200)}"
         else:
@@ -309,7 +319,7 @@ class UplinkChecks:
             return
         for o in updates:
             try:
-                check_trusted_loss(float(s.trusted_loss(o.tensors)), reference, s.trusted_loss_tolerance)
+                check_trusted_loss(float(s.trusted_loss(_read_only(o.tensors))), reference, s.trusted_loss_tolerance)
             except UpdateRejected as exc:
                 o.reject(exc)
             except Exception as exc:  # noqa: BLE001 -- whatever this update's model makes the function do

@@ -90,6 +90,22 @@ def test_a_loss_function_failing_on_an_update_refuses_it_and_on_the_model_stands
     assert "trusted_loss of the current model failed (loss nan); the check stands aside" in caplog.text
 
 
+def test_the_loss_function_cannot_write_to_the_models_it_is_shown(make_grid, initial_arrays, caplog):
+    trusted = _server_loss()
+
+    def vandal(tensors):
+        value = trusted(tensors)
+        tensors["fc.weight"][...] = 0.0  # raises: a read-only view
+        return value
+
+    strategy = _strategy(vandal)
+    with caplog.at_level(logging.WARNING):
+        run_federation(strategy, make_grid(2), initial_arrays, 1)  # checks the nodes hold the server's G
+    assert "trusted_loss of the current model failed (ValueError: assignment destination is read-only)" in caplog.text
+    assert [r["accepted"] for r in strategy.bandwidth] == [2]  # the check stood aside, the round went on
+    assert np.any(strategy.model.tensors["fc.weight"] != 0)
+
+
 def test_the_check_is_off_by_default_and_bounded_below():
     assert ValidationSettings().trusted_loss is None
     for bad in (0, -1.0, float("nan")):
