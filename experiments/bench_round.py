@@ -100,6 +100,16 @@ def _best(fn, repeat: int, setup=None) -> float:
     return min(times)
 
 
+def _number(text: str) -> float | bool | str:
+    """A ``--param`` value: a number, a boolean, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -116,20 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads decoding the cohort")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a codec parameter over the default setting (e.g. rd_lambda=0), for same-run comparisons")
     a = ap.parse_args(argv)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
 
     model = make_model()
     mb = 4 * sum(v.size for v in model.values()) / 1e6
-    spec = CodecSettings().spec(1)
+    spec = CodecSettings().spec(1).merged({k: _number(v) for k, v in (p.split("=", 1) for p in a.param)})
+    down = DownlinkSettings().spec(spec)  # the global increment's codec (rounded to nearest by default)
     server = ServerModel(DownlinkSettings())
-    server.adopt(model, spec)
+    server.adopt(model, down)
     model = server.tensors
     nonce = bytes(16)
     codec = spec.make()
     clients = [trained(model, i) for i in range(a.clients)]
     print(f"ResNet-18-shaped model: {sum(v.size for v in model.values()):,} values, {mb:.1f} MB fp32, "
-          f"{len(model)} tensors; codec {spec.name} {dict(spec.params)}; {a.clients} clients; "
+          f"{len(model)} tensors; codec {spec.name} {dict(spec.params)} (increments {dict(down.params)}); "
+          f"{a.clients} clients; "
           f"{os.cpu_count()} cores")
 
     def node_state():
@@ -169,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def adopted():
         s = ServerModel(DownlinkSettings())
-        s.adopt(model, spec)
+        s.adopt(model, down)
         return s
 
-    t_adv = _best(lambda s: s.advance(target, spec), a.repeat, setup=adopted)
+    t_adv = _best(lambda s: s.advance(target, down), a.repeat, setup=adopted)
     t_key = _best(lambda: codec.encode(model, exact=True, grid=server.grid), a.repeat)
     t_fp = _best(lambda: fingerprint(model), a.repeat)
     sizes = [len(c.data) for c in coded]
