@@ -100,7 +100,7 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         random.seed(fed.seed)  # Flower's node sampling uses the random module
         model = initial_model(fed)
         inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
-        downlink = DownlinkSettings(params=cfg.downlink_params or None, shared_initial_model=cfg.shared_initial_model,
+        downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid, target=cfg.target_downlink)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
         codec = CodecSettings(cfg.codec, cfg.codec_params or None, target_uplink=cfg.target_uplink,

@@ -223,12 +223,11 @@ class CompressedStrategy(Strategy):
         its header alone (every tensor zero), which no step can go below."""
         tensors = self.model.tensors
         zeros = {n: np.zeros_like(t) for n, t in tensors.items()}
-        round_spec = self.codec.spec(server_round, target=False)
         checks = (
-            ("target_uplink", self.codec.target_uplink, round_spec,
+            ("target_uplink", self.codec.target_uplink, self.codec.spec(server_round, target=False),
              protocol.binding(b"\0" * FINGERPRINT_SIZE, b"\0" * protocol.NONCE_SIZE)),
-            ("target_downlink", self.downlink.target, round_spec.merged(self.downlink.params_for(round_spec)),
-             b"\0" * FINGERPRINT_SIZE),
+            ("target_downlink", self.downlink.target, self.codec.spec(server_round, target=False).merged(
+                self.downlink.params), b"\0" * FINGERPRINT_SIZE),
         )
         for what, budget, spec, fp in checks:
             if budget is None:

@@ -26,21 +26,11 @@ from nnc_fl.validation import NONNEGATIVE
 CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 
 #: What ``CompressedStrategy(inner)`` codes with when no parameters are given, per codec: for "nnc",
-#: a step of twice each tensor's RMS, not the standalone ``nnc_fl.encode`` default (RMS / 8, a
-#: conservative step for arbitrary tensors), with rate-distortion rounding (``rd_lambda=0.05``: about
-#: 2-2.7 % of fp32 uplink on UC10, 22 % less than without it at the same accuracy within the seeds'
-#: spread, see the README), and exact float tensors (keyframes off the anchor grid, BatchNorm
-#: statistics) in mode float-lossless (FORMAT.md), about 17 % smaller than raw; both ends run
-#: nnc-fl, so the mode is always readable.
-DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
-    "nnc": {"rel_step": 2.0, "float_lossless": True, "rd_lambda": 0.05},
-}
-
-#: What :class:`DownlinkSettings` lays over the round's parameters for the global increment when
-#: given no ``params``: for "nnc", nearest rounding (``rd_lambda=0``). Rate-distortion rounding pays
-#: on the uplink, where error feedback carries each node's rounding into its next update, but cost
-#: accuracy on the model every node trains from (see the README).
-DEFAULT_DOWNLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rd_lambda": 0.0}}
+#: a step of twice each tensor's RMS (about 2-3 % of fp32 uplink on UC10, see the README), not the
+#: standalone ``nnc_fl.encode`` default (RMS / 8, a conservative step for arbitrary tensors), and
+#: exact float tensors (keyframes off the anchor grid, BatchNorm statistics) in mode float-lossless
+#: (FORMAT.md), about 17 % smaller than raw; both ends run nnc-fl, so the mode is always readable.
+DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_step": 2.0, "float_lossless": True}}
 
 
 def _frozen_mapping(obj: object, name: str) -> None:
@@ -198,11 +188,9 @@ class DownlinkSettings:
 
     Parameters
     ----------
-    params : mapping, optional
+    params : mapping
         Codec parameters for the global increment that override the round's (e.g. a coarser
-        ``rel_step``); the uplink keeps the round's parameters. ``None`` (the default) takes
-        :data:`DEFAULT_DOWNLINK_PARAMS` for the round's codec, ``{}`` the round's parameters as
-        they are.
+        ``rel_step``); the uplink keeps the round's parameters.
     exact : bool
         Code the global increment losslessly instead of with the round's rate.
     error_feedback : bool
@@ -238,7 +226,7 @@ class DownlinkSettings:
         (the uplink's ``target_uplink`` does not apply to the downlink).
     """
 
-    params: Mapping[str, ParamValue] | None = None
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
     exact: bool = False
     error_feedback: bool = True
     max_chain: int = MAX_CHAIN
@@ -248,8 +236,7 @@ class DownlinkSettings:
     target: Budget | None = None
 
     def __post_init__(self) -> None:
-        if self.params is not None:
-            _frozen_mapping(self, "params")
+        _frozen_mapping(self, "params")
         if not isinstance(self.catch_up, bool):
             raise TypeError(f"catch_up must be a bool, got {self.catch_up!r}")
         object.__setattr__(self, "target", check_budget(self.target, "target_downlink"))
@@ -268,15 +255,11 @@ class DownlinkSettings:
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
         """The codec that codes a global increment in a round whose codec (without the uplink
         budget) is ``round_spec``: its parameters, ``params`` over them, and the downlink budget."""
-        return round_spec.merged({**self.params_for(round_spec), **budget_params(self.target)})
-
-    def params_for(self, round_spec: CodecSpec) -> Mapping[str, ParamValue]:
-        """``params``, or for ``None`` the default downlink parameters of the round's codec."""
-        return DEFAULT_DOWNLINK_PARAMS.get(round_spec.name, {}) if self.params is None else self.params
+        return round_spec.merged({**self.params, **budget_params(self.target)})
 
     def check_codec(self, round_spec: CodecSpec) -> None:
         """Refuse a downlink budget for a codec without rate control, or bad ``params``."""
-        _check_budget_codec(round_spec.merged(self.params_for(round_spec)), self.target, "target_downlink")
+        _check_budget_codec(round_spec.merged(self.params), self.target, "target_downlink")
         self.spec(round_spec).make()
 
 
@@ -396,7 +379,6 @@ def settings_of(kind: type, value: Any, what: str) -> Any:
 
 __all__ = [
     "BUDGET_PARAMS",
-    "DEFAULT_DOWNLINK_PARAMS",
     "DEFAULT_PARAMS",
     "Budget",
     "CodecSchedule",
