@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model()
     mb = 4 * sum(v.size for v in model.values()) / 1e6
     spec = CodecSettings().spec(1).merged({k: _number(v) for k, v in (p.split("=", 1) for p in a.param)})
-    down = DownlinkSettings().spec(spec)  # the global increment's codec (rounded to nearest by default)
+    down = DownlinkSettings().spec(spec)  # the global increment's codec
     server = ServerModel(DownlinkSettings())
     server.adopt(model, down)
     model = server.tensors
