@@ -68,7 +68,8 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="the server holds N training examples back and refuses updates that raise its loss on "
                         "them (ValidationSettings.trusted_loss); default 0: off")
     p.add_argument("--trusted-tolerance", type=float, default=3.0,
-                   help="how much (a fraction of the current loss) an update may raise the trusted loss")
+                   help="how much an update may raise the trusted loss, in multiples of the current loss "
+                        "(3: up to 4x)")
     p.add_argument("--backend", choices=["inprocess", "ray"], default="inprocess",
                    help="inprocess: deterministic; ray: Flower's simulation engine")
     p.add_argument("--keyframe-grid", type=lambda v: None if v == "none" else int(v), default=5,

@@ -312,7 +312,7 @@ class DirectionReference:
     round) also lies below its threshold at half the spread, nobody is refused. Label-skewed
     federations have such minorities -- UC14A two-class Dirichlet, seed 0 with 200 examples held
     back: eight nodes at +0.5, the two holding the other class at -0.5, each of which alone looks
-    exactly like a flipper (refused 6-7 times before this rule). A lone dissenter is refused until a
+    exactly like a flipper (refused 6-11 times before this rule). A lone dissenter is refused until a
     second one has been seen.
     """
 
@@ -366,7 +366,8 @@ class DirectionReference:
     def threshold(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
         """The mean cosine below which ``node`` is refused, from the other nodes' records (so the
         node cannot widen its own yardstick); ``None`` while fewer than ``min_nodes`` are known or
-        ``node`` has fewer than ``min_rounds`` rounds."""
+        ``node`` has fewer than ``min_rounds`` rounds. ``spread`` and ``min_rounds`` override the
+        reference's own (the test for a second dissenter uses half the spread and one round)."""
         count = self._record.get(node, (0.0, 0.0, 0))[2]
         others = [(t, q, c) for n, (t, q, c) in self._record.items() if c >= self.min_rounds and n != node]
         if count < (self.min_rounds if min_rounds is None else min_rounds) or len(others) < self.min_nodes:
