@@ -152,9 +152,10 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
 DEFAULT_LOSSLESS = "*running_mean,*running_var,*moving_mean,*moving_variance"
 
 
-def _patterns(value: object, what: str) -> tuple[str, ...]:
-    """Comma-separated ``fnmatch`` patterns (a string, or a list/tuple of strings) as a tuple."""
-    if isinstance(value, (list, tuple)):
+def name_patterns(value: object, what: str) -> tuple[str, ...]:
+    """Comma-separated ``fnmatch`` patterns (a string, or a list/tuple of strings) as a tuple;
+    ``TypeError`` naming ``what`` for anything else."""
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
         value = ",".join(value)
     if not isinstance(value, str):
         raise TypeError(f"{what} must be comma-separated name patterns, got {value!r}")
@@ -255,7 +256,7 @@ class NNCCodec:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
-        self.lossless = _patterns(lossless, "lossless")
+        self.lossless = name_patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
         self.dq = _flag(dq, "dq")
@@ -360,7 +361,7 @@ class NNCCodec:
             out["rel_step"] = self.rel_step
         if self.rd_lambda:
             out["rd_lambda"] = self.rd_lambda
-        if self.lossless != _patterns(DEFAULT_LOSSLESS, "lossless"):
+        if self.lossless != name_patterns(DEFAULT_LOSSLESS, "lossless"):
             out["lossless"] = ",".join(self.lossless)
         if self.steps:
             out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
@@ -417,6 +418,7 @@ __all__ = [
     "ParamValue",
     "UpdateCodec",
     "make_codec",
+    "name_patterns",
     "register_codec",
     "registered_codecs",
 ]

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nnc_fl.auth import check_key, read_keyring
-from nnc_fl.codecs import ParamValue
+from nnc_fl.codecs import ParamValue, name_patterns
 from nnc_fl.protocol import MAX_CHAIN, MAX_RESIDUAL_AGE, CodecSpec
 from nnc_fl.validation import NONNEGATIVE
 
@@ -352,12 +352,7 @@ class ValidationSettings:
         if self.trusted_loss is not None and not callable(self.trusted_loss):
             raise TypeError(f"trusted_loss must be a callable tensors -> loss, got {self.trusted_loss!r}")
         _positive(self.trusted_loss_tolerance, "trusted_loss_tolerance", allow_none=False)
-        patterns = self.nonnegative
-        if isinstance(patterns, str):
-            patterns = patterns.split(",")
-        if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
-            raise TypeError(f"nonnegative must be name patterns (a comma-separated string or a list), got {patterns!r}")
-        object.__setattr__(self, "nonnegative", tuple(p.strip() for p in patterns if p.strip()))
+        object.__setattr__(self, "nonnegative", name_patterns(self.nonnegative, "nonnegative"))
         keys = self.auth_keys
         if isinstance(keys, (str, Path)):
             keys = read_keyring(keys)
