@@ -173,3 +173,32 @@ def test_an_update_with_a_negative_running_variance_is_refused(tmp_path):
     assert [r["rejected_nodes"].split(":")[-1] for r in rounds] == ["range", "range"]
     assert all(r["clients"] == 3 and r["rejected"] == 1 and r["aggregate_failed"] == 0 for r in rounds)
     assert rounds[-1]["test_accuracy"] > 0.5  # the honest nodes' model, not a NaN one
+
+
+def test_predictability_measures_the_energy_a_prediction_explains(tmp_path, capsys):
+    import numpy as np
+
+    from experiments import predictability
+
+    rng = np.random.default_rng(0)
+    p = {"w": rng.normal(size=(40, 50)), "b": rng.normal(size=3)}
+    noise = rng.normal(size=(40, 50))
+    # a scaled copy is explained entirely, whatever the scale's sign; orthogonal noise not at all
+    assert predictability.explained_energy({"w": -3.0 * p["w"]}, p) == pytest.approx(1.0)
+    orth = noise - (noise.ravel() @ p["w"].ravel()) / (p["w"].ravel() @ p["w"].ravel()) * p["w"]
+    assert predictability.explained_energy({"w": orth}, p) == pytest.approx(0.0, abs=1e-12)
+    half = {"w": p["w"] / np.linalg.norm(p["w"]) + orth / np.linalg.norm(orth), "b": 100 * p["b"]}
+    assert predictability.explained_energy(half, p) == pytest.approx(0.5)  # "b" is too small to count
+    assert predictability.explained_energy({"w": np.zeros((40, 50))}, p) == 0.0
+    # the recorder pairs an update with the previous round's mean and with the node's own last update
+    rec = predictability.PredictionRecorder()
+    rec.record([1, 2], [{"w": p["w"]}, {"w": p["w"]}])
+    rec.record([1], [{"w": 2 * p["w"]}])
+    assert rec.by_global == pytest.approx([1.0]) and rec.by_own == pytest.approx([1.0])
+    assert "explains 100.0 %" in rec.report()
+    # end to end on a tiny federation: one share per update that had a prediction
+    code = predictability.main(["--", "uc10", "--source", "digits", "--clients", "3", "--fraction", "1",
+                                "--n-train", "120", "--rounds", "3", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0 and "previous global increment: explains" in out and ", 6 updates)" in out
+    assert "node's previous update: explains" in out
