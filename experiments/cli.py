@@ -158,8 +158,24 @@ def _print_rounds(out: dict[str, Any]) -> None:
           f"{s['total_bytes'] / 1e6:.3f} MB in all, {s['wall_s']:.0f} s")
 
 
-def _budget(text: str) -> float | int:
-    """A rate-control budget: an integer is bytes, anything else a fraction of the fp32 size."""
+def _single_budget(text: str) -> float | int:
+    """A rate-control budget without a schedule (the downlink's)."""
+    value = _budget(text)
+    if isinstance(value, str):
+        raise argparse.ArgumentTypeError(f"a schedule is for --target-uplink only, got {text!r}")
+    return value
+
+
+def _budget(text: str) -> float | int | str:
+    """A rate-control budget: an integer is bytes, a number a fraction of the fp32 size, and a text
+    with ``x`` or ``,`` a budget schedule (``0.01x4,0.00375``: :class:`strategies.BudgetSchedule`)."""
+    if "x" in text or "," in text:
+        from strategies.settings import BudgetSchedule
+
+        try:
+            return str(BudgetSchedule.parse(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     try:
         return int(text)
     except ValueError:
@@ -167,8 +183,8 @@ def _budget(text: str) -> float | int:
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.005 or bytes such as 3000, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.005, bytes such as 3000 or a schedule such "
+                                         f"as 0.01x4,0.00375, got {text!r}") from None
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -176,7 +192,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     from .runner import RunConfig
 
-    check_budget(a.target_uplink, "--target-uplink")  # refused before any data is loaded
+    if not isinstance(a.target_uplink, str):  # a schedule was checked when parsed
+        check_budget(a.target_uplink, "--target-uplink")  # refused before any data is loaded
     check_budget(a.target_downlink, "--target-downlink")
     default = a.codec == DEFAULT_CODEC[0] and not a.param and not a.down_param
     params = dict(DEFAULT_CODEC[1]) if default else {}
@@ -299,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="codec parameter for the downlink increment only, e.g. rel_step=8 (repeatable)")
     p.add_argument("--target-uplink", type=_budget, default=None, metavar="BUDGET",
                    help="rate control: budget per update, a fraction of its fp32 size (e.g. 0.005) or bytes "
-                   "(an integer); the codec's steps (--param) are scaled to meet it")
-    p.add_argument("--target-downlink", type=_budget, default=None, metavar="BUDGET",
+                   "(an integer), or a schedule BUDGETxROUNDS,...,BUDGET (e.g. 0.01x4,0.00375: 1 %% for rounds "
+                   "1-4, then 0.375 %%); the codec's steps (--param) are scaled to meet it")
+    p.add_argument("--target-downlink", type=_single_budget, default=None, metavar="BUDGET",
                    help="rate control of the global increments, as --target-uplink")
     p.set_defaults(fn=cmd_run)
 

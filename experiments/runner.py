@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from strategies import CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
+from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
 from strategies.inprocess import InProcessGrid
 
 from .baselines import register_baselines
@@ -57,8 +57,9 @@ class RunConfig:
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
     #: rate control: a budget per update / per global increment (float in (0, 1): share of fp32;
-    #: int: bytes), see CompressedStrategy; None: none
-    target_uplink: float | int | None = None
+    #: int: bytes; for the uplink also a schedule's text, strategies.BudgetSchedule), see
+    #: CompressedStrategy; None: none
+    target_uplink: float | int | str | None = None
     target_downlink: float | int | None = None
     #: with federation.trusted_examples: ValidationSettings.trusted_loss_tolerance
     trusted_tolerance: float = 3.0
@@ -103,7 +104,9 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid, target=cfg.target_downlink)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
-        codec = CodecSettings(cfg.codec, cfg.codec_params or None, target_uplink=cfg.target_uplink,
+        target = cfg.target_uplink
+        codec = CodecSettings(cfg.codec, cfg.codec_params or None,
+                              target_uplink=BudgetSchedule.parse(target) if isinstance(target, str) else target,
                               residual_max_age=cfg.residual_max_age)
         validation = None
         if fed.trusted_examples:

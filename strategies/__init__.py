@@ -10,6 +10,13 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 from .bandwidth import FIELDS as BANDWIDTH_FIELDS
 from .compressed import CompressedStrategy
-from .settings import CodecSettings, DownlinkSettings, ValidationSettings
+from .settings import BudgetSchedule, CodecSettings, DownlinkSettings, ValidationSettings
 
-__all__ = ["BANDWIDTH_FIELDS", "CodecSettings", "CompressedStrategy", "DownlinkSettings", "ValidationSettings"]
+__all__ = [
+    "BANDWIDTH_FIELDS",
+    "BudgetSchedule",
+    "CodecSettings",
+    "CompressedStrategy",
+    "DownlinkSettings",
+    "ValidationSettings",
+]

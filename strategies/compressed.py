@@ -27,7 +27,7 @@ from nnc_fl.validation import REJECT_CODES, UpdateRejected, check_finite, check_
 from . import uplink as up
 from .bandwidth import BandwidthLog, RoundStats
 from .server_model import ServerModel
-from .settings import Budget, CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
+from .settings import Budget, BudgetSchedule, CodecSettings, DownlinkSettings, ValidationSettings, describe, settings_of
 
 #: What a reply says when its ClientApp tried to read the coded model without nnc_mod.
 _NO_MOD_SIGNS = (protocol.STYPE, "Unsupported serialization type")
@@ -39,8 +39,14 @@ def _lacks_mod(msg: Message) -> bool:
     return msg.has_error() and any(sign in str(msg.error.reason) for sign in _NO_MOD_SIGNS)
 
 
-def _budget_text(budget: Budget) -> str:
+def _budget_text(budget: Budget | BudgetSchedule, rounds: int) -> str:
+    if isinstance(budget, BudgetSchedule):
+        return f"schedule {budget} (mean {_budget_text(budget.mean(max(1, rounds)), rounds)})"
     return f"{budget} bytes" if isinstance(budget, int) else f"{100.0 * budget:.2f} %"
+
+
+def _smallest(budget: Budget | BudgetSchedule | None) -> Budget | None:
+    return budget.smallest if isinstance(budget, BudgetSchedule) else budget
 
 
 def _tensors(arrays: ArrayRecord):
@@ -76,11 +82,12 @@ class CompressedStrategy(Strategy):
         What an update must pass before it may touch the global model.
     bandwidth_log : str or Path or None
         Write one row per round to this CSV (``.csv``) or JSON-lines file.
-    target_uplink : float or int, optional
+    target_uplink : float or int or BudgetSchedule, optional
         Rate control: a budget per update, a float in (0, 1) as a share of its fp32 size (e.g.
         ``0.005``) or an int as bytes; clients then code every update at the finest common multiple
-        of the codec's steps that fits (see :class:`~strategies.settings.CodecSettings`). With a
-        ``CodecSettings``, give it there instead.
+        of the codec's steps that fits (see :class:`~strategies.settings.CodecSettings`). A
+        :class:`~strategies.settings.BudgetSchedule` sets it per round. With a ``CodecSettings``,
+        give it there instead.
     target_downlink : float or int, optional
         The same for the global increments (see :class:`~strategies.settings.DownlinkSettings`;
         with a ``DownlinkSettings``, give it there instead as ``target``).
@@ -95,7 +102,7 @@ class CompressedStrategy(Strategy):
         validation: ValidationSettings | None = None,
         bandwidth_log: str | Path | None = None,
         *,
-        target_uplink: Budget | None = None,
+        target_uplink: Budget | BudgetSchedule | None = None,
         target_downlink: Budget | None = None,
     ) -> None:
         if not isinstance(inner, Strategy):
@@ -170,7 +177,7 @@ class CompressedStrategy(Strategy):
         why = ", ".join(f"{n} {c}" for c, n in reasons.items() if n)
         up = share(total["up_bytes"], total["up_raw_bytes"])
         if self.codec.target_uplink is not None:
-            up += f", budget {_budget_text(self.codec.target_uplink)}"
+            up += f", budget {_budget_text(self.codec.target_uplink, len(rows))}"
         return (f"nnc-fl: {len(rows)} rounds, up {total['up_bytes'] / 1e6:.3f} MB ({up} of fp32), "
                 f"down {down / 1e6:.3f} MB ({share(down, down_raw)}), "
                 f"{total['keyframes'] + total['eval_keyframes']} keyframes, {total['rejected']} rejected"
@@ -224,7 +231,7 @@ class CompressedStrategy(Strategy):
         tensors = self.model.tensors
         zeros = {n: np.zeros_like(t) for n, t in tensors.items()}
         checks = (
-            ("target_uplink", self.codec.target_uplink, self.codec.spec(server_round, target=False),
+            ("target_uplink", _smallest(self.codec.target_uplink), self.codec.spec(server_round, target=False),
              protocol.binding(b"\0" * FINGERPRINT_SIZE, b"\0" * protocol.NONCE_SIZE)),
             ("target_downlink", self.downlink.target, self.codec.spec(server_round, target=False).merged(
                 self.downlink.params), b"\0" * FINGERPRINT_SIZE),

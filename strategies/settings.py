@@ -81,6 +81,94 @@ def check_budget(value: object, what: str) -> Budget | None:
     return f
 
 
+#: Bounds of a budget schedule: segments, rounds per segment, and the length of its text form.
+MAX_SCHEDULE_SEGMENTS = 64
+MAX_SCHEDULE_ROUNDS = 1_000_000
+MAX_SCHEDULE_TEXT = 1024
+
+
+@dataclass(frozen=True)
+class BudgetSchedule:
+    """A rate schedule: the per-update budget changes with the round.
+
+    ``segments`` are ``(budget, rounds)`` pairs taken in order: the first budget for rounds
+    ``1 .. rounds``, the next for the following rounds, and so on; the last segment's budget
+    holds from then on (its ``rounds`` may be ``None``). Budgets are as for ``target_uplink``
+    (floats in (0, 1): shares of fp32; ints: bytes), all of one kind. The text form, also what
+    :meth:`parse` reads and ``nnc-fl run --target-uplink`` takes, is ``BUDGETxROUNDS,...``::
+
+        BudgetSchedule.parse("0.01x4,0.00375")   # 1 % for rounds 1-4, then 0.375 %: 0.5 % over 20 rounds
+    """
+
+    segments: tuple[tuple[Budget, int | None], ...]
+
+    def __post_init__(self) -> None:
+        segments = tuple(self.segments) if isinstance(self.segments, (list, tuple)) else None
+        if not segments or len(segments) > MAX_SCHEDULE_SEGMENTS:
+            raise ValueError(f"a budget schedule needs 1..{MAX_SCHEDULE_SEGMENTS} (budget, rounds) segments, "
+                             f"got {self.segments!r}")
+        checked = []
+        for i, segment in enumerate(segments):
+            if not isinstance(segment, (list, tuple)) or len(segment) != 2:
+                raise ValueError(f"schedule segment {i} must be a (budget, rounds) pair, got {segment!r}")
+            budget, rounds = check_budget(segment[0], f"schedule segment {i}'s budget"), segment[1]
+            last = i == len(segments) - 1
+            if rounds is None and not last:
+                raise ValueError(f"only the last schedule segment may leave its rounds open, segment {i} does")
+            if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int)
+                                       or not 1 <= rounds <= MAX_SCHEDULE_ROUNDS):
+                raise ValueError(f"schedule segment {i}'s rounds must be an integer in 1..{MAX_SCHEDULE_ROUNDS}, "
+                                 f"got {rounds!r}")
+            checked.append((budget, rounds))
+        if len({type(b) for b, _ in checked}) > 1:
+            raise ValueError("a budget schedule's budgets must all be fractions of fp32 or all bytes, not both")
+        object.__setattr__(self, "segments", tuple(checked))
+
+    @classmethod
+    def parse(cls, text: str) -> BudgetSchedule:
+        """Read ``BUDGETxROUNDS,...,BUDGET`` (an int budget is bytes, else a fraction of fp32)."""
+        if not isinstance(text, str) or not text or len(text) > MAX_SCHEDULE_TEXT:
+            raise ValueError(f"a budget schedule is a text of 1..{MAX_SCHEDULE_TEXT} characters such as "
+                             f"'0.01x4,0.00375', got {text!r:.80}")
+        segments: list[tuple[Budget, int | None]] = []
+        for part in text.split(","):
+            budget, sep, rounds = part.strip().partition("x")
+            try:
+                value: Budget = int(budget) if budget.strip().isdigit() else float(budget)
+                count = int(rounds) if sep else None
+            except ValueError:
+                raise ValueError(f"budget schedule segment {part!r:.80} is not BUDGET or BUDGETxROUNDS "
+                                 f"(e.g. 0.01x4)") from None
+            segments.append((value, count))
+        return cls(tuple(segments))
+
+    def __call__(self, server_round: int) -> Budget:
+        """The budget of ``server_round`` (1-based)."""
+        r = server_round
+        for budget, rounds in self.segments:
+            if rounds is None or r <= rounds:
+                return budget
+            r -= rounds
+        return self.segments[-1][0]
+
+    def mean(self, rounds: int) -> float:
+        """The mean budget over rounds ``1 .. rounds`` (what a run of that length sends per update)."""
+        return sum(self(r) for r in range(1, rounds + 1)) / rounds
+
+    @property
+    def smallest(self) -> Budget:
+        """The smallest budget the schedule ever sets."""
+        return min(b for b, _ in self.segments)
+
+    def __str__(self) -> str:
+        return ",".join(f"{b}x{n}" if n is not None else f"{b}" for b, n in self.segments)
+
+
+def check_target(value: object, what: str) -> Budget | BudgetSchedule | None:
+    """A budget (:func:`check_budget`) or a :class:`BudgetSchedule` (kept as it is)."""
+    return value if isinstance(value, BudgetSchedule) else check_budget(value, what)
+
+
 def budget_params(value: Budget | None) -> dict[str, ParamValue]:
     """The codec parameters of a budget (see :func:`check_budget`)."""
     if value is None:
@@ -119,13 +207,14 @@ class CodecSettings:
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
-    target_uplink : float or int, optional
+    target_uplink : float or int or BudgetSchedule, optional
         Rate control of the updates: a budget per update, a float in (0, 1) as a share of its fp32
         size or an int as bytes. Each client codes its update at one common multiple of the steps
         ``params`` give, the finest that fits (:mod:`nnc_fl.rate`); the budget reaches the clients
         as a codec parameter (``target_fraction`` / ``target_bytes``) in the round's codec spec.
-        Needs a codec with rate control (``"nnc"``). ``None`` (the default): no budget. The
-        downlink has its own (:attr:`DownlinkSettings.target`).
+        A :class:`BudgetSchedule` changes the budget with the round (e.g. more bits in the first
+        rounds). Needs a codec with rate control (``"nnc"``). ``None`` (the default): no budget.
+        The downlink has its own (:attr:`DownlinkSettings.target`).
     residual_max_age : int, optional
         A node drops its error-feedback residual (the quantisation error it carries into its next
         update) when that was made against a model more than this many versions older than the one
@@ -136,7 +225,7 @@ class CodecSettings:
     name: str = "nnc"
     params: Mapping[str, ParamValue] | None = None
     schedule: CodecSchedule | None = None
-    target_uplink: Budget | None = None
+    target_uplink: Budget | BudgetSchedule | None = None
     residual_max_age: int | None = None
 
     def __post_init__(self) -> None:
@@ -157,11 +246,16 @@ class CodecSettings:
         ):
             raise ValueError(f"residual_max_age must be an integer in 0..{MAX_RESIDUAL_AGE} or None, "
                              f"got {self.residual_max_age!r}")
-        object.__setattr__(self, "target_uplink", check_budget(self.target_uplink, "target_uplink"))
+        object.__setattr__(self, "target_uplink", check_target(self.target_uplink, "target_uplink"))
         spec = CodecSpec(self.name, self.params)
         spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now
         spec.make()  # unknown codec or bad parameters: fail now
-        _check_budget_codec(spec, self.target_uplink, "target_uplink")
+        _check_budget_codec(spec, self.budget(1), "target_uplink")
+
+    def budget(self, server_round: int) -> Budget | None:
+        """The uplink budget of ``server_round`` (``None``: no rate control)."""
+        t = self.target_uplink
+        return t(server_round) if isinstance(t, BudgetSchedule) else t
 
     def spec(self, server_round: int, *, target: bool = True) -> CodecSpec:
         """The codec (name and parameters) of ``server_round``; with ``target`` (the uplink's), the
@@ -169,7 +263,7 @@ class CodecSettings:
         base = CodecSpec(self.name, self.params)
         if self.schedule is not None:
             base = base.merged(self.schedule(server_round))
-        return base.merged(budget_params(self.target_uplink)) if target else base
+        return base.merged(budget_params(self.budget(server_round))) if target else base
 
 
 def _check_budget_codec(spec: CodecSpec, budget: Budget | None, what: str) -> None:
@@ -376,12 +470,14 @@ __all__ = [
     "BUDGET_PARAMS",
     "DEFAULT_PARAMS",
     "Budget",
+    "BudgetSchedule",
     "CodecSchedule",
     "CodecSettings",
     "DownlinkSettings",
     "ValidationSettings",
     "budget_params",
     "check_budget",
+    "check_target",
     "describe",
     "settings_of",
 ]

@@ -65,6 +65,22 @@ def test_cli_target_uplink_meets_the_budget_per_round(tmp_path, capsys):
     assert all(0.9 * r["up_raw_bytes"] * 0.01 <= r["up_bytes"] <= r["up_raw_bytes"] * 0.01 for r in rounds)
 
 
+def test_cli_target_uplink_takes_a_schedule(tmp_path, capsys):
+    for bad, why in ((["--target-uplink", "0.01x0,0.005"], "rounds must be an integer"),
+                     (["--target-downlink", "0.01x2,0.005"], "--target-uplink only")):
+        with pytest.raises(SystemExit) as exc:
+            cli(["run", "uc10", "--rounds", "1", *bad])
+        assert exc.value.code == 2 and why in capsys.readouterr().err
+    code = cli(["run", "uc10", "--source", "digits", "--clients", "3", "--fraction", "1", "--n-train", "240",
+                "--rounds", "3", "--target-uplink", "0.02x1,0.01", "--out", str(tmp_path)])
+    assert code == 0
+    assert json.loads((tmp_path / "config.json").read_text())["target_uplink"] == "0.02x1,0.01"
+    rounds = json.loads((tmp_path / "rounds.json").read_text())[1:]
+    for r, b in zip(rounds, [0.02, 0.01, 0.01], strict=True):
+        assert 0.9 * r["up_raw_bytes"] * b <= r["up_bytes"] <= r["up_raw_bytes"] * b
+    assert "target-up=0.02x1,0.01" in json.loads((tmp_path / "summary.json").read_text())["name"]
+
+
 def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
     # the shared model is kept exactly as given: compare with exact keyframes (no anchor grid)
     base = RunConfig(_tiny("uc10"), rounds=3, fraction=0.67, codec="nnc", codec_params={"rel_step": 2.0},

@@ -8,7 +8,7 @@ from flwr.serverapp.strategy import FedAvg
 
 import nnc_fl
 from nnc_fl import protocol
-from strategies import CodecSettings, CompressedStrategy, DownlinkSettings
+from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings
 
 
 @pytest.mark.parametrize("bad", [0, -3, 0.0, 1.0, 1.5, 2000.0, -0.1, float("nan"), float("inf"), True, "0.01"])
@@ -82,6 +82,58 @@ def test_every_update_and_increment_meets_its_budget(make_grid, initial_arrays, 
 def test_a_budget_below_the_smallest_stream_stops_the_run_before_anything_is_sent(make_grid, initial_arrays):
     grid = make_grid(4)
     strategy = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=0.01)  # 12 bytes
+    with pytest.raises(ValueError, match="smallest stream"):
+        strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=1)
+    assert not [m for m in grid.sent if m.metadata.message_type == "train"]
+
+
+@pytest.mark.parametrize("bad", [
+    "", "0.01x0", "0.01x4,", "x4", "0.01,0.02x3", "2.0x3", "0.01x2,3000", "nanx3", "0.01x1.5", "0.01x4" * 200,
+    "0.01x1," * 64 + "0.01",
+])
+def test_impossible_budget_schedules_are_refused(bad):
+    with pytest.raises(ValueError):
+        BudgetSchedule.parse(bad)
+
+
+@pytest.mark.parametrize("segments", [(), "0.01x4", ((0.01, None), (0.02, None)), ((0.01, True),), ((0.01,),),
+                                      ((0.01, 3), (1.5, None))])
+def test_impossible_budget_segments_are_refused(segments):
+    with pytest.raises(ValueError):
+        BudgetSchedule(segments)
+
+
+def test_a_budget_schedule_sets_each_rounds_uplink_budget():
+    s = BudgetSchedule.parse(" 0.01x4, 0.00375")
+    assert s.segments == ((0.01, 4), (0.00375, None)) and str(s) == "0.01x4,0.00375"
+    assert [s(r) for r in (1, 4, 5, 20, 10**6)] == [0.01, 0.01, 0.00375, 0.00375, 0.00375]
+    assert s.mean(20) == pytest.approx(0.005) and s.smallest == 0.00375
+    closed = BudgetSchedule(((3000, 2), (1000, 1)))  # the last budget holds after the schedule ends
+    assert [closed(r) for r in (1, 2, 3, 4, 9)] == [3000, 3000, 1000, 1000, 1000]
+    strategy = CompressedStrategy(FedAvg(), target_uplink=s)
+    assert strategy.spec_for(4).params["target_fraction"] == 0.01
+    assert strategy.spec_for(5).params["target_fraction"] == 0.00375
+    assert "target_fraction" not in strategy.downlink_spec(1).params  # the uplink's only
+    with pytest.raises(ValueError, match="rate control"):
+        CompressedStrategy(FedAvg(), codec="fp32", target_uplink=s)
+
+
+def test_every_update_meets_its_rounds_scheduled_budget(make_grid, initial_arrays, caplog):
+    schedule = BudgetSchedule(((0.3, 1), (0.15, None)))
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=schedule)
+    run_federation(strategy, make_grid(4), initial_arrays, 3)
+    rows = strategy.bandwidth
+    assert [r["accepted"] for r in rows] == [4, 4, 4]
+    for r in rows:
+        budget = schedule(r["round"])
+        assert 0.9 * budget * r["up_raw_bytes"] <= r["up_bytes"] <= budget * r["up_raw_bytes"]
+    assert rows[0]["up_bytes"] > 1.5 * rows[1]["up_bytes"]
+    assert "budget schedule 0.3x1,0.15 (mean 20.00 %)" in strategy.run_summary()
+
+
+def test_a_schedule_whose_smallest_budget_is_below_the_smallest_stream_stops_the_run(make_grid, initial_arrays):
+    grid = make_grid(4)
+    strategy = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=BudgetSchedule(((0.5, 2), (0.01, None))))
     with pytest.raises(ValueError, match="smallest stream"):
         strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=1)
     assert not [m for m in grid.sent if m.metadata.message_type == "train"]
