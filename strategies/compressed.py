@@ -41,7 +41,9 @@ def _lacks_mod(msg: Message) -> bool:
 
 def _budget_text(budget: Budget | BudgetSchedule, rounds: int) -> str:
     if isinstance(budget, BudgetSchedule):
-        return f"schedule {budget} (mean {_budget_text(budget.mean(max(1, rounds)), rounds)})"
+        mean = budget.mean(max(1, rounds))
+        bytes_ = isinstance(budget.smallest, int)
+        return f"schedule {budget} (mean {f'{mean:.0f} bytes' if bytes_ else f'{100.0 * mean:.2f} %'})"
     return f"{budget} bytes" if isinstance(budget, int) else f"{100.0 * budget:.2f} %"
 
 
