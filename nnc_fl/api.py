@@ -28,7 +28,16 @@ from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encod
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
 from .rate import FINEST_OCTAVES, check_target_bytes, fit_budget
-from .steps import MAX_STEP, MIN_STEP, check_rd_lambda, check_step_choice, resolve_step
+from .steps import (
+    MAX_STEP,
+    MIN_STEP,
+    check_rd_lambda,
+    check_rel_step,
+    check_rel_to,
+    check_step_choice,
+    resolve_step,
+    update_step,
+)
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
@@ -63,6 +72,7 @@ def encode(
     step: float | Mapping[str, float] | None = None,
     qp: int | Mapping[str, int] | None = None,
     rel_step: float | None = None,
+    rel_to: str = "tensor",
     rd_lambda: float = 0.0,
     lossless: Collection[str] = (),
     float_lossless: bool = False,
@@ -93,6 +103,11 @@ def encode(
     rel_step
         Instead of ``step``/``qp``: each float tensor's step is ``rel_step`` times its RMS (divided
         by 4 for 0-d/1-d tensors) -- a rate that follows the update's scale, as FL deltas shrink.
+    rel_to
+        With ``rel_step``: ``"tensor"`` (the default) as above, or ``"update"``: one step for every
+        quantised float tensor, ``rel_step`` times the RMS of all of them together (per-name
+        ``step``/``qp`` mappings still override). One step everywhere minimises the update's total
+        squared error for its rate; per-tensor steps spend bits on tensors whose changes are small.
     rd_lambda
         Rate-distortion quantisation: with ``rd_lambda > 0`` a value rounded up may be coded one
         level lower where ``(error / step)**2 + rd_lambda * bits`` is smaller (bits estimated from
@@ -183,6 +198,10 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
+    if check_rel_to(rel_to) == "update":
+        if rel_step is None:
+            raise ValueError("rel_to='update' scales rel_step: give rel_step too")
+        step, rel_step = _update_steps(tensors, step, qp, check_rel_step(rel_step), lossless, limits), None
     if not isinstance(float_lossless, bool):
         raise TypeError(f"float_lossless must be a bool, got {float_lossless!r}")
     grid = dict(grid or {})
@@ -214,6 +233,20 @@ def encode(
     if return_decoded:
         return data, {c.record.name: c.decoded for c in coded}
     return data
+
+
+def _update_steps(tensors, step, qp, rel_step: float, lossless, limits) -> dict[str, float]:
+    """``rel_to="update"``: per-name steps, one common step (:func:`nnc_fl.steps.update_step` over
+    the float tensors it applies to) for every float tensor without a per-name ``step`` or ``qp``."""
+    by_step = dict(step) if isinstance(step, Mapping) else {}
+    by_qp = qp if isinstance(qp, Mapping) else {}
+    arrays = {}
+    for name, value in tensors.items():
+        arr = _as_array(name, value, limits)  # what the coder will code (and refuse, if it must)
+        if arr.dtype.kind == "f" and name not in lossless and by_step.get(name) is None and by_qp.get(name) is None:
+            arrays[name] = arr
+    finite = [a for a in arrays.values() if a.size and np.isfinite(a).all()]  # the coder refuses NaN/Inf
+    return {**by_step, **dict.fromkeys(arrays, update_step(finite, rel_step))}
 
 
 #: Rate control searches no coarser than the step at which every level of a tensor is zero (twice its

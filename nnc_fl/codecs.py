@@ -30,7 +30,7 @@ from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .rate import check_target_bytes, check_target_fraction
-from .steps import check_rd_lambda, check_rel_step, check_step, check_step_choice, qp_to_step
+from .steps import check_rd_lambda, check_rel_step, check_rel_to, check_step, check_step_choice, qp_to_step
 
 ParamValue = int | float | str | bool
 
@@ -195,8 +195,9 @@ def _flag(value: object, what: str) -> bool:
 class NNCCodec:
     """The nnc-fl codec: quantisation + context-adaptive arithmetic coding (:func:`nnc_fl.encode`).
 
-    ``step`` (a number), ``qp`` (NNC QP) or ``rel_step`` (a multiple of each tensor's RMS) sets the
-    quantisation of float tensors, ``rd_lambda`` its rate-distortion trade-off (see
+    ``step`` (a number), ``qp`` (NNC QP) or ``rel_step`` (a multiple of each tensor's RMS, or with
+    ``rel_to="update"`` of the whole update's RMS: one step for all) sets the quantisation of float
+    tensors, ``rd_lambda`` its rate-distortion trade-off (see
     :func:`nnc_fl.encode`); with none, the default per-tensor policy of
     :func:`nnc_fl.steps.default_step` applies. ``exact=True`` codes every tensor losslessly
     (keyframes).
@@ -234,6 +235,7 @@ class NNCCodec:
         step: float | None = None,
         qp: int | None = None,
         rel_step: float | None = None,
+        rel_to: str = "tensor",
         rd_lambda: float = 0.0,
         lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
         steps: str | Mapping[str, float] = "",
@@ -255,6 +257,9 @@ class NNCCodec:
         if qp is not None:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
+        self.rel_to = check_rel_to(rel_to)
+        if self.rel_to == "update" and self.rel_step is None:
+            raise ValueError("rel_to='update' scales rel_step: give rel_step too")
         self.rd_lambda = check_rd_lambda(rd_lambda)
         self.lossless = name_patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)
@@ -327,6 +332,7 @@ class NNCCodec:
             step=step,
             qp=self.qp,
             rel_step=self.rel_step,
+            rel_to=self.rel_to,
             rd_lambda=self.rd_lambda,
             lossless=lossless,
             float_lossless=self.float_lossless,
@@ -359,6 +365,8 @@ class NNCCodec:
             out["qp"] = self.qp
         if self.rel_step is not None:
             out["rel_step"] = self.rel_step
+        if self.rel_to != "tensor":
+            out["rel_to"] = self.rel_to
         if self.rd_lambda:
             out["rd_lambda"] = self.rd_lambda
         if self.lossless != name_patterns(DEFAULT_LOSSLESS, "lossless"):

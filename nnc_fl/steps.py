@@ -70,6 +70,28 @@ def relative_step(x: np.ndarray, rel_step: float) -> float:
     return float(min(max(step, MIN_STEP), MAX_STEP))
 
 
+#: What ``rel_step`` is relative to: each tensor's RMS, or the RMS of the whole update.
+REL_TO = ("tensor", "update")
+
+
+def check_rel_to(value: object) -> str:
+    """A valid ``rel_to``: ``"tensor"`` or ``"update"``."""
+    if value not in REL_TO:
+        raise ValueError(f"rel_to must be one of {', '.join(map(repr, REL_TO))}, got {value!r}")
+    return str(value)
+
+
+def update_step(arrays: list[np.ndarray], rel_step: float) -> float:
+    """``rel_step`` times the RMS of all of ``arrays`` together (one step for all of them: the
+    allocation that minimises the update's total squared error for its rate), as a float32."""
+    total = sum(sum_squares(_flat(x)) for x in arrays)
+    count = sum(x.size for x in arrays)
+    rms = math.sqrt(total / count) if count else 0.0
+    if rms == 0.0 or not math.isfinite(rms):
+        return 1.0  # all zero: coded as zero whatever the step
+    return float(np.float32(min(max(rel_step * rms, MIN_STEP), MAX_STEP)))
+
+
 def default_step(x: np.ndarray) -> float:
     """The default policy's step for float tensor ``x`` (see :data:`DEFAULT_RMS_DIVISOR`)."""
     step = relative_step(x, 1.0 / DEFAULT_RMS_DIVISOR)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nnc_fl
+import nnc_fl.bitstream as bs
 import nnc_fl.codecs
 from nnc_fl.steps import default_step, qp_to_step
 
@@ -148,6 +149,55 @@ def test_rel_step_follows_each_tensors_rms():
     codec = nnc_fl.codecs.make_codec("nnc", rel_step=2.0)
     assert codec.params() == {"rel_step": 2.0}
     assert nnc_fl.inspect(codec.encode({"w": w})).tensor("w").step == info.tensor("w").step
+
+
+def test_rel_step_relative_to_the_update_gives_every_tensor_one_step():
+    rng = np.random.default_rng(8)
+    w = _float_tensor(rng, (40, 30), np.float32, scale=0.3)
+    v = _float_tensor(rng, (20, 10), np.float16, scale=1.0)
+    b = _float_tensor(rng, (40,), np.float32, scale=0.5)
+    bn = np.abs(_float_tensor(rng, (8,), np.float32, scale=1.0))
+    tensors = {"w": w, "v": v, "b": b, "bn.running_var": bn, "n": np.array(5)}
+    info = nnc_fl.inspect(nnc_fl.encode(tensors, rel_step=0.25, rel_to="update", lossless=["bn.running_var"]))
+    # one step for all quantised floats: 0.25 x the RMS of w, v and b together (exact and int tensors left out)
+    together = np.concatenate([w.ravel(), v.astype(np.float64).ravel(), b.ravel()]).astype(np.float64)
+    common = 0.25 * float(np.sqrt(np.mean(together**2)))
+    assert {n: info.tensor(n).step for n in ("w", "v", "b")} == pytest.approx(dict.fromkeys("wvb", common), rel=1e-6)
+    assert info.tensor("bn.running_var").mode == bs.MODE_RAW and info.tensor("n").mode == bs.MODE_INT
+    # per-name steps and qps still override; the common step comes from the other tensors only
+    over = nnc_fl.inspect(nnc_fl.encode({"w": w, "b": b}, rel_step=2.0, rel_to="update", step={"b": 0.5}))
+    assert over.tensor("b").step == 0.5
+    assert over.tensor("w").step == pytest.approx(2.0 * float(np.sqrt(np.mean(w.astype(np.float64) ** 2))), rel=1e-6)
+    assert nnc_fl.inspect(nnc_fl.encode({"w": w, "b": b}, rel_step=2.0, rel_to="update", qp={"b": -8})).tensor(
+        "b").step == qp_to_step(-8)
+    # the same through the codec, with a budget (one common factor keeps the steps equal)
+    codec = nnc_fl.codecs.make_codec("nnc", rel_step=2.0, rel_to="update", target_fraction=0.05)
+    assert codec.params() == {"rel_step": 2.0, "rel_to": "update", "target_fraction": 0.05}
+    data = codec.encode({"w": w, "b": b})
+    assert len(data) <= 0.05 * 4 * (w.size + b.size)
+    budget = nnc_fl.inspect(data)
+    assert budget.tensor("w").step == budget.tensor("b").step
+    assert "rel_to" not in nnc_fl.codecs.make_codec("nnc", rel_step=2.0).params()
+    zero = nnc_fl.inspect(nnc_fl.encode({"w": np.zeros((3, 3), np.float32)}, rel_step=1.0, rel_to="update"))
+    assert zero.tensor("w").mode == bs.MODE_ZERO
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(rel_to="model", rel_step=1.0), "rel_to must be one of"),
+    (dict(rel_to="update"), "give rel_step too"),
+    (dict(rel_to="update", step=0.1), "give rel_step too"),
+])
+def test_rel_to_needs_a_known_value_and_rel_step(kwargs, why):
+    w = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match=why):
+        nnc_fl.encode({"w": w}, **kwargs)
+    with pytest.raises(ValueError, match=why):
+        nnc_fl.codecs.make_codec("nnc", **kwargs)
+
+
+def test_rel_to_update_refuses_non_finite_tensors_as_the_coder_does():
+    with pytest.raises(ValueError, match="NaN"):
+        nnc_fl.encode({"w": np.ones((4, 4), np.float32), "x": np.array([1.0, np.nan])}, rel_step=1.0, rel_to="update")
 
 
 def test_fingerprint_is_carried():
