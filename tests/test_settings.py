@@ -85,6 +85,20 @@ def test_summary_logs_every_setting(caplog):
 
 
 def test_the_drop_in_default_compresses_with_the_measured_setting():
-    assert dict(CompressedStrategy(FedAvg()).spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True}
+    default = CompressedStrategy(FedAvg())
+    assert dict(default.spec_for(1).params) == dict(default.downlink_spec(1).params) == {"rel_step": 2.0,
+                                                                                         "float_lossless": True}
+    # with a budget: one step per update (rel_to="update") for the updates; the increments keep theirs
+    budget = CompressedStrategy(FedAvg(), target_uplink=0.005)
+    assert dict(budget.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "rel_to": "update",
+                                               "target_fraction": 0.005}
+    assert dict(budget.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True}
+    # parameters given (even the same ones): exactly those
+    given = CompressedStrategy(FedAvg(), "nnc", {"rel_step": 2.0, "float_lossless": True}, target_uplink=0.005)
+    assert "rel_to" not in given.spec_for(1).params
+    # a schedule may still change the uplink's rel_to
+    tensor = CompressedStrategy(FedAvg(), CodecSettings("nnc", schedule=lambda r: {"rel_to": "tensor"},
+                                                        target_uplink=0.005))
+    assert tensor.spec_for(3).params["rel_to"] == "tensor"
     assert dict(CompressedStrategy(FedAvg(), "nnc", {}).spec_for(1).params) == {}  # the codec's own default
     assert dict(CompressedStrategy(FedAvg(), None).spec_for(1).params) == {}  # fp32

@@ -39,7 +39,8 @@ def test_budgets_travel_as_codec_parameters_each_link_its_own():
     assert not {"target_fraction", "target_bytes"} & set(default.spec_for(1).params)
     assert not {"target_fraction", "target_bytes"} & set(default.downlink_spec(1).params)
     s = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=2000)
-    assert dict(s.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "target_fraction": 0.005}
+    assert dict(s.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "rel_to": "update",
+                                          "target_fraction": 0.005}
     assert dict(s.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True, "target_bytes": 2000}
     only_up = CompressedStrategy(FedAvg(), target_uplink=3000)
     assert "target_bytes" not in only_up.downlink_spec(1).params  # the uplink budget is not the downlink's
