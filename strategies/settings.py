@@ -190,6 +190,8 @@ def describe(settings: object) -> str:
             shown = "None" if value is None else f"<{len(value)} keys: {', '.join(sorted(value))}>"
         elif isinstance(value, Mapping):
             shown = repr(dict(value))
+        elif isinstance(value, BudgetSchedule):
+            shown = f"BudgetSchedule({str(value)!r})"
         elif callable(value):
             shown = f"<{getattr(value, '__qualname__', type(value).__name__)}>"
         else:
@@ -239,11 +241,12 @@ class CodecSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f"codec name must be a string, got {self.name!r}")
+        uplink: Mapping[str, ParamValue] = {}
         if self.params is None:
             object.__setattr__(self, "params", dict(DEFAULT_PARAMS.get(self.name, {})))
             if self.target_uplink is not None:
-                defaults = DEFAULT_BUDGET_UPLINK_PARAMS.get(self.name, {})
-                object.__setattr__(self, "uplink_params", MappingProxyType(dict(defaults)))
+                uplink = DEFAULT_BUDGET_UPLINK_PARAMS.get(self.name, {})
+        object.__setattr__(self, "uplink_params", MappingProxyType(dict(uplink)))
         _frozen_mapping(self, "params")
         # lists of names or patterns (e.g. lossless=[...]) travel to the clients as comma-separated text
         params = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in self.params.items()}

@@ -130,6 +130,7 @@ def test_every_update_meets_its_rounds_scheduled_budget(make_grid, initial_array
         assert 0.9 * budget * r["up_raw_bytes"] <= r["up_bytes"] <= budget * r["up_raw_bytes"]
     assert rows[0]["up_bytes"] > 1.5 * rows[1]["up_bytes"]
     assert "budget schedule 0.3x1,0.15 (mean 20.00 %)" in strategy.run_summary()
+    assert "target_uplink=BudgetSchedule('0.3x1,0.15')" in summary_text(strategy, caplog)
     in_bytes = CompressedStrategy(FedAvg(min_available_nodes=4), target_uplink=BudgetSchedule(((4000, 1), (2000, 2))))
     run_federation(in_bytes, make_grid(4), initial_arrays, 2)
     assert "budget schedule 4000x1,2000x2 (mean 3000 bytes)" in in_bytes.run_summary()
