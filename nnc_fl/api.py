@@ -198,9 +198,7 @@ def encode(
     if unknown:
         raise ValueError(f"lossless names not among the tensors: {sorted(unknown)}")
     check_step_choice(step, qp, rel_step)
-    if check_rel_to(rel_to) == "update":
-        if rel_step is None:
-            raise ValueError("rel_to='update' scales rel_step: give rel_step too")
+    if check_rel_to(rel_to, rel_step) == "update":
         step, rel_step = _update_steps(tensors, step, qp, check_rel_step(rel_step), lossless, limits), None
     if not isinstance(float_lossless, bool):
         raise TypeError(f"float_lossless must be a bool, got {float_lossless!r}")
@@ -245,8 +243,7 @@ def _update_steps(tensors, step, qp, rel_step: float, lossless, limits) -> dict[
         arr = _as_array(name, value, limits)  # what the coder will code (and refuse, if it must)
         if arr.dtype.kind == "f" and name not in lossless and by_step.get(name) is None and by_qp.get(name) is None:
             arrays[name] = arr
-    finite = [a for a in arrays.values() if a.size and np.isfinite(a).all()]  # the coder refuses NaN/Inf
-    return {**by_step, **dict.fromkeys(arrays, update_step(finite, rel_step))}
+    return {**by_step, **dict.fromkeys(arrays, update_step(list(arrays.values()), rel_step))}
 
 
 #: Rate control searches no coarser than the step at which every level of a tensor is zero (twice its

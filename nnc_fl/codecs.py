@@ -257,9 +257,7 @@ class NNCCodec:
         if qp is not None:
             qp_to_step(qp)  # validates
         self.rel_step = None if rel_step is None else check_rel_step(rel_step)
-        self.rel_to = check_rel_to(rel_to)
-        if self.rel_to == "update" and self.rel_step is None:
-            raise ValueError("rel_to='update' scales rel_step: give rel_step too")
+        self.rel_to = check_rel_to(rel_to, self.rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
         self.lossless = name_patterns(lossless, "lossless")
         self.steps = _pattern_steps(steps)

@@ -74,10 +74,12 @@ def relative_step(x: np.ndarray, rel_step: float) -> float:
 REL_TO = ("tensor", "update")
 
 
-def check_rel_to(value: object) -> str:
-    """A valid ``rel_to``: ``"tensor"`` or ``"update"``."""
+def check_rel_to(value: object, rel_step: object) -> str:
+    """A valid ``rel_to`` for ``rel_step``: ``"tensor"``, or ``"update"`` (which needs ``rel_step``)."""
     if value not in REL_TO:
         raise ValueError(f"rel_to must be one of {', '.join(map(repr, REL_TO))}, got {value!r}")
+    if value == "update" and rel_step is None:
+        raise ValueError("rel_to='update' scales rel_step: give rel_step too")
     return str(value)
 
 
@@ -88,7 +90,7 @@ def update_step(arrays: list[np.ndarray], rel_step: float) -> float:
     count = sum(x.size for x in arrays)
     rms = math.sqrt(total / count) if count else 0.0
     if rms == 0.0 or not math.isfinite(rms):
-        return 1.0  # all zero: coded as zero whatever the step
+        return 1.0  # all zero: coded as zero whatever the step; NaN/Inf: the coder refuses the tensor
     return float(np.float32(min(max(rel_step * rms, MIN_STEP), MAX_STEP)))
 
 
