@@ -47,10 +47,6 @@ def _budget_text(budget: Budget | BudgetSchedule, rounds: int) -> str:
     return f"{budget} bytes" if isinstance(budget, int) else f"{100.0 * budget:.2f} %"
 
 
-def _smallest(budget: Budget | BudgetSchedule | None) -> Budget | None:
-    return budget.smallest if isinstance(budget, BudgetSchedule) else budget
-
-
 def _tensors(arrays: ArrayRecord):
     return protocol.tensors_of(arrays)
 
@@ -233,7 +229,7 @@ class CompressedStrategy(Strategy):
         tensors = self.model.tensors
         zeros = {n: np.zeros_like(t) for n, t in tensors.items()}
         checks = (
-            ("target_uplink", _smallest(self.codec.target_uplink), self.codec.spec(server_round, target=False),
+            ("target_uplink", self.codec.smallest_budget(), self.codec.spec(server_round, target=False),
              protocol.binding(b"\0" * FINGERPRINT_SIZE, b"\0" * protocol.NONCE_SIZE)),
             ("target_downlink", self.downlink.target, self.codec.spec(server_round, target=False).merged(
                 self.downlink.params), b"\0" * FINGERPRINT_SIZE),

@@ -271,6 +271,11 @@ class CodecSettings:
         t = self.target_uplink
         return t(server_round) if isinstance(t, BudgetSchedule) else t
 
+    def smallest_budget(self) -> Budget | None:
+        """The smallest uplink budget of any round (``None``: no rate control)."""
+        t = self.target_uplink
+        return t.smallest if isinstance(t, BudgetSchedule) else t
+
     def spec(self, server_round: int, *, target: bool = True) -> CodecSpec:
         """The codec (name and parameters) of ``server_round``; with ``target`` (the uplink's), the
         uplink's own parameters and budget are among them."""
