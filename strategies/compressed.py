@@ -72,7 +72,8 @@ class CompressedStrategy(Strategy):
         same code path), or a :class:`~strategies.settings.CodecSettings` (with a per-round schedule).
     codec_params : mapping, optional
         The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only); without
-        them, :data:`strategies.settings.DEFAULT_PARAMS` (for ``"nnc"``: ``rel_step=2.0, float_lossless=True``).
+        them, :data:`strategies.settings.DEFAULT_PARAMS` (for ``"nnc"``:
+        ``rel_step=2.0, float_lossless=True, schema_bound=True``).
     downlink : DownlinkSettings, optional
         How the global model reaches the nodes (increment rate, exact coding, error feedback,
         chains, shared initial model).

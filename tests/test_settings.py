@@ -85,14 +85,13 @@ def test_summary_logs_every_setting(caplog):
 
 
 def test_the_drop_in_default_compresses_with_the_measured_setting():
+    measured = {"rel_step": 2.0, "float_lossless": True, "schema_bound": True}
     default = CompressedStrategy(FedAvg())
-    assert dict(default.spec_for(1).params) == dict(default.downlink_spec(1).params) == {"rel_step": 2.0,
-                                                                                         "float_lossless": True}
+    assert dict(default.spec_for(1).params) == dict(default.downlink_spec(1).params) == measured
     # with a budget: one step per update (rel_to="update") for the updates; the increments keep theirs
     budget = CompressedStrategy(FedAvg(), target_uplink=0.005)
-    assert dict(budget.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "rel_to": "update",
-                                               "target_fraction": 0.005}
-    assert dict(budget.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True}
+    assert dict(budget.spec_for(1).params) == {**measured, "rel_to": "update", "target_fraction": 0.005}
+    assert dict(budget.downlink_spec(1).params) == measured
     # parameters given (even the same ones): exactly those
     given = CompressedStrategy(FedAvg(), "nnc", {"rel_step": 2.0, "float_lossless": True}, target_uplink=0.005)
     assert "rel_to" not in given.spec_for(1).params

@@ -39,9 +39,10 @@ def test_budgets_travel_as_codec_parameters_each_link_its_own():
     assert not {"target_fraction", "target_bytes"} & set(default.spec_for(1).params)
     assert not {"target_fraction", "target_bytes"} & set(default.downlink_spec(1).params)
     s = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=2000)
-    assert dict(s.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "rel_to": "update",
-                                          "target_fraction": 0.005}
-    assert dict(s.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True, "target_bytes": 2000}
+    assert dict(s.spec_for(1).params) == {"rel_step": 2.0, "float_lossless": True, "schema_bound": True,
+                                          "rel_to": "update", "target_fraction": 0.005}
+    assert dict(s.downlink_spec(1).params) == {"rel_step": 2.0, "float_lossless": True, "schema_bound": True,
+                                              "target_bytes": 2000}
     only_up = CompressedStrategy(FedAvg(), target_uplink=3000)
     assert "target_bytes" not in only_up.downlink_spec(1).params  # the uplink budget is not the downlink's
     grouped = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"rel_step": 3.0}, target_uplink=0.01),
@@ -77,7 +78,7 @@ def test_every_update_and_increment_meets_its_budget(make_grid, initial_arrays, 
     train = [m.content[protocol.RECORD_KEY] for m in sent_grid.sent if m.metadata.message_type == "train"]
     assert {protocol.decode_params(c["codec_params"])["target_fraction"] for c in train} == {up}
     inc = strategy.model.increments[strategy.model.version]
-    assert nnc_fl.decode(inc.data)  # an ordinary stream
+    assert nnc_fl.decode(inc.data, expect=strategy.model.tensors)  # an ordinary (schema-bound) stream
 
 
 def test_a_budget_below_the_smallest_stream_stops_the_run_before_anything_is_sent(make_grid, initial_arrays):
