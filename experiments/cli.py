@@ -78,6 +78,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--residual-max-age", type=int, default=None, metavar="K",
                    help="clients drop error-feedback residuals made more than K versions ago (default: keep)")
+    p.add_argument("--server-momentum", type=float, default=0.0, metavar="BETA",
+                   help="aggregate with Flower's FedAvgM at this server momentum (server learning rate 1) "
+                        "instead of FedAvg; default 0: FedAvg")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
 
 
@@ -206,7 +209,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
                   keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age, backend=a.backend,
                   target_uplink=a.target_uplink, target_downlink=a.target_downlink,
-                  trusted_tolerance=a.trusted_tolerance)
+                  trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
@@ -239,7 +242,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
             cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
                             codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
                             keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
-                            backend=a.backend, trusted_tolerance=a.trusted_tolerance)
+                            backend=a.backend, trusted_tolerance=a.trusted_tolerance,
+                            server_momentum=a.server_momentum)
             sub = out_dir / slug(cfg.name())
             tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
     outs = _run_tasks(tasks, a.jobs)

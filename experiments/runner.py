@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
 from strategies.inprocess import InProcessGrid
@@ -63,6 +63,14 @@ class RunConfig:
     target_downlink: float | int | None = None
     #: with federation.trusted_examples: ValidationSettings.trusted_loss_tolerance
     trusted_tolerance: float = 3.0
+    #: > 0: the inner strategy is Flower's FedAvgM with this server momentum (server learning rate
+    #: 1); 0: FedAvg
+    server_momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        m = self.server_momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise ValueError(f"server_momentum must be a number in [0, 1), got {m!r}")
 
     def name(self) -> str:
         if self.label:
@@ -81,6 +89,8 @@ class RunConfig:
             name = f"{name} residual-age<={self.residual_max_age}"
         if self.federation.trusted_examples:
             name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
+        if self.server_momentum:
+            name = f"{name} fedavgm={self.server_momentum:g}"
         return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
@@ -100,7 +110,11 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
     def main(grid: Grid, context: Context) -> None:
         random.seed(fed.seed)  # Flower's node sampling uses the random module
         model = initial_model(fed)
-        inner = FedAvg(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
+        sampling = dict(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
+        if cfg.server_momentum:
+            inner = FedAvgM(**sampling, server_learning_rate=1.0, server_momentum=cfg.server_momentum)
+        else:
+            inner = FedAvg(**sampling)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid, target=cfg.target_downlink)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)

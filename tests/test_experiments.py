@@ -92,6 +92,21 @@ def test_shared_initial_model_changes_bytes_not_accuracy(tmp_path):
     assert b["summary"]["down_bytes"] < a["summary"]["down_bytes"]
 
 
+def test_server_momentum_aggregates_with_fedavgm_behind_the_same_wrapper(tmp_path):
+    base = RunConfig(_tiny("uc10"), rounds=3, fraction=1.0, codec="nnc", codec_params={"rel_step": 2.0})
+    momentum = RunConfig(**{**base.__dict__, "server_momentum": 0.9})
+    a, b = run(base), run(momentum, tmp_path)
+    # FedAvgM's first step is FedAvg's (its momentum buffer starts empty); later ones differ
+    assert a["rounds"][1]["test_loss"] == b["rounds"][1]["test_loss"]
+    assert a["rounds"][3]["test_loss"] != b["rounds"][3]["test_loss"]
+    assert all(r["clients"] == 3 and r["rejected"] == 0 and r["aggregate_failed"] == 0 for r in b["rounds"][1:])
+    assert "fedavgm=0.9" in momentum.name()
+    assert json.loads((tmp_path / "config.json").read_text())["server_momentum"] == 0.9
+    for bad in (1.0, -0.1, True, float("nan")):
+        with pytest.raises(ValueError, match="server_momentum"):
+            RunConfig(_tiny("uc10"), server_momentum=bad)
+
+
 @pytest.mark.parametrize(("model", "lr"), [("cnn-bn", 0.05), ("vit", 0.005)])
 def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr):
     """BatchNorm running statistics are coded exactly by default, so no variance goes negative;
