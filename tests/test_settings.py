@@ -87,8 +87,10 @@ def test_summary_logs_every_setting(caplog):
 def test_the_drop_in_default_compresses_with_the_measured_setting():
     measured = {"rel_step": 2.0, "float_lossless": True, "schema_bound": True}
     default = CompressedStrategy(FedAvg())
-    assert dict(default.spec_for(1).params) == dict(default.downlink_spec(1).params) == measured
-    # with a budget: one step per update (rel_to="update") for the updates; the increments keep theirs
+    # one step per update (rel_to="update") for the updates; the increments keep a step per tensor
+    assert dict(default.spec_for(1).params) == {**measured, "rel_to": "update"}
+    assert dict(default.downlink_spec(1).params) == measured
+    # the same with a budget, which travels with the updates only
     budget = CompressedStrategy(FedAvg(), target_uplink=0.005)
     assert dict(budget.spec_for(1).params) == {**measured, "rel_to": "update", "target_fraction": 0.005}
     assert dict(budget.downlink_spec(1).params) == measured
