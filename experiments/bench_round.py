@@ -24,8 +24,12 @@ import argparse
 import os
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nnc_fl.protocol import CodecSpec
 
 
 def resnet18_shapes(num_classes: int = 1000) -> OrderedDict[str, tuple[tuple[int, ...], str]]:
@@ -110,6 +114,17 @@ def _number(text: str) -> float | bool | str:
         return text
 
 
+def default_specs(overrides: dict[str, float | int | bool | str]) -> tuple[CodecSpec, CodecSpec]:
+    """The codecs of the updates and of the global increment at the default setting, as
+    ``CompressedStrategy(inner)`` builds them (``spec_for`` / ``downlink_spec``: the increments
+    without the uplink-only parameters), each with ``overrides`` over it."""
+    from strategies.settings import CodecSettings, DownlinkSettings
+
+    settings = CodecSettings()
+    return (settings.spec(1).merged(overrides),
+            DownlinkSettings().spec(settings.spec(1, target=False).merged(overrides)))
+
+
 def main(argv: list[str] | None = None) -> int:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from nnc_fl.fingerprint import fingerprint
     from nnc_fl.updates import cast_like
     from strategies.server_model import ServerModel
-    from strategies.settings import CodecSettings, DownlinkSettings, ValidationSettings
+    from strategies.settings import DownlinkSettings, ValidationSettings
     from strategies.uplink import UplinkChecks
 
     ap = argparse.ArgumentParser(prog="nnc-fl bench --round", description=__doc__.splitlines()[0])
@@ -133,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = make_model()
     mb = 4 * sum(v.size for v in model.values()) / 1e6
-    spec = CodecSettings().spec(1).merged({k: _number(v) for k, v in (p.split("=", 1) for p in a.param)})
-    down = DownlinkSettings().spec(spec)  # the global increment's codec
+    spec, down = default_specs({k: _number(v) for k, v in (p.split("=", 1) for p in a.param)})
     server = ServerModel(DownlinkSettings())
     server.adopt(model, down)
     model = server.tensors

@@ -233,3 +233,17 @@ def test_predictability_measures_the_energy_a_prediction_explains(tmp_path, caps
     out = capsys.readouterr().out
     assert code == 0 and "previous global increment: explains" in out and ", 6 updates)" in out
     assert "node's previous update: explains" in out
+
+
+def test_round_benchmark_codes_updates_and_increments_as_the_default_strategy_does():
+    from flwr.serverapp.strategy import FedAvg
+
+    from experiments.bench_round import default_specs
+    from strategies import CompressedStrategy
+
+    strategy = CompressedStrategy(FedAvg())
+    up, down = default_specs({})
+    assert (up, down) == (strategy.spec_for(1), strategy.downlink_spec(1))
+    assert up.params["rel_to"] == "update" and "rel_to" not in down.params  # uplink-only default
+    up, down = default_specs({"rd_lambda": 0.05})
+    assert up.params["rd_lambda"] == down.params["rd_lambda"] == 0.05
