@@ -115,14 +115,15 @@ def _number(text: str) -> float | bool | str:
 
 
 def default_specs(overrides: dict[str, float | int | bool | str]) -> tuple[CodecSpec, CodecSpec]:
-    """The codecs of the updates and of the global increment at the default setting, as
-    ``CompressedStrategy(inner)`` builds them (``spec_for`` / ``downlink_spec``: the increments
-    without the uplink-only parameters), each with ``overrides`` over it."""
-    from strategies.settings import CodecSettings, DownlinkSettings
+    """The codecs of the updates and of the global increment at the default setting, taken from
+    ``CompressedStrategy(inner)`` itself (``spec_for`` / ``downlink_spec``: the increments without
+    the uplink-only parameters), each with ``overrides`` over it."""
+    from flwr.serverapp.strategy import FedAvg
 
-    settings = CodecSettings()
-    return (settings.spec(1).merged(overrides),
-            DownlinkSettings().spec(settings.spec(1, target=False).merged(overrides)))
+    from strategies import CompressedStrategy
+
+    strategy = CompressedStrategy(FedAvg())
+    return strategy.spec_for(1).merged(overrides), strategy.downlink_spec(1).merged(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
