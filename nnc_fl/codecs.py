@@ -147,9 +147,14 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
         raise ValueError(f"bad parameters for codec {name!r}: {exc}") from exc
 
 
-#: Tensors coded exactly by default: statistics that gradients do not train and whose invariants a
-#: quantised update could break (a BatchNorm running variance must stay >= 0).
-DEFAULT_LOSSLESS = "*running_mean,*running_var,*moving_mean,*moving_variance"
+#: Name patterns of the statistics gradients do not train: the running means and variances of
+#: normalisation layers (PyTorch ``running_mean`` / ``running_var``, Keras ``moving_mean`` /
+#: ``moving_variance``). Their deltas follow each node's data, not the loss.
+STATISTICS = ("*running_mean", "*running_var", "*moving_mean", "*moving_variance")
+
+#: Tensors coded exactly by default: the :data:`STATISTICS`, whose invariants a quantised update
+#: could break (a BatchNorm running variance must stay >= 0).
+DEFAULT_LOSSLESS = ",".join(STATISTICS)
 
 
 def name_patterns(value: object, what: str) -> tuple[str, ...]:

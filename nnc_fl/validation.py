@@ -130,6 +130,19 @@ def update_norm(tensors: Mapping[str, np.ndarray]) -> float:
     return float(np.sqrt(total))
 
 
+def split_statistics(
+    tensors: Mapping[str, np.ndarray], patterns: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(trained, statistics)``: the tensors whose names match none of the ``fnmatch``
+    ``patterns``, and those that match one (the same arrays, not copies)."""
+    trained: dict[str, np.ndarray] = {}
+    statistics: dict[str, np.ndarray] = {}
+    for name, arr in tensors.items():
+        part = statistics if any(fnmatch.fnmatchcase(name, p) for p in patterns) else trained
+        part[name] = arr
+    return trained, statistics
+
+
 def check_norm_bound(norm: float, max_norm: float | None) -> None:
     """Refuse an update whose norm is not finite or exceeds ``max_norm`` (``None``: no bound)."""
     if not np.isfinite(norm):
@@ -438,5 +451,6 @@ __all__ = [
     "outlier_mask",
     "outlier_rejection",
     "outlier_scores",
+    "split_statistics",
     "update_norm",
 ]

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nnc_fl.auth import check_key, read_keyring
-from nnc_fl.codecs import ParamValue, name_patterns
+from nnc_fl.codecs import STATISTICS, ParamValue, name_patterns
 from nnc_fl.protocol import MAX_CHAIN, MAX_RESIDUAL_AGE, CodecSpec
 from nnc_fl.validation import NONNEGATIVE
 
@@ -422,6 +422,13 @@ class ValidationSettings:
         negative value in a reconstructed update or the aggregate (``range``): by default the
         running variances of normalisation layers, which a sign-flipped update drives below zero
         (one negative variance makes the model's outputs NaN). ``""``: no such check.
+    statistics : str or sequence of str
+        ``fnmatch`` patterns of the tensors gradients do not train (by default
+        :data:`nnc_fl.codecs.STATISTICS`, the running means and variances of normalisation layers).
+        Their deltas follow each node's data, not the loss, and in a BatchNorm CNN they are most of
+        an update's norm (UC10, round 1: 23-28 of update norms of 25-29): the norm, clipping, outlier
+        and direction checks judge the other, trained tensors, and the statistics have a norm
+        reference of their own (same ratios). ``max_update_norm`` bounds the whole update.
     trusted_loss : callable, optional
         ``trusted_loss(tensors) -> float``: the loss of a model (a mapping name -> numpy array) on
         a small data set the server holds and trusts. With it, an update whose model
@@ -449,6 +456,7 @@ class ValidationSettings:
     outlier_threshold: float | None = None
     outlier_min_count: int = 3
     nonnegative: str | tuple[str, ...] = NONNEGATIVE
+    statistics: str | tuple[str, ...] = STATISTICS
     trusted_loss: Callable[[Mapping[str, Any]], float] | None = field(default=None, repr=False)
     trusted_loss_tolerance: float = 3.0
     auth_keys: Mapping[str, bytes] | str | Path | None = field(default=None, repr=False)
@@ -472,6 +480,7 @@ class ValidationSettings:
             raise TypeError(f"trusted_loss must be a callable tensors -> loss, got {self.trusted_loss!r}")
         _positive(self.trusted_loss_tolerance, "trusted_loss_tolerance", allow_none=False)
         object.__setattr__(self, "nonnegative", name_patterns(self.nonnegative, "nonnegative"))
+        object.__setattr__(self, "statistics", name_patterns(self.statistics, "statistics"))
         keys = self.auth_keys
         if isinstance(keys, (str, Path)):
             keys = read_keyring(keys)

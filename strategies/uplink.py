@@ -41,6 +41,7 @@ from nnc_fl.validation import (
     outlier_mask,
     outlier_rejection,
     outlier_scores,
+    split_statistics,
     update_norm,
 )
 
@@ -60,7 +61,8 @@ class Opened:
     arrays_key: str = ""
     delta: dict[str, np.ndarray] = field(default_factory=dict)  # the decoded update
     tensors: dict[str, np.ndarray] = field(default_factory=dict)  # reconstructed G_v + delta
-    norm: float = 0.0
+    norm: float = 0.0  # of the trained tensors (without the statistics)
+    stats_norm: float = 0.0  # of the statistics (running means and variances)
     weight: float | None = None  # the weighting metric, as credited
     clipped: bool = False
     weight_capped: bool = False
@@ -146,6 +148,7 @@ class UplinkChecks:
         self.settings = settings
         self.weight_key = weight_key
         self.norms = NormReference()
+        self.stats_norms = NormReference()
         spread = settings.direction_spread
         self.direction = DirectionReference(spread) if spread is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
@@ -237,12 +240,18 @@ class UplinkChecks:
             out.decode_s = time.perf_counter() - t0
             check_schema(delta, model.tensors)
             check_finite(delta)
-            out.norm = update_norm(delta)
-            check_norm_bound(out.norm, self.settings.max_update_norm)
-            out.delta, out.kind = delta, "update"
+            self.measure(out, delta)
         except UpdateRejected as exc:
             out.kind, out.rejection = "rejected", exc
         out.data = b""
+
+    def measure(self, out: Opened, delta: dict[str, np.ndarray]) -> None:
+        """Make ``delta`` (decoded, finite) ``out``'s update: its norms, of the trained tensors and of
+        the statistics apart, and the absolute bound on the whole (``UpdateRejected``)."""
+        trained, statistics = split_statistics(delta, self.settings.statistics)
+        out.norm, out.stats_norm = update_norm(trained), update_norm(statistics)
+        check_norm_bound(math.hypot(out.norm, out.stats_norm), self.settings.max_update_norm)
+        out.delta, out.kind = delta, "update"
 
     def _check_auth(self, node: int, up: protocol.Uplink, binding: bytes, data: bytes) -> None:
         keys = self.settings.auth_keys
@@ -264,18 +273,12 @@ class UplinkChecks:
         accepted ones (and the weighting metric as credited)."""
         s = self.settings
         updates = [o for o in opened if o.kind == "update"]
-        level = self.norms.level([o.norm for o in updates])
-        if level is not None:
-            for o in updates:
-                if s.norm_reject_ratio is not None and o.norm > s.norm_reject_ratio * level:
-                    o.reject(UpdateRejected("norm", f"update norm {o.norm:.6g} exceeds {s.norm_reject_ratio:g}x the "
-                                                    f"norm of honest updates ({level:.6g})"))
-                elif s.norm_clip_ratio is not None and o.norm > s.norm_clip_ratio * level:
-                    _clip(o, s.norm_clip_ratio * level)
-            updates = [o for o in updates if o.kind == "update"]
+        self._check_scale(updates, self.norms, "norm")
+        self._check_scale([o for o in updates if o.kind == "update"], self.stats_norms, "stats_norm")
+        updates = [o for o in updates if o.kind == "update"]
         if self.direction is not None and updates:
-            verdicts = self.direction.review([o.node_id for o in updates], [o.delta for o in updates],
-                                             [o.norm for o in updates])
+            trained = [split_statistics(o.delta, s.statistics)[0] for o in updates]
+            verdicts = self.direction.review([o.node_id for o in updates], trained, [o.norm for o in updates])
             for o, rejection in zip(updates, verdicts, strict=True):
                 if rejection is not None:
                     o.reject(rejection)
@@ -301,8 +304,26 @@ class UplinkChecks:
         self._credit_weights(updates)
         _common_metrics(updates, self.weight_key)
         self.norms.record([o.norm for o in updates])
+        self.stats_norms.record([o.stats_norm for o in updates])
         if self.direction is not None:
-            self.direction.record([o.delta for o in updates], [o.norm for o in updates])
+            self.direction.record([split_statistics(o.delta, s.statistics)[0] for o in updates],
+                                  [o.norm for o in updates])
+
+    def _check_scale(self, updates: list[Opened], reference: NormReference, attr: str) -> None:
+        """Refuse or clip each update whose norm (``attr``: of the trained tensors, or of the
+        statistics) is beyond the ratios of ``reference``'s honest level."""
+        s = self.settings
+        level = reference.level([getattr(o, attr) for o in updates])
+        if level is None:
+            return
+        what = "update norm" if attr == "norm" else "norm of the update's running statistics"
+        for o in updates:
+            norm = getattr(o, attr)
+            if s.norm_reject_ratio is not None and norm > s.norm_reject_ratio * level:
+                o.reject(UpdateRejected("norm", f"{what} {norm:.6g} exceeds {s.norm_reject_ratio:g}x the "
+                                                f"norm of honest updates ({level:.6g})"))
+            elif s.norm_clip_ratio is not None and norm > s.norm_clip_ratio * level:
+                _clip(o, s.norm_clip_ratio * level, attr, s.statistics)
 
     def _check_trusted_loss(self, updates: list[Opened], model: ServerModel) -> None:
         """Each reconstructed model's loss on the server's trusted data against the current one's."""
@@ -344,11 +365,17 @@ class UplinkChecks:
             self.direction.reset()
 
 
-def _clip(o: Opened, bound: float) -> None:
-    """Scale an update's floating tensors so its norm is ``bound`` (norm clipping)."""
-    scale = bound / o.norm
-    o.delta = {k: (v * v.dtype.type(scale)) if np.issubdtype(v.dtype, np.floating) else v for k, v in o.delta.items()}
-    o.norm, o.clipped = bound, True
+def _clip(o: Opened, bound: float, attr: str, statistics: tuple[str, ...]) -> None:
+    """Scale the floating tensors of one part of an update (``attr``: ``"norm"``, the trained
+    tensors; ``"stats_norm"``, the statistics) so that part's norm is ``bound`` (norm clipping).
+    Scaling a statistics delta by less than one keeps a variance between its old and new values."""
+    scale = bound / getattr(o, attr)
+    trained, stats = split_statistics(o.delta, statistics)
+    part = trained if attr == "norm" else stats
+    o.delta = {k: v * v.dtype.type(scale) if k in part and np.issubdtype(v.dtype, np.floating) else v
+               for k, v in o.delta.items()}
+    setattr(o, attr, bound)
+    o.clipped = True
 
 
 def _common_metrics(updates: list[Opened], weight_key: str | None) -> None:
