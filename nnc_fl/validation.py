@@ -37,6 +37,7 @@ REJECT_CODES = (
     "weight",
     "norm",
     "direction",
+    "agreement",
     "outlier",
     "loss",
 )
@@ -296,7 +297,81 @@ class NormReference:
             self._levels.append(_level(positive))
 
 
-class DirectionReference:
+class _NodeMeanTest:
+    """What :class:`DirectionReference` and :class:`AgreementReference` share: each node has a
+    record of per-round values (a cosine), and a node is refused while its mean lies below ``-floor``
+    and more than ``spread`` standard deviations below the median of the other nodes' means -- the
+    standard deviation an honest node's mean has over as many rounds: the spread *between* the
+    other nodes' means (1.4826 x their MAD) and that of single values *within* a node (the median of
+    the other nodes' variances) over the node's count, in quadrature. Nobody is refused while the
+    other nodes' median is not positive (they do not agree either: the test has no reference), nor
+    while a second node also lies below its threshold at half the spread (a minority of honest
+    nodes, not one attacker). Subclasses say which records count (:meth:`_records`).
+    """
+
+    code = ""
+    what = ""
+
+    def __init__(self, spread: float, *, floor: float, min_rounds: int, min_nodes: int) -> None:
+        self.spread = spread
+        self.floor = floor
+        self.min_rounds = min_rounds
+        self.min_nodes = min_nodes
+
+    def _records(self, node: int) -> tuple[tuple[float, float, int], list[tuple[float, float, int]]]:
+        """``node``'s (sum, sum of squares, count) and those of the other nodes it is compared with."""
+        raise NotImplementedError
+
+    def _nodes(self) -> list[int]:
+        """Every node with a record."""
+        raise NotImplementedError
+
+    def threshold(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
+        """The mean below which ``node`` is refused, from the other nodes' records (so the node
+        cannot widen its own yardstick); ``None`` while fewer than ``min_nodes`` others have
+        ``min_rounds`` rounds, ``node`` has fewer than ``min_rounds`` (overridden by the argument),
+        or the others' median is not positive. ``spread`` overrides the reference's own (the test
+        for a second dissenter uses half the spread and one round)."""
+        (_, _, count), records = self._records(node)
+        others = [(t, q, c) for t, q, c in records if c >= self.min_rounds]
+        if count < (self.min_rounds if min_rounds is None else min_rounds) or len(others) < self.min_nodes:
+            return None
+        means = np.array([t / c for t, _, c in others])
+        within = np.array([max(q - c * (t / c) ** 2, 0.0) / max(c - 1, 1) for t, q, c in others])
+        med = float(np.median(means))
+        if med <= 0:  # the others do not agree either (oscillating or disagreeing updates): no reference
+            return None
+        between = _MAD_SCALE * float(np.median(np.abs(means - med)))
+        sd = math.sqrt(between**2 + float(np.median(within)) / count)
+        return min(-self.floor, med - (self.spread if spread is None else spread) * sd)
+
+    def _below(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
+        """The node's threshold (:meth:`threshold` with these arguments) if its mean lies below
+        it, else ``None``."""
+        limit = self.threshold(node, spread, min_rounds)
+        total, _, count = self._records(node)[0]
+        return limit if limit is not None and total / count < limit else None
+
+    def _verdicts(self, nodes: Sequence[int]) -> list[UpdateRejected | None]:
+        """The rejection of each of ``nodes`` (``None``: passes), their values already recorded."""
+        limits = {node: self._below(node) for node in nodes}
+        if any(v is not None for v in limits.values()) and sum(
+            self._below(n, self.spread / 2, 1) is not None for n in self._nodes()
+        ) > 1:
+            limits = {}  # another node also points against the rest: honest disagreement, not one attacker
+        out: list[UpdateRejected | None] = []
+        for node in nodes:
+            limit = limits.get(node)
+            if limit is None:
+                out.append(None)
+                continue
+            total, _, count = self._records(node)[0]
+            out.append(UpdateRejected(self.code, f"{self.what} (mean cosine {total / count:.3f} over {count} rounds, "
+                                                 f"below {limit:.3f} for the federation)"))
+        return out
+
+
+class DirectionReference(_NodeMeanTest):
     """Which nodes keep pulling the model back where it came from: a test on each node's mean
     cosine with the model's recent direction, against what honest nodes' means look like.
 
@@ -335,6 +410,9 @@ class DirectionReference:
     second one has been seen.
     """
 
+    code = "direction"
+    what = "this node's updates point against the federation's recent direction on average"
+
     def __init__(
         self,
         spread: float,
@@ -344,10 +422,7 @@ class DirectionReference:
         min_nodes: int = 3,
         decay: float = 0.5,
     ) -> None:
-        self.spread = spread
-        self.floor = floor
-        self.min_rounds = min_rounds
-        self.min_nodes = min_nodes
+        super().__init__(spread, floor=floor, min_rounds=min_rounds, min_nodes=min_nodes)
         self.decay = decay
         self._direction: dict[str, np.ndarray] = {}
         self._norm = 0.0
@@ -382,30 +457,11 @@ class DirectionReference:
             return [None] * len(deltas)
         return [cosine(d, self._direction, n, self._norm) for d, n in zip(deltas, norms, strict=True)]
 
-    def threshold(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
-        """The mean cosine below which ``node`` is refused, from the other nodes' records (so the
-        node cannot widen its own yardstick); ``None`` while fewer than ``min_nodes`` are known or
-        ``node`` has fewer than ``min_rounds`` rounds. ``spread`` and ``min_rounds`` override the
-        reference's own (the test for a second dissenter uses half the spread and one round)."""
-        count = self._record.get(node, (0.0, 0.0, 0))[2]
-        others = [(t, q, c) for n, (t, q, c) in self._record.items() if c >= self.min_rounds and n != node]
-        if count < (self.min_rounds if min_rounds is None else min_rounds) or len(others) < self.min_nodes:
-            return None
-        means = np.array([t / c for t, _, c in others])
-        within = np.array([max(q - c * (t / c) ** 2, 0.0) / max(c - 1, 1) for t, q, c in others])
-        med = float(np.median(means))
-        if med <= 0:  # the others do not follow the direction either (oscillating or disagreeing updates)
-            return None
-        between = _MAD_SCALE * float(np.median(np.abs(means - med)))
-        sd = math.sqrt(between**2 + float(np.median(within)) / count)
-        return min(-self.floor, med - (self.spread if spread is None else spread) * sd)
+    def _records(self, node: int) -> tuple[tuple[float, float, int], list[tuple[float, float, int]]]:
+        return self._record.get(node, (0.0, 0.0, 0)), [r for n, r in self._record.items() if n != node]
 
-    def _below(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
-        """The node's threshold (:meth:`threshold` with these arguments) if its mean cosine lies
-        below it, else ``None``."""
-        limit = self.threshold(node, spread, min_rounds)
-        total, _, count = self._record.get(node, (0.0, 0.0, 0))
-        return limit if limit is not None and total / count < limit else None
+    def _nodes(self) -> list[int]:
+        return list(self._record)
 
     def review(
         self, nodes: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]
@@ -419,32 +475,113 @@ class DirectionReference:
             if c is not None:
                 total, squares, count = self._record.get(node, (0.0, 0.0, 0))
                 self._record[node] = (total + c, squares + c * c, count + 1)
-        limits = {node: self._below(node) for node in nodes}
-        if any(v is not None for v in limits.values()) and sum(
-            self._below(n, self.spread / 2, 1) is not None for n in self._record
-        ) > 1:
-            limits = {}  # another node also points against the rest: honest disagreement, not one attacker
-        out: list[UpdateRejected | None] = []
-        for node in nodes:
-            limit = limits.get(node)
-            if limit is None:
-                out.append(None)
-                continue
-            total, _, count = self._record[node]
-            out.append(UpdateRejected(
-                "direction",
-                f"this node's updates point against the federation's recent direction on average (mean cosine "
-                f"{total / count:.3f} over {count} rounds, below {limit:.3f} for the federation)",
-            ))
+        return self._verdicts(nodes)
+
+
+def agreements(deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]) -> list[float | None]:
+    """Each update's cosine with the sum of the *other* updates' unit vectors of the same round
+    (over the floating tensors; ``None`` for a zero update or one alone). In a cohort of two, the
+    cosine of the pair. One pass of dot products with the sum of all unit vectors: ``k`` products
+    for ``k`` updates, not ``k**2``."""
+    live = [i for i, n in enumerate(norms) if n > 0]
+    out: list[float | None] = [None] * len(deltas)
+    if len(live) < 2:
         return out
+    total: dict[str, np.ndarray] = {}
+    for i in live:
+        scale = 1.0 / norms[i]
+        for name, value in deltas[i].items():
+            if np.issubdtype(value.dtype, np.floating):
+                part = np.asarray(value, np.float64).ravel() * scale
+                total[name] = total[name] + part if name in total else part
+    total_sq = float_dot(total, total)
+    for i in live:
+        own = float_dot(deltas[i], total) / norms[i]  # cosine-weighted: <u_i/|u_i|, sum of units>
+        rest_sq = total_sq - 2.0 * own + 1.0  # |sum of the others' units|^2
+        out[i] = (own - 1.0) / math.sqrt(rest_sq) if rest_sq > 1e-12 else None
+    return out
+
+
+class AgreementReference(_NodeMeanTest):
+    """Which node keeps pointing against the other updates of its own rounds: a test on each node's
+    mean agreement (:func:`agreements`: its cosine with the others of the round; in a cohort of two,
+    with its partner), against the agreement of the other nodes *in the rounds the node was not in*,
+    so that a flipper does not drag its partners' records down and widen its own yardstick.
+
+    Every round of the last ``window`` leaves each update's agreement in its node's record; the
+    decision is :class:`_NodeMeanTest`'s (``spread``, ``floor``, stand aside while the others do not
+    agree among themselves or a second node dissents). Unlike the cosine with the recent direction,
+    it needs no history of the model's path: updates of one round start from the same model, so
+    honest ones agree even where successive rounds oscillate (digits BatchNorm CNN, 4 nodes in
+    cohorts of 2: every clean pair +0.00 to +0.60), while a sign flipper's pairs are negative.
+    """
+
+    code = "agreement"
+    what = "this node's updates point against the other updates of their rounds on average"
+
+    def __init__(
+        self,
+        spread: float,
+        *,
+        floor: float = 0.05,
+        min_rounds: int = 3,
+        min_nodes: int = 2,
+        window: int = 40,
+        disagreeing: float = 0.05,
+    ) -> None:
+        super().__init__(spread, floor=floor, min_rounds=min_rounds, min_nodes=min_nodes)
+        self.disagreeing = disagreeing
+        self._rounds: deque[dict[int, float]] = deque(maxlen=window)
+
+    def _records(self, node: int) -> tuple[tuple[float, float, int], list[tuple[float, float, int]]]:
+        own = [0.0, 0.0, 0]
+        others: dict[int, list] = {}
+        for values in self._rounds:
+            if node in values:
+                v = values[node]
+                own[0], own[1], own[2] = own[0] + v, own[1] + v * v, own[2] + 1
+                continue
+            for n, v in values.items():
+                r = others.setdefault(n, [0.0, 0.0, 0])
+                r[0], r[1], r[2] = r[0] + v, r[1] + v * v, r[2] + 1
+        return (own[0], own[1], own[2]), [(t, q, c) for t, q, c in others.values()]
+
+    def _nodes(self) -> list[int]:
+        return list({n for values in self._rounds for n in values})
+
+    def threshold(self, node: int, spread: float | None = None, min_rounds: int | None = None) -> float | None:
+        """:meth:`_NodeMeanTest.threshold`, and ``None`` while more than ``disagreeing`` of the
+        other nodes' agreements (in the rounds ``node`` was not in) lie below ``-floor``: honest
+        nodes that disagree among themselves (label skew) make a dissenter of each minority."""
+        values = [v for r in self._rounds if node not in r for v in r.values()]
+        if not values or sum(v < -self.floor for v in values) > self.disagreeing * len(values):
+            return None
+        return super().threshold(node, spread, min_rounds)
+
+    def reset(self) -> None:
+        """Forget the records (the model was replaced from outside)."""
+        self._rounds.clear()
+
+    def review(
+        self, nodes: Sequence[int], deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float]
+    ) -> list[UpdateRejected | None]:
+        """Record the round's agreements; the ``agreement`` rejection of each update (``None``: passes)."""
+        return self.judge(nodes, agreements(deltas, norms))
+
+    def judge(self, nodes: Sequence[int], values: Sequence[float | None]) -> list[UpdateRejected | None]:
+        """:meth:`review` on agreements already measured."""
+        self._rounds.append({n: float(v) for n, v in zip(nodes, values, strict=True) if v is not None})
+        return self._verdicts(nodes)
 
 
 __all__ = [
     "NONNEGATIVE",
     "REJECT_CODES",
+    "AgreementReference",
     "DirectionReference",
     "NormReference",
     "UpdateRejected",
+    "agreements",
     "cap_weights",
     "check_finite",
     "check_nonnegative",

@@ -405,6 +405,14 @@ class ValidationSettings:
         honest node's mean (see :class:`nnc_fl.validation.DirectionReference`), is refused
         (``direction``; a sign-flipping client). 3.5: no honest update refused in the measured
         UC10 / UC14A runs (3.0 refused one in a label-skewed UC14A run). ``None``: off.
+    agreement_spread : float or None
+        A node whose updates point against the *other updates of their own rounds* on average
+        (:func:`nnc_fl.validation.agreements`; in a cohort of two, its partner), below the other
+        nodes' agreement in the rounds it was not in by more than ``agreement_spread`` standard
+        deviations (see :class:`nnc_fl.validation.AgreementReference`), is refused (``agreement``).
+        Updates of one round start from the same model, so this catches a sign flipper where
+        successive rounds oscillate and the direction check has no reference (a BatchNorm CNN in
+        a small federation). ``None``: off.
     weight_ratio : float or None
         Cap each reply's weighting metric (``num-examples`` for FedAvg) at ``weight_ratio`` times
         the median of the other replies' and times what the node was credited before; ``None``:
@@ -451,6 +459,7 @@ class ValidationSettings:
     norm_clip_ratio: float | None = 4.0
     norm_reject_ratio: float | None = 25.0
     direction_spread: float | None = 3.5
+    agreement_spread: float | None = 3.5
     weight_ratio: float | None = 4.0
     max_update_norm: float | None = None
     outlier_threshold: float | None = None
@@ -472,6 +481,7 @@ class ValidationSettings:
         if None not in (self.norm_clip_ratio, self.norm_reject_ratio) and self.norm_reject_ratio < self.norm_clip_ratio:
             raise ValueError("norm_reject_ratio must not be below norm_clip_ratio")
         _positive(self.direction_spread, "direction_spread", allow_none=True)
+        _positive(self.agreement_spread, "agreement_spread", allow_none=True)
         if isinstance(self.outlier_min_count, bool) or not isinstance(self.outlier_min_count, int):
             raise TypeError(f"outlier_min_count must be an integer, got {self.outlier_min_count!r}")
         if self.outlier_min_count < 3:

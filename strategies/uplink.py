@@ -27,6 +27,7 @@ from nnc_fl.auth import tag_matches
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
+    AgreementReference,
     DirectionReference,
     NormReference,
     UpdateRejected,
@@ -151,6 +152,8 @@ class UplinkChecks:
         self.stats_norms = NormReference()
         spread = settings.direction_spread
         self.direction = DirectionReference(spread) if spread is not None else None
+        spread = settings.agreement_spread
+        self.agreement = AgreementReference(spread) if spread is not None else None
         self._weights: dict[int, float] = {}  # node -> weight it was credited with last time
         self._key_owner: dict[str, int] = {}  # key id -> the node that authenticated with it
 
@@ -276,13 +279,14 @@ class UplinkChecks:
         self._check_scale(updates, self.norms, "norm")
         self._check_scale([o for o in updates if o.kind == "update"], self.stats_norms, "stats_norm")
         updates = [o for o in updates if o.kind == "update"]
-        if self.direction is not None and updates:
-            trained = [split_statistics(o.delta, s.statistics)[0] for o in updates]
-            verdicts = self.direction.review([o.node_id for o in updates], trained, [o.norm for o in updates])
-            for o, rejection in zip(updates, verdicts, strict=True):
-                if rejection is not None:
-                    o.reject(rejection)
-            updates = [o for o in updates if o.kind == "update"]
+        for test in (self.direction, self.agreement):
+            if test is not None and updates:
+                trained = [split_statistics(o.delta, s.statistics)[0] for o in updates]
+                verdicts = test.review([o.node_id for o in updates], trained, [o.norm for o in updates])
+                for o, rejection in zip(updates, verdicts, strict=True):
+                    if rejection is not None:
+                        o.reject(rejection)
+                updates = [o for o in updates if o.kind == "update"]
         mask = outlier_mask([o.norm for o in updates], s.outlier_threshold, min_count=s.outlier_min_count)
         if mask.any():
             scores = outlier_scores([o.norm for o in updates])
@@ -360,9 +364,11 @@ class UplinkChecks:
     # -- what the model did ------------------------------------------------------------------------
 
     def model_replaced(self) -> None:
-        """The global model was replaced from outside: forget its direction."""
+        """The global model was replaced from outside: forget its direction and the agreements."""
         if self.direction is not None:
             self.direction.reset()
+        if self.agreement is not None:
+            self.agreement.reset()
 
 
 def _clip(o: Opened, bound: float, attr: str, statistics: tuple[str, ...]) -> None:

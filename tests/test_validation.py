@@ -233,3 +233,70 @@ def test_direction_counts_each_update_once_whatever_its_size():
     assert ref.cosines([a], [1.0]) == [pytest.approx(ca)]
     ref.reset()
     assert ref.cosines([a], [1.0]) == [None]
+
+
+# -- agreement with the other updates of the same round --------------------------------------------
+
+
+def test_agreements_are_cosines_with_the_sum_of_the_others_unit_vectors():
+    rng = np.random.default_rng(0)
+    deltas = [{"w": rng.standard_normal((6, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32),
+               "n": np.array(3, np.int64)} for _ in range(4)]
+    norms = [v.update_norm(d) for d in deltas]
+    flat = [np.concatenate([d["w"].ravel(), d["b"]]).astype(np.float64) for d in deltas]
+    got = v.agreements(deltas, norms)
+    for i in range(4):
+        rest = sum(flat[j] / np.linalg.norm(flat[j]) for j in range(4) if j != i)
+        assert got[i] == pytest.approx(flat[i] @ rest / (np.linalg.norm(flat[i]) * np.linalg.norm(rest)), rel=1e-9)
+    pair = v.agreements(deltas[:2], norms[:2])
+    assert pair[0] == pytest.approx(v.cosine(deltas[0], deltas[1], norms[0], norms[1])) == pytest.approx(pair[1])
+
+
+def test_agreements_skip_zero_and_lonely_updates():
+    d = {"w": np.ones(3, np.float32)}
+    zero = {"w": np.zeros(3, np.float32)}
+    assert v.agreements([d], [v.update_norm(d)]) == [None]
+    assert v.agreements([d, zero], [v.update_norm(d), 0.0]) == [None, None]
+    # two identical updates and their negative: for either of the first two the others cancel out
+    neg = {"w": -np.ones(3, np.float32)}
+    out = v.agreements([d, d, neg], [v.update_norm(d)] * 3)
+    assert out[:2] == [None, None] and out[2] == pytest.approx(-1.0)
+
+
+def _agreement_run(pair_cosine, rounds=20, nodes=4, cohort=2, seed=0, spread=3.5):
+    """Feed an AgreementReference ``rounds`` rounds of ``cohort`` sampled nodes, each round's
+    agreement from ``pair_cosine(sampled, rng)``; the (round, node) pairs it refused."""
+    rng = np.random.default_rng(seed)
+    ref = v.AgreementReference(spread)
+    refused = []
+    for r in range(rounds):
+        sampled = [int(n) for n in rng.choice(nodes, cohort, replace=False)]
+        verdicts = ref.judge(sampled, pair_cosine(sampled, rng))
+        refused += [(r, n) for n, x in zip(sampled, verdicts, strict=True) if x is not None]
+        assert all(x is None or x.code == "agreement" for x in verdicts)
+    return refused
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agreement_refuses_a_flipper_whose_partners_agree_among_themselves(seed):
+    # digits BatchNorm CNN, 4 nodes in cohorts of 2 (measured): honest pairs +0.00 to +0.60, pairs
+    # with the flipper -0.23 to +0.02; node 0 flips
+    def pair(sampled, rng):
+        c = abs(0.12 + 0.1 * rng.standard_normal())
+        c = -c if 0 in sampled else c
+        return [c, c]
+
+    refused = _agreement_run(pair, seed=seed)
+    assert refused and {n for _, n in refused} == {0}
+    assert _agreement_run(lambda s, rng: [abs(0.12 + 0.1 * rng.standard_normal())] * 2, seed=seed) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agreement_stands_aside_where_honest_nodes_disagree(seed):
+    # two-class label skew: nodes 0-4 hold one class, 5-9 the other; pairs across classes disagree
+    def pair(sampled, rng):
+        a, b = sampled
+        c = (0.5 if (a < 5) == (b < 5) else -0.4) + 0.15 * rng.standard_normal()
+        return [c, c]
+
+    assert _agreement_run(pair, nodes=10, seed=seed) == []
