@@ -4,9 +4,10 @@ Small functions over numpy arrays. Each check raises :class:`UpdateRejected` -- 
 else -- with a short machine-readable ``code`` (one of :data:`REJECT_CODES`, used to count rejections
 per round) and a human-readable ``reason`` for the log.
 
-Two checks look across rounds, because a cohort of two cannot tell on its own which update is odd:
-:class:`NormReference` learns the scale of honest updates from the accepted ones, and
-:class:`DirectionReference` follows the consensus direction of recently accepted updates.
+Three checks look across rounds, because a cohort of two cannot tell on its own which update is odd:
+:class:`NormReference` learns the scale of honest updates from the accepted ones,
+:class:`DirectionReference` follows the consensus direction of recently accepted updates, and
+:class:`AgreementReference` records how each node's updates agree with the others of their rounds.
 """
 
 from __future__ import annotations
