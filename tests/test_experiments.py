@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments.cli import main as cli
@@ -182,8 +183,12 @@ def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_pa
                                  "--out", str(tmp_path / "run")])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["round"] for r in rows} == {1, 2, 3} and len(rows) == 9
-    assert all(r["cosine"] is None for r in rows if r["round"] == 1)  # no direction before round 1's updates
+    cosines = [r for r in rows if "cosine" in r]
+    agreements = [r for r in rows if "agreement" in r]
+    assert {r["round"] for r in cosines} == {1, 2, 3} and len(cosines) == 9 and len(agreements) == 9
+    assert all(r["cosine"] is None for r in cosines if r["round"] == 1)  # no direction before round 1's updates
+    flipper_agrees = [r["agreement"] for r in agreements if r["node"] == 101]
+    assert flipper_agrees and all(a < 0 for a in flipper_agrees)  # the flipper (node 101) against its cohort
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rejected"] == 0  # recorded, not refused
     # a replay is the check on those cosines: a flipper among agreeing nodes is refused, nobody else
     flip = tmp_path / "flip.jsonl"
@@ -192,6 +197,14 @@ def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_pa
     refused = direction_trace.replay(str(flip), 3.5)
     assert refused and {n for _, n, _ in refused} == {0}
     assert "point against the federation's recent direction" in refused[0][2]
+    # the agreement check replays the same way on its own rows
+    pairs = tmp_path / "pairs.jsonl"
+    rng = np.random.default_rng(0)
+    pairs.write_text("".join(json.dumps({"round": r, "node": int(n), "agreement": (-1 if n == 0 else 1) * 0.2})
+                             + "\n" for r in range(1, 15) for n in sorted(rng.choice(4, 2, replace=False))))
+    refused = direction_trace.replay(str(pairs), 3.5, "agreement")
+    assert refused and {n for _, n, _ in refused} == {0}
+    assert "other updates of their rounds" in refused[0][2]
 
 
 def test_an_update_with_a_negative_running_variance_is_refused(tmp_path):
