@@ -187,8 +187,8 @@ def test_direction_trace_records_a_run_and_replays_what_the_check_refuses(tmp_pa
     agreements = [r for r in rows if "agreement" in r]
     assert {r["round"] for r in cosines} == {1, 2, 3} and len(cosines) == 9 and len(agreements) == 9
     assert all(r["cosine"] is None for r in cosines if r["round"] == 1)  # no direction before round 1's updates
-    flipper_agrees = [r["agreement"] for r in agreements if r["node"] == 101]
-    assert flipper_agrees and all(a < 0 for a in flipper_agrees)  # the flipper (node 101) against its cohort
+    flipper_agrees = [r["agreement"] for r in agreements if r["node"] == 1001]
+    assert flipper_agrees and all(a < 0 for a in flipper_agrees)  # the flipper (node 1001) against its cohort
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rejected"] == 0  # recorded, not refused
     # a replay is the check on those cosines: a flipper among agreeing nodes is refused, nobody else
     flip = tmp_path / "flip.jsonl"
