@@ -489,23 +489,20 @@ def agreements(deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float
     out: list[float | None] = [None] * len(deltas)
     if len(live) < 2:
         return out
-    total: dict[str, np.ndarray] = {}
-    for i in live:
-        scale = np.float32(1.0 / norms[i])
-        for name, value in deltas[i].items():
-            if np.issubdtype(value.dtype, np.floating):
-                part = np.asarray(value).ravel().astype(np.float32, copy=False) * scale
-                if name in total:
-                    total[name] += part
-                else:
-                    total[name] = part
+    def unit(i: int, name: str) -> np.ndarray:  # every value within [-1, 1]: no float32 overflow
+        return np.asarray(deltas[i][name]).ravel().astype(np.float32, copy=False) * np.float32(1.0 / norms[i])
+
+    names = [k for k, x in deltas[live[0]].items() if np.issubdtype(x.dtype, np.floating)]
+    total = {name: unit(live[0], name) for name in names}
+    for i in live[1:]:
+        for name in names:
+            total[name] += unit(i, name)
     total_sq = sum(float(np.dot(t, t)) for t in total.values())
     for i in live:
-        dot = sum(float(np.dot(np.asarray(value).ravel().astype(np.float32, copy=False), total[name]))
-                  for name, value in deltas[i].items() if name in total)
-        own = dot / norms[i]  # <u_i / |u_i|, sum of the units> = 1 + the cosines with the others
+        own = sum(float(np.dot(unit(i, name), total[name])) for name in names)  # 1 + cosines with the others
         rest_sq = total_sq - 2.0 * own + 1.0  # |sum of the others' units|^2
-        out[i] = (own - 1.0) / math.sqrt(rest_sq) if rest_sq > 1e-6 else None
+        value = (own - 1.0) / math.sqrt(rest_sq) if rest_sq > 1e-6 else None
+        out[i] = value if value is not None and math.isfinite(value) else None
     return out
 
 

@@ -252,6 +252,12 @@ def test_agreements_are_cosines_with_the_sum_of_the_others_unit_vectors():
     assert pair[0] == pytest.approx(v.cosine(deltas[0], deltas[1], norms[0], norms[1])) == pytest.approx(pair[1])
 
 
+def test_agreements_of_huge_finite_updates_stay_finite():
+    big, ones = {"w": np.full(1000, 3e38, np.float32)}, {"w": np.ones(1000, np.float32)}
+    out = v.agreements([big, ones, ones], [v.update_norm(big), v.update_norm(ones), v.update_norm(ones)])
+    assert out == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+
+
 def test_agreements_skip_zero_and_lonely_updates():
     d = {"w": np.ones(3, np.float32)}
     zero = {"w": np.zeros(3, np.float32)}
