@@ -1,7 +1,7 @@
 """Trace and replay the server's direction and agreement checks (how false-rejection counts are measured).
 
 ``trace OUT.jsonl -- TASK [nnc-fl run args]`` runs one federation (``nnc-fl run``, in-process) with
-:class:`nnc_fl.validation.DirectionReference` and :class:`nnc_fl.validation.AgreementReference`
+:class:`nnc_fl.references.DirectionReference` and :class:`nnc_fl.references.AgreementReference`
 recording every update's cosine with the direction (rows with ``cosine``) and its agreement with
 the other updates of its round (rows with ``agreement``) but refusing nothing, so the run is the
 one without the checks. ``replay OUT.jsonl ... [--check direction|agreement] [--spread S]`` feeds
@@ -22,12 +22,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from nnc_fl import validation
+from nnc_fl import references
 
 #: check -> (reference class, the field its rows carry)
 CHECKS = {
-    "direction": (validation.DirectionReference, "cosine"),
-    "agreement": (validation.AgreementReference, "agreement"),
+    "direction": (references.DirectionReference, "cosine"),
+    "agreement": (references.AgreementReference, "agreement"),
 }
 
 

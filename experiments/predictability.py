@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nnc_fl import validation
+from nnc_fl import references
 
 #: Smallest tensor counted (a per-tensor coefficient on a handful of values fits noise).
 MIN_ELEMENTS = 1000
@@ -81,17 +81,17 @@ def run(run_args: list[str]) -> PredictionRecorder:
     from experiments.cli import main
 
     recorder = PredictionRecorder()
-    review = validation.DirectionReference.review
+    review = references.DirectionReference.review
 
     def recording(self, nodes, deltas, norms):
         recorder.record(nodes, deltas)
         return review(self, nodes, deltas, norms)
 
-    validation.DirectionReference.review = recording
+    references.DirectionReference.review = recording
     try:
         main(["run", *run_args])
     finally:
-        validation.DirectionReference.review = review
+        references.DirectionReference.review = review
     return recorder
 
 

@@ -393,7 +393,7 @@ class ValidationSettings:
     ----------
     norm_clip_ratio : float or None
         An update whose L2 norm exceeds ``norm_clip_ratio`` times the norm of honest updates
-        (learned from the accepted ones across rounds, see :class:`nnc_fl.validation.NormReference`)
+        (learned from the accepted ones across rounds, see :class:`nnc_fl.references.NormReference`)
         is scaled down to that bound (norm clipping, as Flower's DP clipping wrappers do) and
         counted as ``clipped``; ``None``: no clipping.
     norm_reject_ratio : float or None
@@ -402,14 +402,14 @@ class ValidationSettings:
     direction_spread : float or None
         A node whose updates point against the consensus of recently accepted updates on average,
         below the other nodes' median by more than ``direction_spread`` standard deviations of an
-        honest node's mean (see :class:`nnc_fl.validation.DirectionReference`), is refused
+        honest node's mean (see :class:`nnc_fl.references.DirectionReference`), is refused
         (``direction``; a sign-flipping client). 3.5: no honest update refused in the measured
         UC10 / UC14A runs (3.0 refused one in a label-skewed UC14A run). ``None``: off.
     agreement_spread : float or None
         A node whose updates point against the *other updates of their own rounds* on average
-        (:func:`nnc_fl.validation.agreements`; in a cohort of two, its partner), below the other
+        (:func:`nnc_fl.references.agreements`; in a cohort of two, its partner), below the other
         nodes' agreement in the rounds it was not in by more than ``agreement_spread`` standard
-        deviations (see :class:`nnc_fl.validation.AgreementReference`), is refused (``agreement``).
+        deviations (see :class:`nnc_fl.references.AgreementReference`), is refused (``agreement``).
         Updates of one round start from the same model, so this catches a sign flipper where
         successive rounds oscillate and the direction check has no reference (a BatchNorm CNN in
         a small federation). ``None``: off.

@@ -25,11 +25,9 @@ from flwr.supercore import log
 from nnc_fl import protocol
 from nnc_fl.auth import tag_matches
 from nnc_fl.codecs import UpdateCodec
+from nnc_fl.references import AgreementReference, DirectionReference, NormReference
 from nnc_fl.updates import apply_delta
 from nnc_fl.validation import (
-    AgreementReference,
-    DirectionReference,
-    NormReference,
     UpdateRejected,
     cap_weights,
     check_finite,

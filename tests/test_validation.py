@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from nnc_fl import FormatError
+from nnc_fl import references as refs
 from nnc_fl import validation as v
 from nnc_fl.codecs import make_codec
 
@@ -140,7 +141,7 @@ def _direction_run(cosine_of, rounds=20, nodes=10, cohort=5, seed=0, spread=3.5)
     """Feed a DirectionReference ``rounds`` rounds of ``cohort`` sampled nodes whose cosines come
     from ``cosine_of(node, rng)``; the (round, node) pairs it refused."""
     rng = np.random.default_rng(seed)
-    ref = v.DirectionReference(spread)
+    ref = refs.DirectionReference(spread)
     refused = []
     for r in range(rounds):
         sampled = [int(n) for n in rng.choice(nodes, cohort, replace=False)]
@@ -181,7 +182,7 @@ def test_direction_check_stands_aside_when_a_minority_of_nodes_points_the_other_
         return (-0.5 if n in (3, 7) else 0.5) + 0.1 * rng.standard_normal()
 
     rng = np.random.default_rng(seed)
-    ref = v.DirectionReference(3.5)
+    ref = refs.DirectionReference(3.5)
     both_seen = None
     for r in range(20):
         sampled = [int(n) for n in rng.choice(10, 5, replace=False)]
@@ -215,7 +216,7 @@ def test_direction_check_spares_a_node_barely_below_zero(seed):
 
 
 def test_direction_check_needs_other_nodes_and_rounds_before_judging():
-    ref = v.DirectionReference(3.5)
+    ref = refs.DirectionReference(3.5)
     assert ref.judge([1, 2], [None, None]) == [None, None]  # no direction yet
     for _ in range(5):  # two nodes only: no yardstick, however far apart
         assert ref.judge([1, 2], [0.9, -0.9]) == [None, None]
@@ -225,7 +226,7 @@ def test_direction_check_needs_other_nodes_and_rounds_before_judging():
 def test_direction_counts_each_update_once_whatever_its_size():
     a = {"w": np.array([1.0, 0.0], np.float32), "steps": np.array([3], np.int64)}
     b = {"w": np.array([0.0, 1000.0], np.float32), "steps": np.array([5], np.int64)}
-    ref = v.DirectionReference(3.5)
+    ref = refs.DirectionReference(3.5)
     ref.record([a, b], [1.0, 1000.0])
     ca, cb = ref.cosines([a, b], [1.0, 1000.0])
     assert ca == pytest.approx(cb) == pytest.approx(2**-0.5)
@@ -244,28 +245,28 @@ def test_agreements_are_cosines_with_the_sum_of_the_others_unit_vectors():
                "n": np.array(3, np.int64)} for _ in range(4)]
     norms = [v.update_norm(d) for d in deltas]
     flat = [np.concatenate([d["w"].ravel(), d["b"]]).astype(np.float64) for d in deltas]
-    got = v.agreements(deltas, norms)
+    got = refs.agreements(deltas, norms)
     for i in range(4):
         rest = sum(flat[j] / np.linalg.norm(flat[j]) for j in range(4) if j != i)
         assert got[i] == pytest.approx(flat[i] @ rest / (np.linalg.norm(flat[i]) * np.linalg.norm(rest)), abs=1e-6)
-    pair = v.agreements(deltas[:2], norms[:2])
-    assert pair[0] == pytest.approx(v.cosine(deltas[0], deltas[1], norms[0], norms[1])) == pytest.approx(pair[1])
+    pair = refs.agreements(deltas[:2], norms[:2])
+    assert pair[0] == pytest.approx(refs.cosine(deltas[0], deltas[1], norms[0], norms[1])) == pytest.approx(pair[1])
 
 
 def test_agreements_of_huge_finite_updates_stay_finite():
     big, ones = {"w": np.full(1000, 3e38, np.float32)}, {"w": np.ones(1000, np.float32)}
-    out = v.agreements([big, ones, ones], [v.update_norm(big), v.update_norm(ones), v.update_norm(ones)])
+    out = refs.agreements([big, ones, ones], [v.update_norm(big), v.update_norm(ones), v.update_norm(ones)])
     assert out == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
 
 
 def test_agreements_skip_zero_and_lonely_updates():
     d = {"w": np.ones(3, np.float32)}
     zero = {"w": np.zeros(3, np.float32)}
-    assert v.agreements([d], [v.update_norm(d)]) == [None]
-    assert v.agreements([d, zero], [v.update_norm(d), 0.0]) == [None, None]
+    assert refs.agreements([d], [v.update_norm(d)]) == [None]
+    assert refs.agreements([d, zero], [v.update_norm(d), 0.0]) == [None, None]
     # two identical updates and their negative: for either of the first two the others cancel out
     neg = {"w": -np.ones(3, np.float32)}
-    out = v.agreements([d, d, neg], [v.update_norm(d)] * 3)
+    out = refs.agreements([d, d, neg], [v.update_norm(d)] * 3)
     assert out[:2] == [None, None] and out[2] == pytest.approx(-1.0)
 
 
@@ -273,7 +274,7 @@ def _agreement_run(pair_cosine, rounds=20, nodes=4, cohort=2, seed=0, spread=3.5
     """Feed an AgreementReference ``rounds`` rounds of ``cohort`` sampled nodes, each round's
     agreement from ``pair_cosine(sampled, rng)``; the (round, node) pairs it refused."""
     rng = np.random.default_rng(seed)
-    ref = v.AgreementReference(spread)
+    ref = refs.AgreementReference(spread)
     refused = []
     for r in range(rounds):
         sampled = [int(n) for n in rng.choice(nodes, cohort, replace=False)]
