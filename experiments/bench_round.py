@@ -194,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
     t_open = _best(lambda: open_all(1), a.repeat) / a.clients
     t_open_par = _best(lambda: open_all(a.threads), a.repeat) / a.clients
+
+    def review(opened):
+        checks.review(opened, server)
+        assert all(o.kind == "update" for o in opened), [o.rejection for o in opened]
+
+    t_review = _best(review, a.repeat, setup=lambda: open_all(a.threads)) / a.clients
     target = cast_like({k: np.mean([c[k] for c in clients], axis=0) for k in model}, model)
 
     def adopted():
@@ -205,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     t_key = _best(lambda: codec.encode(model, exact=True, grid=server.grid), a.repeat)
     t_fp = _best(lambda: fingerprint(model), a.repeat)
     sizes = [len(c.data) for c in coded]
-    per_update = t_send + t_open_par + t_adv / a.clients
+    per_update = t_send + t_open_par + t_review + t_adv / a.clients
     rows = [
         ("client send (delta, encode, residual)", t_send),
         ("server open one reply (check, decode, validate)", t_open),
         (f"server open, cohort in {a.threads} threads (per reply)", t_open_par),
+        ("server review (scale, direction, agreement, G + delta)", t_review),
         ("server increment (encode, apply, fingerprint)", t_adv),
         ("keyframe encode", t_key),
         ("fingerprint", t_fp),
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, t in rows:
         print(f"  {label:<52} {t:7.3f} s  {mb / t:7.0f} MB/s")
     print(f"  update size {np.mean(sizes) / 1e3:.0f} kB ({100 * np.mean(sizes) / (mb * 1e6):.2f} % of fp32)")
-    print(f"plugin time per update (send + open + increment / clients): {per_update:.3f} s")
+    print(f"plugin time per update (send + open + review + increment / clients): {per_update:.3f} s")
     return 0
 
 
