@@ -19,12 +19,19 @@ import numpy as np
 from .validation import MAD_SCALE, UpdateRejected
 
 
-def float_dot(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
-    """Sum over the floating tensors of ``a`` of the float64 dot product with ``b``'s same tensor."""
+def _unit(x: np.ndarray, norm: float) -> np.ndarray:
+    """``x / norm`` flat in float32: every value within [-1, 1] for ``norm`` the vector's norm, so
+    products of such arrays cannot overflow."""
+    return np.asarray(x).ravel().astype(np.float32, copy=False) * np.float32(1.0 / norm)
+
+
+def unit_dot(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], norm_a: float, norm_b: float) -> float:
+    """``<a / norm_a, b / norm_b>`` over the floating tensors of ``a``, in float32 (to ~1e-5; three
+    to seven times faster than in float64 on a 12 M-value model)."""
     total = 0.0
     for name, x in a.items():
         if np.issubdtype(x.dtype, np.floating):
-            total += float(np.dot(x.ravel().astype(np.float64), np.asarray(b[name]).ravel().astype(np.float64)))
+            total += float(np.dot(_unit(x, norm_a), _unit(b[name], norm_b)))
     return total
 
 
@@ -32,7 +39,8 @@ def cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], norm_a: flo
     """Cosine of two updates over their floating tensors (``None`` if either is zero)."""
     if not (norm_a > 0 and norm_b > 0):
         return None
-    return float_dot(a, b) / (norm_a * norm_b)
+    value = unit_dot(a, b, norm_a, norm_b)
+    return value if math.isfinite(value) else None
 
 
 def _level(norms: Sequence[float]) -> float:
@@ -216,12 +224,19 @@ class DirectionReference(_NodeMeanTest):
             scale = np.float32(1.0 / (norm * len(units)))
             for name, value in delta.items():
                 if np.issubdtype(value.dtype, np.floating):
-                    part = np.asarray(value, np.float32) * scale
-                    step[name] = step[name] + part if name in step else part
+                    part = np.asarray(value, np.float32) * scale  # a new array: safe to add into
+                    if name in step:
+                        step[name] += part
+                    else:
+                        step[name] = part
         decay = np.float32(self.decay)
         for name, value in step.items():
-            self._direction[name] = self._direction[name] * decay + value if name in self._direction else value
-        self._norm = math.sqrt(float_dot(self._direction, self._direction))
+            if name in self._direction:
+                self._direction[name] *= decay
+                self._direction[name] += value
+            else:
+                self._direction[name] = value
+        self._norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in self._direction.values()))
 
     def reset(self) -> None:
         """Forget the direction (the model was replaced from outside)."""
@@ -264,17 +279,15 @@ def agreements(deltas: Sequence[Mapping[str, np.ndarray]], norms: Sequence[float
     out: list[float | None] = [None] * len(deltas)
     if len(live) < 2:
         return out
-    def unit(i: int, name: str) -> np.ndarray:  # every value within [-1, 1]: no float32 overflow
-        return np.asarray(deltas[i][name]).ravel().astype(np.float32, copy=False) * np.float32(1.0 / norms[i])
-
     names = [k for k, x in deltas[live[0]].items() if np.issubdtype(x.dtype, np.floating)]
-    total = {name: unit(live[0], name) for name in names}
+    total = {name: _unit(deltas[live[0]][name], norms[live[0]]) for name in names}
     for i in live[1:]:
         for name in names:
-            total[name] += unit(i, name)
+            total[name] += _unit(deltas[i][name], norms[i])
     total_sq = sum(float(np.dot(t, t)) for t in total.values())
     for i in live:
-        own = sum(float(np.dot(unit(i, name), total[name])) for name in names)  # 1 + cosines with the others
+        # <u_i / |u_i|, sum of the units> = 1 + the cosines with the others
+        own = sum(float(np.dot(_unit(deltas[i][name], norms[i]), total[name])) for name in names)
         rest_sq = total_sq - 2.0 * own + 1.0  # |sum of the others' units|^2
         value = (own - 1.0) / math.sqrt(rest_sq) if rest_sq > 1e-6 else None
         out[i] = value if value is not None and math.isfinite(value) else None
@@ -363,5 +376,5 @@ __all__ = [
     "NormReference",
     "agreements",
     "cosine",
-    "float_dot",
+    "unit_dot",
 ]
