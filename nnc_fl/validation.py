@@ -22,7 +22,7 @@ from .errors import SchemaError
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
 #: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
 #: the values (finite, then within their range), the weighting metric; then, across the round's
-#: updates, scale, direction, outliers; last (opt-in), the loss on the server's trusted data.
+#: updates, scale, direction, agreement, outliers; last (opt-in), the loss on the server's trusted data.
 REJECT_CODES = (
     "protocol",
     "auth",
