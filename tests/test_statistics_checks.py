@@ -138,3 +138,29 @@ def test_statistics_patterns_are_checked():
     assert ValidationSettings(statistics="*.rm, *.rv").statistics == ("*.rm", "*.rv")
     with pytest.raises(TypeError, match="statistics"):
         ValidationSettings(statistics=3)
+
+
+def test_a_flipper_in_an_oscillating_small_federation_is_refused_by_agreement():
+    """Four nodes in cohorts of two whose updates alternate in sign from round to round (a model
+    oscillating about its optimum, as the digits BatchNorm CNN does): their cosine with the recent
+    direction is negative for everyone, so the direction check stands aside; the updates of one
+    round still agree, and the flipper, whose update points against its partner's, is refused as
+    ``agreement`` -- and no honest node is refused."""
+    rng = np.random.default_rng(4)
+    direction = {n: rng.standard_normal(s) for n, s in SHAPES.items() if "running" not in n}
+    checks = UplinkChecks(ValidationSettings(), "num-examples")
+    refused: dict[int, set[str]] = {}
+    for r in range(20):
+        nodes = [int(n) + 1 for n in rng.choice(4, 2, replace=False)]
+        sign = 1 if r % 2 == 0 else -1
+        deltas = []
+        for node in nodes:
+            d = _delta(rng, direction={k: sign * v for k, v in direction.items()})
+            if node == 4:
+                for name in direction:
+                    d[name] = -d[name]
+            deltas.append(d)
+        for o in _review(checks, deltas, nodes):
+            if o.kind == "rejected":
+                refused.setdefault(o.node_id, set()).add(o.rejection.code)
+    assert refused == {4: {"agreement"}}
