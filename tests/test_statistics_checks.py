@@ -55,6 +55,24 @@ def _review(checks, deltas, nodes=None):
     return opened
 
 
+def _refusals(checks, rng, cohorts, direction_of, flipper):
+    """Run ``checks`` over rounds whose cohorts are ``cohorts`` (lists of node ids), every honest
+    update following ``direction_of(round)`` and ``flipper`` sending its negative; the rejection
+    codes per refused node."""
+    refused: dict[int, set[str]] = {}
+    for r, nodes in enumerate(cohorts):
+        deltas = []
+        for node in nodes:
+            d = _delta(rng, direction=direction_of(r))
+            if node == flipper:
+                d = {k: -v if k in direction_of(r) else v for k, v in d.items()}
+            deltas.append(d)
+        for o in _review(checks, deltas, nodes):
+            if o.kind == "rejected":
+                refused.setdefault(o.node_id, set()).add(o.rejection.code)
+    return refused
+
+
 def test_the_norms_are_measured_apart():
     rng = np.random.default_rng(0)
     delta = _delta(rng)
@@ -118,19 +136,8 @@ def test_statistics_swinging_back_and_forth_do_not_hide_a_flipper(statistics):
     direction = {n: rng.standard_normal(s) for n, s in SHAPES.items() if "running" not in n}
     settings = ValidationSettings() if statistics is None else ValidationSettings(statistics=statistics)
     checks = UplinkChecks(settings, "num-examples")
-    refused = {}
-    for r in range(8):
-        nodes = [1 + (r + k) % 6 for k in range(4)]
-        deltas = []
-        for node in nodes:
-            d = _delta(rng, direction=direction)
-            if node == 6:
-                for name in direction:
-                    d[name] = -d[name]
-            deltas.append(d)
-        for o in _review(checks, deltas, nodes):
-            if o.kind == "rejected":
-                refused.setdefault(o.node_id, set()).add(o.rejection.code)
+    cohorts = [[1 + (r + k) % 6 for k in range(4)] for r in range(8)]
+    refused = _refusals(checks, rng, cohorts, lambda r: direction, flipper=6)
     assert refused == ({6: {"direction"}} if statistics is None else {})
 
 
@@ -149,18 +156,7 @@ def test_a_flipper_in_an_oscillating_small_federation_is_refused_by_agreement():
     rng = np.random.default_rng(4)
     direction = {n: rng.standard_normal(s) for n, s in SHAPES.items() if "running" not in n}
     checks = UplinkChecks(ValidationSettings(), "num-examples")
-    refused: dict[int, set[str]] = {}
-    for r in range(20):
-        nodes = [int(n) + 1 for n in rng.choice(4, 2, replace=False)]
-        sign = 1 if r % 2 == 0 else -1
-        deltas = []
-        for node in nodes:
-            d = _delta(rng, direction={k: sign * v for k, v in direction.items()})
-            if node == 4:
-                for name in direction:
-                    d[name] = -d[name]
-            deltas.append(d)
-        for o in _review(checks, deltas, nodes):
-            if o.kind == "rejected":
-                refused.setdefault(o.node_id, set()).add(o.rejection.code)
+    cohorts = [[int(n) + 1 for n in rng.choice(4, 2, replace=False)] for _ in range(20)]
+    flipped = {k: -v for k, v in direction.items()}
+    refused = _refusals(checks, rng, cohorts, lambda r: direction if r % 2 == 0 else flipped, flipper=4)
     assert refused == {4: {"agreement"}}
