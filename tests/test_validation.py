@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnc_fl import FormatError
 from nnc_fl import references as refs
@@ -319,3 +321,20 @@ def test_agreement_rarely_refuses_label_skewed_nodes_in_cohorts_of_two():
         return [c, c]
 
     assert sum(bool(_agreement_run(pair, seed=seed)) for seed in range(100)) <= 5
+
+
+_ROUND = st.lists(st.tuples(st.integers(0, 6), st.one_of(st.none(), st.floats(-1, 1))), min_size=1, max_size=5,
+                  unique_by=lambda t: t[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(rounds=st.lists(_ROUND, min_size=1, max_size=30), check=st.sampled_from(["direction", "agreement"]))
+def test_node_tests_take_any_sequence_of_rounds(rounds, check):
+    """Whatever values arrive, in whatever rounds: one verdict per node of the round, ``None`` or
+    the check's own code, never an exception."""
+    ref = refs.DirectionReference(3.5) if check == "direction" else refs.AgreementReference(3.5)
+    for r in rounds:
+        nodes, values = [n for n, _ in r], [x for _, x in r]
+        verdicts = ref.judge(nodes, values)
+        assert len(verdicts) == len(nodes)
+        assert all(x is None or x.code == check for x in verdicts)
