@@ -163,21 +163,17 @@ class DirectionReference(_NodeMeanTest):
     updates (each update counted once: a client with a huge claimed weight does not get to define
     it, which a direction taken from the weighted global increments let a flipper with a capped 4x
     weight do in a cohort of two). For every update, once there is a direction, its cosine with it
-    is added to its node's record. A node whose mean cosine (over ``min_rounds`` or more rounds)
-    lies below ``-floor`` and more than ``spread`` standard deviations below the median of the other
-    recorded nodes' means is refused: a sign-flipping client averages the negative of what it would
-    have sent. While that median is not positive -- the other nodes' updates do not follow the
+    is added to its node's record, and the node is judged by :class:`_NodeMeanTest`'s rule over
+    ``min_rounds`` or more rounds: a sign-flipping client averages the negative of what it would
+    have sent. While the other nodes' median is not positive -- their updates do not follow the
     direction either, as when a small federation oscillates about its optimum (digits BatchNorm CNN,
     4 nodes in cohorts of 2: every node's mean between -0.25 and -0.13) -- the direction tells
     nothing about anyone and nobody is refused. The floor (0.1) spares a label-skewed node barely
     below zero among tightly agreeing others (UC10 BatchNorm Dirichlet: -0.07 against -0.03..+0.05),
     where a flipper could not be told apart anyway. The server feeds it the trained tensors only
-    (without running statistics, which follow each node's data).
-
-    The standard deviation a node's mean is held to is that of an honest node with as many rounds:
-    the spread *between* the other nodes' means (1.4826 x their MAD) and the spread of single
-    updates *within* a node (the median of the other nodes' variances) over the node's count, in
-    quadrature. A node with two rounds of noisy updates is not judged as if its mean were exact.
+    (without running statistics, which follow each node's data). Holding a node's mean to the
+    spread an honest mean has over as many rounds, a node with two rounds of noisy updates is not
+    judged as if its mean were exact.
     Measured (traced UC10 / UC14A runs, ``experiments.direction_trace``): UC10 IID nodes' means sat
     at +0.03 to +0.08 with a flipper at -0.11, refused from its second round; label-skewed two-class
     UC14A nodes' means spread from -0.31 to +0.26 with single updates far apart, where a flipper
@@ -186,9 +182,8 @@ class DirectionReference(_NodeMeanTest):
     ``min_nodes`` other recorded nodes, so one client cannot set the reference alone, and a node
     cannot widen its own yardstick.
 
-    The check is for *one* hostile node: while another recorded node's mean (even over a single
-    round) also lies below its threshold at half the spread, nobody is refused. Label-skewed
-    federations have such minorities -- UC14A two-class Dirichlet, seed 0 with 200 examples held
+    The second-dissenter rule of :class:`_NodeMeanTest` makes it a check for *one* hostile node.
+    Label-skewed federations have such minorities -- UC14A two-class Dirichlet, seed 0 with 200 examples held
     back: eight nodes at +0.5, the two holding the other class at -0.5, each of which alone looks
     exactly like a flipper (refused 6-11 times before this rule). A lone dissenter is refused until a
     second one has been seen.
