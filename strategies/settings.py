@@ -434,9 +434,9 @@ class ValidationSettings:
         ``fnmatch`` patterns of the tensors gradients do not train (by default
         :data:`nnc_fl.codecs.STATISTICS`, the running means and variances of normalisation layers).
         Their deltas follow each node's data, not the loss, and in a BatchNorm CNN they are most of
-        an update's norm (UC10, round 1: 23-28 of update norms of 25-29): the norm, clipping, outlier
-        and direction checks judge the other, trained tensors, and the statistics have a norm
-        reference of their own (same ratios). ``max_update_norm`` bounds the whole update.
+        an update's norm (UC10, round 1: 23-28 of update norms of 25-29): the norm, clipping, outlier,
+        direction and agreement checks judge the other, trained tensors, and the statistics have a
+        norm reference of their own (same ratios). ``max_update_norm`` bounds the whole update.
     trusted_loss : callable, optional
         ``trusted_loss(tensors) -> float``: the loss of a model (a mapping name -> numpy array) on
         a small data set the server holds and trusts. With it, an update whose model

@@ -277,10 +277,11 @@ class UplinkChecks:
         self._check_scale(updates, self.norms, "norm")
         self._check_scale([o for o in updates if o.kind == "update"], self.stats_norms, "stats_norm")
         updates = [o for o in updates if o.kind == "update"]
+        trained = {id(o): split_statistics(o.delta, s.statistics)[0] for o in updates}  # after any clipping
         for test in (self.direction, self.agreement):
             if test is not None and updates:
-                trained = [split_statistics(o.delta, s.statistics)[0] for o in updates]
-                verdicts = test.review([o.node_id for o in updates], trained, [o.norm for o in updates])
+                verdicts = test.review([o.node_id for o in updates], [trained[id(o)] for o in updates],
+                                       [o.norm for o in updates])
                 for o, rejection in zip(updates, verdicts, strict=True):
                     if rejection is not None:
                         o.reject(rejection)
@@ -308,8 +309,7 @@ class UplinkChecks:
         self.norms.record([o.norm for o in updates])
         self.stats_norms.record([o.stats_norm for o in updates])
         if self.direction is not None:
-            self.direction.record([split_statistics(o.delta, s.statistics)[0] for o in updates],
-                                  [o.norm for o in updates])
+            self.direction.record([trained[id(o)] for o in updates], [o.norm for o in updates])
 
     def _check_scale(self, updates: list[Opened], reference: NormReference, attr: str) -> None:
         """Refuse or clip each update whose norm (``attr``: of the trained tensors, or of the
