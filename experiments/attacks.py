@@ -10,10 +10,10 @@ in a small cohort can move the final accuracy past the server's defences.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from fnmatch import fnmatchcase
 
 import numpy as np
 
+from nnc_fl.codecs import name_matches
 from nnc_fl.validation import NONNEGATIVE
 
 Weights = dict[str, np.ndarray]
@@ -39,7 +39,7 @@ def _fill(trained: Weights, value: float) -> Weights:
 def _negative_variances(trained: Weights) -> Weights:
     """Every tensor the server holds non-negative (running variances) negated: a model no honest
     training produces."""
-    return {k: -np.abs(w) if any(fnmatchcase(k, p) for p in NONNEGATIVE) else w for k, w in trained.items()}
+    return {k: -np.abs(w) if name_matches(k, NONNEGATIVE) else w for k, w in trained.items()}
 
 
 def _with_weight(metrics: dict, value: float) -> dict:

@@ -19,7 +19,7 @@ imported the defining module can still build the codec.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from importlib import metadata
 from typing import Protocol, runtime_checkable
@@ -167,6 +167,11 @@ def name_patterns(value: object, what: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+def name_matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``name`` matches one of the ``fnmatch`` ``patterns`` (case-sensitive)."""
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
 def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
     """``"pattern=step,pattern=step"`` (or a mapping pattern -> step) as ``((pattern, step), ...)``."""
     if isinstance(value, Mapping):
@@ -282,7 +287,7 @@ class NNCCodec:
 
     def _policy(self, names) -> tuple[list[str], dict[str, float]]:
         """The lossless names and the per-name step overrides of ``names``."""
-        lossless = [n for n in names if any(fnmatchcase(n, p) for p in self.lossless)]
+        lossless = [n for n in names if name_matches(n, self.lossless)]
         steps = {}
         for n in names:
             for pattern, value in self.steps:

@@ -10,13 +10,12 @@ like: they live in :mod:`nnc_fl.references`.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .codecs import UpdateCodec
+from .codecs import UpdateCodec, name_matches
 from .errors import SchemaError
 
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
@@ -112,7 +111,7 @@ def check_nonnegative(tensors: Mapping[str, np.ndarray], patterns: Sequence[str]
     than it was, the flipped variance is negative, and a global model averaged from it can be too.
     """
     for name, arr in tensors.items():
-        if any(fnmatch.fnmatchcase(name, p) for p in patterns) and np.issubdtype(arr.dtype, np.number):
+        if name_matches(name, patterns) and np.issubdtype(arr.dtype, np.number):
             low = arr.min(initial=0)
             if low < 0:
                 raise UpdateRejected("range",
@@ -137,7 +136,7 @@ def split_statistics(
     trained: dict[str, np.ndarray] = {}
     statistics: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():
-        part = statistics if any(fnmatch.fnmatchcase(name, p) for p in patterns) else trained
+        part = statistics if name_matches(name, patterns) else trained
         part[name] = arr
     return trained, statistics
 
