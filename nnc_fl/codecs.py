@@ -30,7 +30,15 @@ from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
 from .rate import check_target_bytes, check_target_fraction
-from .steps import check_rd_lambda, check_rel_step, check_rel_to, check_step, check_step_choice, qp_to_step
+from .steps import (
+    check_lossless_bits,
+    check_rd_lambda,
+    check_rel_step,
+    check_rel_to,
+    check_step,
+    check_step_choice,
+    qp_to_step,
+)
 
 ParamValue = int | float | str | bool
 
@@ -216,7 +224,9 @@ class NNCCodec:
     to the clients as text): ``lossless`` names float tensors coded exactly (default
     :data:`DEFAULT_LOSSLESS`, the BatchNorm-style running statistics; ``""`` for none); ``steps``
     gives absolute steps, ``"pattern=step,..."``, that override the codec-wide setting for the
-    tensors they match (the first matching pattern wins).
+    tensors they match (the first matching pattern wins). ``lossless_bits`` (a number of mantissa
+    bits) rounds the ``lossless`` tensors of updates up to that precision first (never down, so a
+    variance stays >= 0; see :func:`nnc_fl.encode`); keyframes stay exact.
 
     ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
     per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
@@ -248,6 +258,7 @@ class NNCCodec:
         rel_to: str = "tensor",
         rd_lambda: float = 0.0,
         lossless: str | list[str] | tuple[str, ...] = DEFAULT_LOSSLESS,
+        lossless_bits: int | None = None,
         steps: str | Mapping[str, float] = "",
         schema_bound: bool = False,
         dq: bool = False,
@@ -270,6 +281,7 @@ class NNCCodec:
         self.rel_to = check_rel_to(rel_to, self.rel_step)
         self.rd_lambda = check_rd_lambda(rd_lambda)
         self.lossless = name_patterns(lossless, "lossless")
+        self.lossless_bits = check_lossless_bits(lossless_bits)
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
         self.dq = _flag(dq, "dq")
@@ -343,6 +355,7 @@ class NNCCodec:
             rel_to=self.rel_to,
             rd_lambda=self.rd_lambda,
             lossless=lossless,
+            lossless_bits=self.lossless_bits,
             float_lossless=self.float_lossless,
             fingerprint=fingerprint,
             limits=limits or DEFAULT_LIMITS,
@@ -379,6 +392,8 @@ class NNCCodec:
             out["rd_lambda"] = self.rd_lambda
         if self.lossless != name_patterns(DEFAULT_LOSSLESS, "lossless"):
             out["lossless"] = ",".join(self.lossless)
+        if self.lossless_bits is not None:
+            out["lossless_bits"] = self.lossless_bits
         if self.steps:
             out["steps"] = ",".join(f"{p}={s!r}" for p, s in self.steps)
         if self.schema_bound:

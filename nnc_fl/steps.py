@@ -170,3 +170,61 @@ def check_rd_lambda(value: object) -> float:
 def check_step(name: str, value: object) -> float:
     """A valid step for tensor ``name``: in [2**-60, 2**60]."""
     return _bounded(value, f"step for tensor {name!r}", MIN_STEP, MAX_STEP)
+
+
+#: Mantissa bits of the float dtypes (IEEE binary16, binary32, binary64) and the unsigned integer
+#: type of the same size, for :func:`round_up_mantissa`.
+_MANTISSA = {
+    np.dtype(np.float16): (10, np.uint16),
+    np.dtype(np.float32): (23, np.uint32),
+    np.dtype(np.float64): (52, np.uint64),
+}
+
+
+def check_lossless_bits(value: object) -> int | None:
+    """A valid ``lossless_bits``: ``None`` (exact) or an integer in [1, 52]."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() in ("", "none"):
+            return None
+    if isinstance(value, bool):
+        raise TypeError(f"lossless_bits must be an integer, got {value!r}")
+    try:
+        bits = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"lossless_bits must be an integer, got {value!r}") from None
+    if (bits != value and not isinstance(value, str)) or not 1 <= bits <= 52:
+        raise ValueError(f"lossless_bits must be an integer in [1, 52] (or None: exact), got {value!r}")
+    return bits
+
+
+def round_up_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x`` with every finite float rounded towards +inf to ``bits`` mantissa bits (a new array).
+
+    The result is never below ``x`` and less than ``2**-bits`` of ``|x|`` above it (of the dtype's
+    smallest normal number for subnormal ``x``, whose mantissa is not relative); its low
+    mantissa bits are zero in every value, which mode float-lossless does not send (FORMAT.md,
+    ``tz``). Rounding up, never down, keeps a lower bound: a statistic ``old + delta`` that was
+    >= 0 (a variance) stays >= 0 when ``delta`` is rounded. Non-finite values, values whose
+    rounding would overflow to infinity, dtypes with ``bits`` or fewer mantissa bits and
+    non-float tensors are returned as they are.
+    """
+    x = np.asarray(x)
+    if x.dtype not in _MANTISSA:
+        return x.copy()
+    mant, utype = _MANTISSA[x.dtype]
+    drop = mant - check_lossless_bits(bits)
+    if drop <= 0:
+        return x.copy()
+    u = np.ascontiguousarray(x).view(utype)
+    one = utype(1) << utype(drop)
+    low_mask = one - utype(1)
+    negative = (u >> utype(8 * x.dtype.itemsize - 1)) != 0
+    truncated = u & ~low_mask
+    # a positive value with dropped bits goes up one unit of the kept precision; a negative value
+    # goes up (towards zero) by truncation alone
+    rounded = np.where(~negative & ((u & low_mask) != 0), truncated + one, truncated).view(x.dtype)
+    keep = ~np.isfinite(rounded) | ~np.isfinite(x)
+    return np.where(keep, x, rounded).reshape(x.shape)

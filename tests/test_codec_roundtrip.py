@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 import nnc_fl
 import nnc_fl.bitstream as bs
 import nnc_fl.codecs
-from nnc_fl.steps import default_step, qp_to_step
+from nnc_fl.steps import default_step, qp_to_step, round_up_mantissa
 
 FLOATS = [np.float16, np.float32, np.float64]
 INTS = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
@@ -485,6 +485,80 @@ def test_property_float_lossless_round_trip(arr):
     assert out.shape == arr.shape and out.dtype == arr.dtype
     assert out.tobytes() == arr.tobytes()
     assert len(data) <= len(nnc_fl.encode({"a": arr}, lossless=["a"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=9),
+        elements=st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True, width=16),
+    ),
+    bits=st.integers(1, 52),
+)
+def test_property_round_up_mantissa_never_rounds_down(arr, bits):
+    out = round_up_mantissa(arr, bits)
+    assert out.shape == arr.shape and out.dtype == arr.dtype
+    finite = np.isfinite(arr)
+    assert np.array_equal(out[~finite], arr[~finite], equal_nan=True)  # NaN / Inf as they were
+    a, o = arr[finite].astype(np.float64), out[finite].astype(np.float64)
+    assert np.all(o >= a)
+    tiny = float(np.finfo(arr.dtype).tiny)  # below it (subnormals) the bits are absolute, not relative
+    assert np.all(o - a <= np.maximum(np.abs(a), tiny) * 2.0**-bits)
+    assert np.all(np.isfinite(o))  # rounding that would overflow keeps the value
+    assert np.array_equal(round_up_mantissa(out, bits), out, equal_nan=True)  # idempotent
+    mantissa = {np.dtype(np.float16): 10, np.dtype(np.float32): 23, np.dtype(np.float64): 52}[arr.dtype]
+    if bits >= mantissa:
+        assert out.tobytes() == arr.tobytes()
+
+
+def test_round_up_mantissa_edges():
+    x = np.array([1.0, np.nextafter(np.float32(1), np.float32(2)), -np.nextafter(np.float32(1), np.float32(2)),
+                  np.finfo(np.float32).max, -0.0, 1e-45, -1e-45], np.float32)
+    out = round_up_mantissa(x, 8)
+    assert out.tolist()[:3] == [1.0, 1.0 + 2.0**-8, -1.0]  # up one unit of 8 bits; negatives towards zero
+    assert out[3] == x[3]  # would overflow to inf: kept
+    assert out[4] == 0 and out[6] == 0 and out[5] > 0
+    ints = np.arange(5, dtype=np.int32)
+    assert np.array_equal(round_up_mantissa(ints, 3), ints)
+    for bad in (0, 53, 2.5, True, "x"):
+        with pytest.raises((TypeError, ValueError), match="lossless_bits"):
+            round_up_mantissa(x, bad)
+
+
+def test_lossless_bits_keeps_statistics_above_their_values_and_costs_fewer_bytes():
+    rng = np.random.default_rng(21)
+    var = rng.gamma(2.0, 0.5, size=256).astype(np.float32)
+    new_var = (var * rng.uniform(0.0, 1.5, size=256)).astype(np.float32)
+    new_var[:8] = 0.0  # variances that fell to zero
+    delta = {"w": _float_tensor(rng, (64, 40), np.float32), "bn.running_var": new_var - var,
+             "bn.running_mean": rng.normal(size=256).astype(np.float32)}
+    exact = nnc_fl.codecs.make_codec("nnc", rel_step=2.0, float_lossless=True)
+    rounded = nnc_fl.codecs.make_codec("nnc", rel_step=2.0, float_lossless=True, lossless_bits="8")
+    assert rounded.params()["lossless_bits"] == 8
+    assert nnc_fl.codecs.make_codec("nnc", **rounded.params()).params() == rounded.params()
+    data, decoded = rounded.encode_decoded(delta)
+    out = rounded.decode(data)
+    assert all(np.array_equal(out[k], decoded[k]) for k in delta)
+    d = out["bn.running_var"]
+    assert np.all(d >= delta["bn.running_var"]) and np.all(var + d >= 0)
+    assert np.all(d - delta["bn.running_var"] <= np.abs(delta["bn.running_var"]) * 2.0**-8)
+    assert np.all(out["bn.running_mean"] >= delta["bn.running_mean"])
+    assert np.array_equal(out["w"], exact.decode(exact.encode(delta))["w"])  # quantised tensors unchanged
+    stats = ["bn.running_var", "bn.running_mean"]
+    sizes = [sum(t.length for t in nnc_fl.inspect(c.encode(delta)).tensors if t.name in stats)
+             for c in (exact, rounded)]
+    assert sizes[1] < 0.6 * sizes[0]
+    # keyframes stay bit exact
+    key = rounded.decode(rounded.encode(delta, exact=True), expect=delta)
+    assert all(key[k].tobytes() == v.tobytes() for k, v in delta.items())
+    # the functional form, and the default: exact
+    assert nnc_fl.decode(nnc_fl.encode(delta, lossless=stats))["bn.running_var"].tobytes() == \
+        delta["bn.running_var"].tobytes()
+    with pytest.raises(ValueError, match="lossless_bits"):
+        nnc_fl.codecs.make_codec("nnc", lossless_bits=0)
+    with pytest.raises(TypeError, match="lossless_bits"):
+        nnc_fl.encode(delta, lossless=stats, lossless_bits=True)
 
 
 # --- encoder-side reconstruction (return_decoded) and threads -------------------------------------
