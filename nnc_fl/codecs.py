@@ -161,7 +161,7 @@ def make_codec(name: str, **params: ParamValue) -> UpdateCodec:
 STATISTICS = ("*running_mean", "*running_var", "*moving_mean", "*moving_variance")
 
 #: Tensors coded exactly by default: the :data:`STATISTICS`, whose invariants a quantised update
-#: could break (a BatchNorm running variance must stay >= 0).
+#: could break (a BatchNorm running variance must stay >= 0); ``lossless_bits`` may round them up.
 DEFAULT_LOSSLESS = ",".join(STATISTICS)
 
 

@@ -32,9 +32,14 @@ CodecSchedule = Callable[[int], Mapping[str, ParamValue]]
 #: (FORMAT.md), about 17 % smaller than raw; both ends run nnc-fl, so the mode is always readable.
 #: Updates and increments use the schema-bound tensor table (FORMAT.md, flag bit 2): both ends hold
 #: the base model, so names, dtypes and shapes are referenced, not repeated (1.5-3.4 % fewer bytes
-#: per update of the UC10 CNNs); keyframes stay self-contained.
+#: per update of the UC10 CNNs); keyframes stay self-contained. The exactly coded tensors of updates
+#: and increments (BatchNorm running statistics) are rounded up to 8 mantissa bits
+#: (``lossless_bits=8``, never down, so a variance stays >= 0): running statistics do not enter
+#: training and are mostly replaced every round, so this changed no final accuracy of the UC10
+#: BatchNorm CNN (two seeds: the same accuracies to the last test example) and sent 1.8 % fewer uplink
+#: and 23 % fewer increment bytes there; keyframes stay exact.
 DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
-    "nnc": {"rel_step": 2.0, "float_lossless": True, "schema_bound": True}
+    "nnc": {"rel_step": 2.0, "float_lossless": True, "schema_bound": True, "lossless_bits": 8}
 }
 #: Added to :data:`DEFAULT_PARAMS` for the updates (uplink) only, when no parameters are given: for
 #: "nnc", one step per update (``rel_to="update"``: ``rel_step`` times the RMS of the whole update,

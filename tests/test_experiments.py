@@ -108,10 +108,11 @@ def test_server_momentum_aggregates_with_fedavgm_behind_the_same_wrapper(tmp_pat
             RunConfig(_tiny("uc10"), server_momentum=bad)
 
 
-@pytest.mark.parametrize(("model", "lr"), [("cnn-bn", 0.05), ("vit", 0.005)])
-def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr):
-    """BatchNorm running statistics are coded exactly by default, so no variance goes negative;
-    the LayerNorm/attention model trains through the same path."""
+@pytest.mark.parametrize(("model", "lr", "params"), [
+    ("cnn-bn", 0.05, {"rel_step": 3.0}), ("cnn-bn", 0.05, None), ("vit", 0.005, {"rel_step": 3.0})])
+def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr, params):
+    """BatchNorm running statistics are coded exactly (or, by default, rounded up to 8 mantissa
+    bits), so no variance goes negative; the LayerNorm/attention model trains through the same path."""
     from flwr.app import ArrayRecord
     from flwr.serverapp.strategy import FedAvg
 
@@ -121,7 +122,7 @@ def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_val
 
     fed = _tiny("uc10", model=model, lr=lr)
     grid = InProcessGrid(make_client_app(fed), fed.num_clients)
-    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), "nnc", {"rel_step": 3.0})
+    strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), "nnc", params)
     evaluate = central_evaluator(fed)
     losses = []
 

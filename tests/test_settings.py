@@ -85,7 +85,7 @@ def test_summary_logs_every_setting(caplog):
 
 
 def test_the_drop_in_default_compresses_with_the_measured_setting():
-    measured = {"rel_step": 2.0, "float_lossless": True, "schema_bound": True}
+    measured = {"rel_step": 2.0, "float_lossless": True, "schema_bound": True, "lossless_bits": 8}
     default = CompressedStrategy(FedAvg())
     # one step per update (rel_to="update") for the updates; the increments keep a step per tensor
     assert dict(default.spec_for(1).params) == {**measured, "rel_to": "update"}
