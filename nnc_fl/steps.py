@@ -189,11 +189,11 @@ def check_lossless_bits(value: object) -> int | None:
         value = value.strip()
         if value.lower() in ("", "none"):
             return None
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"lossless_bits must be an integer, got {value!r}")
     try:
         bits = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"lossless_bits must be an integer, got {value!r}") from None
     if (bits != value and not isinstance(value, str)) or not 1 <= bits <= 52:
         raise ValueError(f"lossless_bits must be an integer in [1, 52] (or None: exact), got {value!r}")
