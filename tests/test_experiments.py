@@ -112,30 +112,31 @@ def test_server_momentum_aggregates_with_fedavgm_behind_the_same_wrapper(tmp_pat
     ("cnn-bn", 0.05, {"rel_step": 3.0}), ("cnn-bn", 0.05, None), ("vit", 0.005, {"rel_step": 3.0})])
 def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr, params):
     """BatchNorm running statistics are coded exactly (or, by default, rounded up to 8 mantissa
-    bits), so no variance goes negative; the LayerNorm/attention model trains through the same path."""
-    from flwr.app import ArrayRecord
+    bits), so no variance goes negative and every node holds the server's model bit for bit; the
+    LayerNorm/attention model trains through the same path."""
+    from conftest import LocalGrid, run_federation
+    from flwr.app import Array, ArrayRecord
     from flwr.serverapp.strategy import FedAvg
 
     from experiments.fl_app import central_evaluator, initial_model, make_client_app
     from strategies import CompressedStrategy
-    from strategies.inprocess import InProcessGrid
 
     fed = _tiny("uc10", model=model, lr=lr)
-    grid = InProcessGrid(make_client_app(fed), fed.num_clients)
+    grid = LocalGrid(make_client_app(fed), fed.num_clients)
     strategy = CompressedStrategy(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), "nnc", params)
     evaluate = central_evaluator(fed)
     losses = []
 
-    def check(server_round, arrays):
-        model_now = {k: a.numpy() for k, a in arrays.items()}
+    def check(server_round):
+        model_now = strategy.model.tensors
         for name, value in model_now.items():
             if name.endswith("running_var"):
                 assert value.min() > 0, (server_round, name)
-        losses.append(evaluate(server_round, arrays)["test_loss"])
-        return None
+        record = ArrayRecord({k: Array(np.array(v)) for k, v in model_now.items()})
+        losses.append(evaluate(server_round, record)["test_loss"])
 
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(fed).state_dict()), num_rounds=3,
-                   evaluate_fn=check)
+    # run_federation also checks, every round, that each node holds exactly the server's model
+    run_federation(strategy, grid, ArrayRecord(initial_model(fed).state_dict()), 3, on_round=check)
     for context in grid.contexts.values():
         base = context.state["nnc-fl.base"]
         assert all(base[k].numpy().min() > 0 for k in base if k.endswith("running_var"))
