@@ -1,4 +1,5 @@
-"""How a float tensor's quantisation step is chosen: explicit step, NNC QP, or the default policy."""
+"""How a float tensor's quantisation step is chosen: explicit step, NNC QP, or the default policy;
+and the precision exactly coded tensors keep (:func:`round_up_mantissa`)."""
 
 from __future__ import annotations
 
@@ -209,15 +210,14 @@ def round_up_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
     ``tz``). Rounding up, never down, keeps a lower bound: a statistic ``old + delta`` that was
     >= 0 (a variance) stays >= 0 when ``delta`` is rounded. Non-finite values, values whose
     rounding would overflow to infinity, dtypes with ``bits`` or fewer mantissa bits and
-    non-float tensors are returned as they are.
+    non-float tensors are returned as they are, and so is every value with ``bits=None`` (exact).
     """
     x = np.asarray(x)
-    if x.dtype not in _MANTISSA:
+    bits = check_lossless_bits(bits)
+    if bits is None or x.dtype not in _MANTISSA or bits >= _MANTISSA[x.dtype][0]:
         return x.copy()
     mant, utype = _MANTISSA[x.dtype]
-    drop = mant - check_lossless_bits(bits)
-    if drop <= 0:
-        return x.copy()
+    drop = mant - bits
     u = np.ascontiguousarray(x).view(utype)
     one = utype(1) << utype(drop)
     low_mask = one - utype(1)

@@ -521,6 +521,7 @@ def test_round_up_mantissa_edges():
     assert out[4] == 0 and out[6] == 0 and out[5] > 0
     ints = np.arange(5, dtype=np.int32)
     assert np.array_equal(round_up_mantissa(ints, 3), ints)
+    assert round_up_mantissa(x, None).tobytes() == x.tobytes()  # None: exact
     for bad in (0, 53, 2.5, True, np.bool_(True), "x", float("inf"), float("nan"), "8.5"):
         with pytest.raises((TypeError, ValueError), match="lossless_bits"):
             round_up_mantissa(x, bad)
