@@ -19,8 +19,9 @@ TEST_FRACTION = 0.2
 class Net(nn.Module):
     """Two conv + BatchNorm blocks and a linear head (6,186 parameters).
 
-    Its ``state_dict`` holds float weights, BatchNorm running statistics (coded exactly by
-    nnc-fl's default ``lossless`` patterns) and int64 ``num_batches_tracked`` counters (integer
+    Its ``state_dict`` holds float weights, BatchNorm running statistics (kept off the
+    quantisation grid by nnc-fl's default ``lossless`` patterns, their deltas rounded up to 8
+    mantissa bits so a variance stays >= 0) and int64 ``num_batches_tracked`` counters (integer
     tensors are always exact).
     """
 
