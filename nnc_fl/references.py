@@ -216,10 +216,9 @@ class DirectionReference(_NodeMeanTest):
             return
         step: dict[str, np.ndarray] = {}
         for delta, norm in units:
-            scale = np.float32(1.0 / (norm * len(units)))
             for name, value in delta.items():
                 if np.issubdtype(value.dtype, np.floating):
-                    part = np.asarray(value, np.float32) * scale  # a new array: safe to add into
+                    part = _unit(value, norm * len(units))  # a new array: safe to add into
                     if name in step:
                         step[name] += part
                     else:
@@ -231,7 +230,7 @@ class DirectionReference(_NodeMeanTest):
                 self._direction[name] += value
             else:
                 self._direction[name] = value
-        self._norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in self._direction.values()))
+        self._norm = math.sqrt(sum(float(np.dot(v, v)) for v in self._direction.values()))  # flat arrays
 
     def reset(self) -> None:
         """Forget the direction (the model was replaced from outside)."""
