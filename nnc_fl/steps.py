@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._floatcoder import FLOAT_FIELDS
 from ._quantise import on_grid as on_grid_kernel
 from ._quantise import sum_squares
 
@@ -173,15 +174,6 @@ def check_step(name: str, value: object) -> float:
     return _bounded(value, f"step for tensor {name!r}", MIN_STEP, MAX_STEP)
 
 
-#: Mantissa bits of the float dtypes (IEEE binary16, binary32, binary64) and the unsigned integer
-#: type of the same size, for :func:`round_up_mantissa`.
-_MANTISSA = {
-    np.dtype(np.float16): (10, np.uint16),
-    np.dtype(np.float32): (23, np.uint32),
-    np.dtype(np.float64): (52, np.uint64),
-}
-
-
 def check_lossless_bits(value: object) -> int | None:
     """A valid ``lossless_bits``: ``None`` (exact) or an integer in [1, 52]."""
     if value is None:
@@ -214,10 +206,12 @@ def round_up_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
     """
     x = np.asarray(x)
     bits = check_lossless_bits(bits)
-    if bits is None or x.dtype not in _MANTISSA or bits >= _MANTISSA[x.dtype][0]:
+    if bits is None or x.dtype.kind != "f" or x.dtype.itemsize not in FLOAT_FIELDS:
         return x.copy()
-    mant, utype = _MANTISSA[x.dtype]
-    drop = mant - bits
+    drop = FLOAT_FIELDS[x.dtype.itemsize][1] - bits  # the IEEE fields float-lossless codes
+    if drop <= 0:
+        return x.copy()
+    utype = np.dtype(f"u{x.dtype.itemsize}").type
     u = np.ascontiguousarray(x).view(utype)
     one = utype(1) << utype(drop)
     low_mask = one - utype(1)
