@@ -354,6 +354,30 @@ class AgreementReference(_NodeMeanTest):
             return None
         return super().threshold(node, spread, min_rounds)
 
+    def dissents(self, node: int) -> bool:
+        """Whether ``node``'s recorded agreements average below zero while the median of the
+        other nodes' means (over the rounds ``node`` was not in) lies above zero: the node points
+        against a federation that otherwise agrees. No minimum count; in a cohort of two the
+        partners' agreements are equal, so only the rounds without the node tell which one it is."""
+        mean = self._mean(node)
+        others = self._records(node)[1]
+        return mean is not None and bool(others) and mean < 0.0 < float(np.median([t / c for t, _, c in others]))
+
+    def _mean(self, node: int) -> float | None:
+        total, _, count = self._records(node)[0]
+        return total / count if count else None
+
+    def dissenter(self, nodes: Sequence[int]) -> int | None:
+        """The one node of ``nodes`` (a round's) to credit no more weight than the others: of
+        those that :meth:`dissents`, the one whose agreements average lowest; ``None`` if none
+        does. A weaker sign than a refusal, meant for a flipper that claims a large weight in a
+        cohort of two before its record stands out far enough to be refused. One node at most: an
+        honest partner whose mean a flipper dragged below zero dissents too, but less."""
+        flagged = [n for n in nodes if self.dissents(n)]
+        if not flagged:
+            return None
+        return min(flagged, key=self._mean)
+
     def reset(self) -> None:
         """Forget the records (the model was replaced from outside)."""
         self._rounds.clear()

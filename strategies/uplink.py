@@ -350,10 +350,16 @@ class UplinkChecks:
                                                 f"{protocol.printable(str(exc), 200)})"))
 
     def _credit_weights(self, updates: list[Opened]) -> None:
-        if self.weight_key is None or not updates or self.settings.weight_ratio is None:
+        s = self.settings
+        if self.weight_key is None or not updates or (s.weight_ratio is None and s.dissent_weight_ratio is None):
             return
+        ratio = math.inf if s.weight_ratio is None else s.weight_ratio
+        dissenter = None
+        if s.dissent_weight_ratio is not None and self.agreement is not None:
+            dissenter = self.agreement.dissenter([o.node_id for o in updates])
+        ratios = [min(ratio, s.dissent_weight_ratio) if o.node_id == dissenter else ratio for o in updates]
         previous = [self._weights.get(o.node_id) for o in updates]
-        credited = cap_weights([o.weight for o in updates], previous, self.settings.weight_ratio)
+        credited = cap_weights([o.weight for o in updates], previous, ratios)
         for o, w in zip(updates, credited, strict=True):
             if w < o.weight:
                 o.weight, o.weight_capped = float(w), True

@@ -323,6 +323,62 @@ def test_agreement_rarely_refuses_label_skewed_nodes_in_cohorts_of_two():
     assert sum(bool(_agreement_run(pair, seed=seed)) for seed in range(100)) <= 5
 
 
+def _dissenters(pair_cosine, rounds=20, nodes=4, seed=0):
+    """Like :func:`_agreement_run` with a reference that never refuses: per round, the sampled
+    nodes and ``AgreementReference.dissenter`` of them after the round is recorded."""
+    rng = np.random.default_rng(seed)
+    ref = refs.AgreementReference(1e9)  # only the records matter here
+    out = []
+    for _ in range(rounds):
+        sampled = [int(n) for n in rng.choice(nodes, 2, replace=False)]
+        ref.judge(sampled, pair_cosine(sampled, rng))
+        out.append((sampled, ref.dissenter(sampled)))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_dissenter_is_the_flipper_once_rounds_without_it_show_the_others_agree(seed):
+    # the digits BatchNorm cohorts of two above: node 0 flips
+    def pair(sampled, rng):
+        c = abs(0.12 + 0.1 * rng.standard_normal())
+        return [-c, -c] if 0 in sampled else [c, c]
+
+    rounds = _dissenters(pair, seed=seed)
+    assert rounds[0][1] is None  # round 1: the partners' agreements are equal, nothing tells them apart
+    with_flipper = [d for sampled, d in rounds if 0 in sampled]
+    seen_alone = next(i for i, (sampled, _) in enumerate(rounds) if 0 not in sampled)
+    # from the first round it sat out, the flipper is the dissenter of every round it is in, never its partner
+    assert all(d == 0 for sampled, d in rounds[seen_alone:] if 0 in sampled), rounds
+    assert 0 in with_flipper
+    honest = _dissenters(lambda s, rng: [abs(0.12 + 0.1 * rng.standard_normal())] * 2, seed=seed)
+    assert all(d is None for _, d in honest)
+
+
+def test_dissents_needs_records_on_both_sides():
+    ref = refs.AgreementReference(3.5)
+    assert not ref.dissents(7) and ref.dissenter([7]) is None  # never seen
+    ref.judge([1, 2], [-0.5, -0.5])
+    assert ref.dissenter([1, 2]) is None  # no round without either of them yet
+    ref.judge([2, 3], [0.4, 0.4])
+    assert ref.dissenter([2, 3]) is None  # node 2 averages -0.05 but no round without it exists
+    ref.judge([3, 4], [0.4, 0.4])
+    assert ref.dissents(1) and ref.dissents(2) and not ref.dissents(3) and not ref.dissents(4)
+    assert ref.dissenter([1, 2]) == 1  # the lower mean of the two (-0.5 against -0.05)
+    assert ref.dissenter([3, 4]) is None
+    ref.reset()
+    assert not ref.dissents(1)
+
+
+def test_cap_weights_takes_a_ratio_per_weight():
+    out = v.cap_weights([1e6, 10.0, 10.0], [None, None, None], [1.0, 4.0, 4.0])
+    assert out.tolist() == [10.0, 10.0, 10.0]
+    out = v.cap_weights([1e6, 10.0], [None, None], 4.0)
+    assert out.tolist() == [40.0, 10.0]
+    out = v.cap_weights([30.0, 10.0], [20.0, None], [1.0, 1.0])  # its history caps it too
+    assert out.tolist() == [10.0, 10.0]
+    assert v.cap_weights([5.0], [None], [1.0]).tolist() == [5.0]  # alone: nothing to compare with
+
+
 _ROUND = st.lists(st.tuples(st.integers(0, 6), st.one_of(st.none(), st.floats(-1, 1))), min_size=1, max_size=5,
                   unique_by=lambda t: t[0])
 
@@ -338,3 +394,6 @@ def test_node_tests_take_any_sequence_of_rounds(rounds, check):
         verdicts = ref.judge(nodes, values)
         assert len(verdicts) == len(nodes)
         assert all(x is None or x.code == check for x in verdicts)
+        if check == "agreement":
+            assert all(ref.dissents(n) in (True, False) for n in range(8))
+            assert ref.dissenter(nodes) in (None, *nodes)
