@@ -218,26 +218,22 @@ def check_weight(value: object, key: str) -> float:
     return float(value)
 
 
-def cap_weights(
-    weights: Sequence[float], previous: Sequence[float | None], ratio: float | Sequence[float]
-) -> np.ndarray:
+def cap_weights(weights: Sequence[float], previous: Sequence[float | None], ratio: float) -> np.ndarray:
     """Each weight capped at ``ratio`` times the median of the *other* weights of the round, and at
     ``ratio`` times what the same node was credited with before (``previous[i]``, ``None``: new node).
-    ``ratio`` may be one number or one per weight (a node under suspicion gets a smaller one).
 
     A client can thus claim at most ``ratio`` times the others' weight: in a cohort of two it
     cannot buy more than ``ratio / (1 + ratio)`` of the aggregate, and a tiny claim only lowers its
     own share. A single weight is capped by its history only.
     """
     w = np.asarray(weights, dtype=np.float64)
-    ratios = np.broadcast_to(np.asarray(ratio, dtype=np.float64), w.shape)
     out = w.copy()
     for i in range(w.size):
         others = np.delete(w, i)
         if others.size:
-            out[i] = min(out[i], ratios[i] * float(np.median(others)))
+            out[i] = min(out[i], ratio * float(np.median(others)))
         if previous[i] is not None:
-            out[i] = min(out[i], ratios[i] * float(previous[i]))
+            out[i] = min(out[i], ratio * float(previous[i]))
     return out
 
 

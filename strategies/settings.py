@@ -420,21 +420,20 @@ class ValidationSettings:
         a small federation). ``None``: off.
     weight_ratio : float or None
         Cap each reply's weighting metric (``num-examples`` for FedAvg) at ``weight_ratio`` times
-        the median of the other replies' and times what the node was credited before; ``None``:
-        no cap (but ``dissent_weight_ratio``). Non-finite, zero or negative weights are always
-        refused (``weight``).
+        the median of the other replies' and times what this rule credited the node with before;
+        ``None``: no cap. Non-finite, zero or negative weights are always refused (``weight``).
     dissent_weight_ratio : float or None
-        The cap, instead of ``weight_ratio``, for the one node of a round whose agreements with
-        the other updates of its rounds average below zero while the other nodes' average above
-        (:meth:`nnc_fl.references.AgreementReference.dissenter`; needs ``agreement_spread``): a
-        sign flipper that claims a large weight is credited at most this multiple of the others'
-        median (and of its own last credit) before its mean is far enough below theirs to be
-        refused. 1.0: no more than a typical node. Replayed on the agreements traced from 35
-        runs: no honest node singled out in UC10 (IID, Dirichlet, BatchNorm, cross-device),
-        UC14A IID or the clean digits BatchNorm federation; 3-9 of the 50 honest updates of each
-        UC14A two-class Dirichlet run, whose minority-class nodes point against the rest (they
-        are credited the others' median if they claimed more). ``None``: ``weight_ratio`` for
-        every node.
+        Then the one node of a round whose agreements with the other updates of its rounds
+        average below zero while the other nodes' average above
+        (:meth:`nnc_fl.references.AgreementReference.dissenter`; needs ``agreement_spread``) is
+        credited at most ``dissent_weight_ratio`` times the others' median: a sign flipper, with
+        or without a bought weight, counts half as much as its partner before its mean is far
+        enough below theirs to be refused (a weaker sign than a refusal, so it only reweights).
+        Its history stays the claim as capped by ``weight_ratio``: a node that dissents round
+        after round is not credited less and less. Replayed on the agreements traced from 35
+        runs: no honest node singled out in UC10 (IID, Dirichlet, BatchNorm, cross-device), UC14A
+        IID or the clean digits BatchNorm federation; 3-9 of the 50 honest updates of each UC14A
+        two-class Dirichlet run, whose minority-class nodes point against the rest. ``None``: off.
     max_update_norm : float or None
         Absolute bound on an update's L2 norm; ``None`` for no bound.
     outlier_threshold : float or None
@@ -479,7 +478,7 @@ class ValidationSettings:
     direction_spread: float | None = 3.5
     agreement_spread: float | None = 3.5
     weight_ratio: float | None = 4.0
-    dissent_weight_ratio: float | None = 1.0
+    dissent_weight_ratio: float | None = 0.5
     max_update_norm: float | None = None
     outlier_threshold: float | None = None
     outlier_min_count: int = 3

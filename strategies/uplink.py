@@ -350,20 +350,28 @@ class UplinkChecks:
                                                 f"{protocol.printable(str(exc), 200)})"))
 
     def _credit_weights(self, updates: list[Opened]) -> None:
+        """Cap the weighting metric of the accepted updates (:func:`cap_weights`), then the round's
+        dissenter's (:meth:`AgreementReference.dissenter`) at ``dissent_weight_ratio`` times the
+        others' median. A node's history is its claim as capped by the first rule, so a node that
+        dissents in several rounds is not credited less and less."""
         s = self.settings
         if self.weight_key is None or not updates or (s.weight_ratio is None and s.dissent_weight_ratio is None):
             return
-        ratio = math.inf if s.weight_ratio is None else s.weight_ratio
-        dissenter = None
-        if s.dissent_weight_ratio is not None and self.agreement is not None:
+        claims = [o.weight for o in updates]
+        if s.weight_ratio is None:
+            capped = np.asarray(claims, dtype=np.float64)
+        else:
+            capped = cap_weights(claims, [self._weights.get(o.node_id) for o in updates], s.weight_ratio)
+        credited = capped.copy()
+        if s.dissent_weight_ratio is not None and self.agreement is not None and len(updates) > 1:
             dissenter = self.agreement.dissenter([o.node_id for o in updates])
-        ratios = [min(ratio, s.dissent_weight_ratio) if o.node_id == dissenter else ratio for o in updates]
-        previous = [self._weights.get(o.node_id) for o in updates]
-        credited = cap_weights([o.weight for o in updates], previous, ratios)
-        for o, w in zip(updates, credited, strict=True):
+            for i, o in enumerate(updates):
+                if o.node_id == dissenter:
+                    credited[i] = min(credited[i], s.dissent_weight_ratio * float(np.median(np.delete(capped, i))))
+        for o, c, w in zip(updates, capped, credited, strict=True):
+            self._weights[o.node_id] = float(c)
             if w < o.weight:
                 o.weight, o.weight_capped = float(w), True
-            self._weights[o.node_id] = o.weight
 
     # -- what the model did ------------------------------------------------------------------------
 

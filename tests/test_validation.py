@@ -369,16 +369,6 @@ def test_dissents_needs_records_on_both_sides():
     assert not ref.dissents(1)
 
 
-def test_cap_weights_takes_a_ratio_per_weight():
-    out = v.cap_weights([1e6, 10.0, 10.0], [None, None, None], [1.0, 4.0, 4.0])
-    assert out.tolist() == [10.0, 10.0, 10.0]
-    out = v.cap_weights([1e6, 10.0], [None, None], 4.0)
-    assert out.tolist() == [40.0, 10.0]
-    out = v.cap_weights([30.0, 10.0], [20.0, None], [1.0, 1.0])  # its history caps it too
-    assert out.tolist() == [10.0, 10.0]
-    assert v.cap_weights([5.0], [None], [1.0]).tolist() == [5.0]  # alone: nothing to compare with
-
-
 _ROUND = st.lists(st.tuples(st.integers(0, 6), st.one_of(st.none(), st.floats(-1, 1))), min_size=1, max_size=5,
                   unique_by=lambda t: t[0])
 
