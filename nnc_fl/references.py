@@ -368,10 +368,10 @@ class AgreementReference(_NodeMeanTest):
         return total / count if count else None
 
     def dissenter(self, nodes: Sequence[int]) -> int | None:
-        """The one node of ``nodes`` (a round's) to credit no more weight than the others: of
+        """The one node of ``nodes`` (a round's) to credit with less weight than the others: of
         those that :meth:`dissents`, the one whose agreements average lowest; ``None`` if none
-        does. A weaker sign than a refusal, meant for a flipper that claims a large weight in a
-        cohort of two before its record stands out far enough to be refused. One node at most: an
+        does. A weaker sign than a refusal, for a flipper (with or without a bought weight) in
+        the rounds before its record stands out far enough to be refused. One node at most: an
         honest partner whose mean a flipper dragged below zero dissents too, but less."""
         flagged = [n for n in nodes if self.dissents(n)]
         if not flagged:

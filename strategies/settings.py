@@ -423,8 +423,8 @@ class ValidationSettings:
         the median of the other replies' and times what this rule credited the node with before;
         ``None``: no cap. Non-finite, zero or negative weights are always refused (``weight``).
     dissent_weight_ratio : float or None
-        Then the one node of a round whose agreements with the other updates of its rounds
-        average below zero while the other nodes' average above
+        After ``weight_ratio``, the one node of a round whose agreements with the other updates
+        of its rounds average below zero while the other nodes' average above
         (:meth:`nnc_fl.references.AgreementReference.dissenter`; needs ``agreement_spread``) is
         credited at most ``dissent_weight_ratio`` times the others' median: a sign flipper, with
         or without a bought weight, counts half as much as its partner before its mean is far
