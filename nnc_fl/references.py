@@ -359,13 +359,15 @@ class AgreementReference(_NodeMeanTest):
         other nodes' means (over the rounds ``node`` was not in) lies above zero: the node points
         against a federation that otherwise agrees. No minimum count; in a cohort of two the
         partners' agreements are equal, so only the rounds without the node tell which one it is."""
-        mean = self._mean(node)
-        others = self._records(node)[1]
-        return mean is not None and bool(others) and mean < 0.0 < float(np.median([t / c for t, _, c in others]))
+        return self._dissenting_mean(node) is not None
 
-    def _mean(self, node: int) -> float | None:
-        total, _, count = self._records(node)[0]
-        return total / count if count else None
+    def _dissenting_mean(self, node: int) -> float | None:
+        """``node``'s mean agreement if it :meth:`dissents`, else ``None`` (its records read once)."""
+        (total, _, count), others = self._records(node)
+        if not count or not others:
+            return None
+        mean = total / count
+        return mean if mean < 0.0 < float(np.median([t / c for t, _, c in others])) else None
 
     def dissenter(self, nodes: Sequence[int]) -> int | None:
         """The one node of ``nodes`` (a round's) to credit with less weight than the others: of
@@ -373,10 +375,8 @@ class AgreementReference(_NodeMeanTest):
         does. A weaker sign than a refusal, for a flipper (with or without a bought weight) in
         the rounds before its record stands out far enough to be refused. One node at most: an
         honest partner whose mean a flipper dragged below zero dissents too, but less."""
-        flagged = [n for n in nodes if self.dissents(n)]
-        if not flagged:
-            return None
-        return min(flagged, key=self._mean)
+        means = {n: m for n in nodes if (m := self._dissenting_mean(n)) is not None}
+        return min(means, key=means.__getitem__) if means else None
 
     def reset(self) -> None:
         """Forget the records (the model was replaced from outside)."""
