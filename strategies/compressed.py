@@ -74,7 +74,8 @@ class CompressedStrategy(Strategy):
         The named codec's parameters, e.g. ``{"rel_step": 3.0}`` (with a codec name only); without
         them, :data:`strategies.settings.DEFAULT_PARAMS` (for ``"nnc"``:
         ``rel_step=2.0, float_lossless=True, schema_bound=True, lossless_bits=8``), and for the updates only
-        :data:`strategies.settings.DEFAULT_UPLINK_PARAMS` (``rel_to="update"``: one step per update).
+        :data:`strategies.settings.DEFAULT_UPLINK_PARAMS` (``rel_to="update"``: one step per update;
+        ``rd_lambda=0.02``: light rate-distortion rounding).
     downlink : DownlinkSettings, optional
         How the global model reaches the nodes (increment rate, exact coding, error feedback,
         chains, shared initial model).

@@ -87,12 +87,14 @@ def test_summary_logs_every_setting(caplog):
 def test_the_drop_in_default_compresses_with_the_measured_setting():
     measured = {"rel_step": 2.0, "float_lossless": True, "schema_bound": True, "lossless_bits": 8}
     default = CompressedStrategy(FedAvg())
-    # one step per update (rel_to="update") for the updates; the increments keep a step per tensor
-    assert dict(default.spec_for(1).params) == {**measured, "rel_to": "update"}
+    # one step per update (rel_to="update") and light rate-distortion rounding for the updates; the
+    # increments keep a step per tensor and round to nearest
+    uplink_only = {"rel_to": "update", "rd_lambda": 0.02}
+    assert dict(default.spec_for(1).params) == {**measured, **uplink_only}
     assert dict(default.downlink_spec(1).params) == measured
     # the same with a budget, which travels with the updates only
     budget = CompressedStrategy(FedAvg(), target_uplink=0.005)
-    assert dict(budget.spec_for(1).params) == {**measured, "rel_to": "update", "target_fraction": 0.005}
+    assert dict(budget.spec_for(1).params) == {**measured, **uplink_only, "target_fraction": 0.005}
     assert dict(budget.downlink_spec(1).params) == measured
     # parameters given (even the same ones): exactly those
     given = CompressedStrategy(FedAvg(), "nnc", {"rel_step": 2.0, "float_lossless": True}, target_uplink=0.005)

@@ -9,7 +9,7 @@ from flwr.serverapp.strategy import FedAvg
 import nnc_fl
 from nnc_fl import protocol
 from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings
-from strategies.settings import DEFAULT_PARAMS
+from strategies.settings import DEFAULT_PARAMS, DEFAULT_UPLINK_PARAMS
 
 
 @pytest.mark.parametrize("bad", [0, -3, 0.0, 1.0, 1.5, 2000.0, -0.1, float("nan"), float("inf"), True, "0.01"])
@@ -40,7 +40,8 @@ def test_budgets_travel_as_codec_parameters_each_link_its_own():
     assert not {"target_fraction", "target_bytes"} & set(default.spec_for(1).params)
     assert not {"target_fraction", "target_bytes"} & set(default.downlink_spec(1).params)
     s = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=2000)
-    assert dict(s.spec_for(1).params) == {**DEFAULT_PARAMS["nnc"], "rel_to": "update", "target_fraction": 0.005}
+    uplink = {**DEFAULT_PARAMS["nnc"], **DEFAULT_UPLINK_PARAMS["nnc"]}
+    assert dict(s.spec_for(1).params) == {**uplink, "target_fraction": 0.005}
     assert dict(s.downlink_spec(1).params) == {**DEFAULT_PARAMS["nnc"], "target_bytes": 2000}
     only_up = CompressedStrategy(FedAvg(), target_uplink=3000)
     assert "target_bytes" not in only_up.downlink_spec(1).params  # the uplink budget is not the downlink's
