@@ -48,8 +48,8 @@ DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
 #: a budget of 0.5 % of fp32 it lost 1.7-2.1 pp less accuracy than a step per tensor (README, "Low
 #: rates"). The global increments keep a step per tensor (one step per increment made them larger).
 #: And rate-distortion rounding at a light ``rd_lambda=0.02`` (a value rounded up is coded one level
-#: lower where that saves enough bits; the error goes to the node's residual): 9-11 % fewer uplink
-#: bytes in the UC10 runs (the BatchNorm CNN from 3.08 % to 2.78 % of fp32) at accuracies within the
+#: lower where that saves enough bits; the error goes to the node's residual): 9-12 % fewer uplink
+#: bytes in the UC10 and UC14A runs (the BatchNorm CNN from 3.08 % to 2.78 % of fp32) at accuracies within the
 #: seeds' spread of the default before it (README, "Light rate-distortion rounding"). The increments
 #: stay rounded to nearest: rounding them so (rd_lambda 0.1-0.15) cost 0.3-1.1 pp (README, "Results").
 DEFAULT_UPLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_to": "update", "rd_lambda": 0.02}}
