@@ -49,9 +49,10 @@ DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
 #: rates"). The global increments keep a step per tensor (one step per increment made them larger).
 #: And rate-distortion rounding at a light ``rd_lambda=0.02`` (a value rounded up is coded one level
 #: lower where that saves enough bits; the error goes to the node's residual): 9-12 % fewer uplink
-#: bytes in the UC10 and UC14A runs (the BatchNorm CNN from 3.08 % to 2.78 % of fp32) at accuracies within the
-#: seeds' spread of the default before it (README, "Light rate-distortion rounding"). The increments
-#: stay rounded to nearest: rounding them so (rd_lambda 0.1-0.15) cost 0.3-1.1 pp (README, "Results").
+#: bytes in the UC10 and UC14A runs (the BatchNorm CNN from 3.08 % to 2.78 % of fp32) at accuracies
+#: within the seeds' spread of the default before it, cross-device 0.2 pp lower on average (README,
+#: "Light rate-distortion rounding"). The increments stay rounded to nearest: rounding them so
+#: (rd_lambda 0.1-0.15) cost 0.3-1.1 pp (README, "Results").
 DEFAULT_UPLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_to": "update", "rd_lambda": 0.02}}
 
 
