@@ -74,6 +74,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="inprocess: deterministic; ray: Flower's simulation engine")
     p.add_argument("--keyframe-grid", type=lambda v: None if v == "none" else int(v), default=5,
                    help="keyframes on an anchor grid of rms * 2**-N (default 5); 'none': exact fp32 keyframes")
+    p.add_argument("--initial-grid", type=int, default=None, metavar="N",
+                   help="round the initial model onto a coarser grid of rms * 2**-N (random initialisations: "
+                        "cheaper keyframes; default: the anchor grid)")
     p.add_argument("--shared-initial-model", action="store_true",
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--residual-max-age", type=int, default=None, metavar="K",
@@ -207,7 +210,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfgs = [
         RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
-                  keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age, backend=a.backend,
+                  keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
+                  residual_max_age=a.residual_max_age, backend=a.backend,
                   target_uplink=a.target_uplink, target_downlink=a.target_downlink,
                   trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum)
         for seed in range(a.seed, a.seed + a.seeds)
@@ -241,7 +245,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         for seed in range(a.seed, a.seed + a.seeds):
             cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
                             codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
-                            keyframe_grid=a.keyframe_grid, residual_max_age=a.residual_max_age,
+                            keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
+                            residual_max_age=a.residual_max_age,
                             backend=a.backend, trusted_tolerance=a.trusted_tolerance,
                             server_momentum=a.server_momentum)
             sub = out_dir / slug(cfg.name())

@@ -52,6 +52,8 @@ class RunConfig:
     shared_initial_model: bool = False
     #: compressed keyframes on an anchor grid of rms * 2**-keyframe_grid (None: exact fp32 keyframes)
     keyframe_grid: int | None = 5
+    #: the initial model rounded onto a coarser grid of rms * 2**-initial_grid (None: the anchor grid)
+    initial_grid: int | None = None
     #: clients drop error-feedback residuals older than this many versions (None: keep them)
     residual_max_age: int | None = None
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
@@ -85,6 +87,8 @@ class RunConfig:
             name = f"{name} target-down={self.target_downlink}"
         if self.keyframe_grid is None:
             name = f"{name} exact-keyframes"
+        if self.initial_grid is not None:
+            name = f"{name} initial-grid={self.initial_grid}"
         if self.residual_max_age is not None:
             name = f"{name} residual-age<={self.residual_max_age}"
         if self.federation.trusted_examples:
@@ -116,7 +120,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         else:
             inner = FedAvg(**sampling)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
-                                    keyframe_grid=cfg.keyframe_grid, target=cfg.target_downlink)
+                                    keyframe_grid=cfg.keyframe_grid, initial_grid=cfg.initial_grid,
+                                    target=cfg.target_downlink)
         # no parameters: the strategy's default setting (what CompressedStrategy(inner) codes with)
         target = cfg.target_uplink
         codec = CodecSettings(cfg.codec, cfg.codec_params or None,

@@ -29,7 +29,7 @@ from flwr.supercore import log
 from nnc_fl import protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta
+from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta, quantisation_residual
 
 from .settings import DownlinkSettings
 
@@ -83,6 +83,14 @@ def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str
             g *= 2
         grid[name] = g
     return grid
+
+
+def coarsest_grid(t: np.ndarray, g: float) -> float:
+    """The largest power-of-two multiple of grid step ``g`` that every value of ``t`` (on the grid
+    ``g``) is an integer multiple of; ``g`` itself for an all-zero tensor."""
+    levels = np.abs(np.rint(np.asarray(t, np.float64) / g)).astype(np.int64)
+    bits = int(np.bitwise_or.reduce(levels, axis=None)) if levels.size else 0
+    return g * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
 
 
 def on_grid(t: np.ndarray, g: float) -> bool:
@@ -150,10 +158,16 @@ class ServerModel:
         (it is then kept exactly as given); otherwise, with compressed keyframes, the model is
         rounded onto its anchor grid (see the class notes) for the codec of ``spec``.
         """
+        s = self.settings
         first = self.version == 0
-        self.tensors = {k: np.array(v, copy=True) for k, v in tensors.items()}
-        self.grid = self._anchor(spec, shared=first and self.settings.shared_initial_model)
-        for name, g in self.grid.items():
+        given = {k: np.asarray(v) for k, v in tensors.items()}
+        self.tensors = {k: np.array(v, copy=True) for k, v in given.items()}
+        self.grid = self._anchor(spec, shared=first and s.shared_initial_model)
+        rounding = dict(self.grid)
+        if first and self.grid and s.initial_grid is not None:
+            coarse = anchor_grid(self.tensors, list(self.grid), s.initial_grid)
+            rounding = {n: max(g, coarse[n]) for n, g in self.grid.items()}
+        for name, g in rounding.items():
             t = self.tensors[name]
             # (+ 0.0 turns the -0.0 of small negative values into the +0.0 a decoder rebuilds)
             self.tensors[name] = (np.rint(t.astype(np.float64) / g) * g + 0.0).astype(t.dtype)
@@ -162,6 +176,8 @@ class ServerModel:
         self.increments.clear()
         self._fingerprints = {self.version: self.fingerprint}
         self._residual = {}
+        if rounding != self.grid and s.error_feedback:  # the coarse initial rounding: restored by increments
+            self._residual = quantisation_residual({n: given[n] for n in rounding}, self.tensors)
         self._keyframe = None
         self.shared_version = self.version if first and self.settings.shared_initial_model else None
         self._off_grid.clear()
@@ -277,9 +293,7 @@ class ServerModel:
         coarse = {}
         for name, g in self.grid.items():
             delta[name] = sums[name].astype(self.tensors[name].dtype)
-            levels = np.abs(np.rint(sums[name] / g)).astype(np.int64)
-            bits = int(np.bitwise_or.reduce(levels, axis=None)) if levels.size else 0
-            coarse[name] = g * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
+            coarse[name] = coarsest_grid(sums[name], g)
         delta = {n: delta[n] for n in self.tensors}
         data, decoded = codec.encode_decoded(
             delta, fingerprint=self._fingerprints[held], exact=True, limits=limits_for(self.tensors), grid=coarse
@@ -327,7 +341,9 @@ class ServerModel:
             return self._keyframe, 0.0
         t0 = time.perf_counter()
         codec = spec.make()
-        kwargs = {"grid": self.grid} if self.grid and getattr(codec, "supports_grid", False) else {}
+        kwargs = {}
+        if self.grid and getattr(codec, "supports_grid", False):  # each tensor at its coarsest exact grid
+            kwargs["grid"] = {n: coarsest_grid(self.tensors[n], g) for n, g in self.grid.items()}
         data = codec.encode(
             self.tensors, fingerprint=self.fingerprint, exact=True, limits=limits_for(self.tensors), **kwargs
         )

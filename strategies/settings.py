@@ -340,6 +340,16 @@ class DownlinkSettings:
         ``rms * 2**-keyframe_grid`` (the initial model is rounded onto it) and a keyframe codes its
         integer levels losslessly (see :class:`strategies.server_model.ServerModel`). ``None``:
         the initial model is kept bit for bit and keyframes are exact fp32.
+    initial_grid : int or None
+        With ``keyframe_grid``: round the initial model (when it is not shared) onto a coarser
+        per-tensor power of two near ``rms * 2**-initial_grid`` instead (at least the anchor grid),
+        for models trained from a random initialisation, whose first keyframes then cost
+        ``keyframe_grid - initial_grid`` fewer bits a value; keyframes of later versions too, while
+        the increments' steps stay multiples of the coarser grid (a keyframe codes each tensor at
+        the coarsest power-of-two multiple of its grid it lies on). What the rounding moved goes
+        into the downlink's error feedback, so a pretrained initial model is restored by the
+        following increments. ``None`` (the default): the anchor grid only. 0..20, at most
+        ``keyframe_grid``.
     catch_up : bool
         A node two or more versions behind may get ``G_v - G_u`` coded as one exact increment
         (a *catch-up*) instead of the chain, when that is smaller (with the anchor grid only:
@@ -362,6 +372,7 @@ class DownlinkSettings:
     max_chain: int = MAX_CHAIN
     shared_initial_model: bool = False
     keyframe_grid: int | None = 5
+    initial_grid: int | None = None
     catch_up: bool = True
     target: Budget | None = None
 
@@ -381,6 +392,13 @@ class DownlinkSettings:
             or not 0 <= self.keyframe_grid <= 20
         ):
             raise ValueError(f"keyframe_grid must be an integer in 0..20 or None, got {self.keyframe_grid!r}")
+        if self.initial_grid is not None:
+            if isinstance(self.initial_grid, bool) or not isinstance(self.initial_grid, int):
+                raise TypeError(f"initial_grid must be an integer or None, got {self.initial_grid!r}")
+            if self.keyframe_grid is None or not 0 <= self.initial_grid <= self.keyframe_grid:
+                raise ValueError(
+                    f"initial_grid must be in 0..keyframe_grid ({self.keyframe_grid}), got {self.initial_grid}"
+                )
 
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
         """The codec that codes a global increment in a round whose codec (without the uplink

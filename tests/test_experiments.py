@@ -160,6 +160,21 @@ def test_float_lossless_keyframes_travel_smaller_and_change_nothing_else(tmp_pat
     assert [r["up_bytes"] for r in coded["rounds"]] == [r["up_bytes"] for r in raw["rounds"]]
 
 
+def test_coarse_initial_grid_makes_first_contact_keyframes_smaller(tmp_path):
+    """End to end with BatchNorm: the nodes hold what the server holds (no resync, nothing refused)."""
+    cfg = dict(rounds=3, fraction=0.67, codec="nnc")
+    fed = _tiny("uc10", model="cnn-bn")
+    anchor = run(RunConfig(fed, **cfg), tmp_path / "a")
+    coarse = run(RunConfig(fed, initial_grid=0, **cfg), tmp_path / "b")
+    a, b = anchor["rounds"], coarse["rounds"]
+    assert a[1]["keyframes"] == b[1]["keyframes"] == 2
+    assert b[1]["keyframe_bytes"] < 0.6 * a[1]["keyframe_bytes"]
+    assert b[1]["test_accuracy"] != a[1]["test_accuracy"] or b[1]["up_bytes"] != a[1]["up_bytes"]
+    for r in b[1:]:
+        assert r["rejected"] == 0 and r["aggregate_failed"] == 0 and r["clients"] == 2
+    assert coarse["summary"]["name"].endswith("initial-grid=0")
+
+
 def test_lossless_benchmark_rows():
     import numpy as np
 

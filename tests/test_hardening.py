@@ -224,7 +224,13 @@ def test_a_silent_node_costs_one_timeout_and_gets_a_keyframe(make_grid, initial_
     assert set(seen_timeouts) == {30.0}  # Strategy.start hands the round timeout to the grid
     rows = strategy.bandwidth
     assert rows[0]["failures"] == 1 and rows[0]["accepted"] == 2
-    assert rows[1]["keyframes"] == 1 and rows[1]["accepted"] == 3
+    assert rows[1]["accepted"] == 3
+    round2 = [m for m in grid.sent if m.metadata.message_type == "train"][-3:]
+    kinds = {m.metadata.dst_node_id: protocol.Downlink.from_config(m.content[protocol.RECORD_KEY]).kind
+             for m in round2}
+    assert kinds[103] == protocol.KEYFRAME  # the silent node may or may not hold v1: it gets G_v whole
+    # the others get whichever is smaller (this model is tiny: its keyframe may be)
+    assert rows[1]["keyframes"] == sum(k == protocol.KEYFRAME for k in kinds.values())
 
 
 def test_departed_nodes_are_forgotten(make_grid, initial_arrays):
@@ -241,7 +247,9 @@ def test_departed_nodes_are_forgotten(make_grid, initial_arrays):
 
 def test_evaluate_keyframes_count_in_the_downlink(make_grid, initial_arrays):
     grid = make_grid(3)
-    strategy = CompressedStrategy(FedAvg(fraction_train=0.67, min_available_nodes=3), codec_params={"step": 0.001})
+    # exact keyframes: on this tiny model a grid keyframe can be smaller than one increment
+    strategy = CompressedStrategy(FedAvg(fraction_train=0.67, min_available_nodes=3), codec_params={"step": 0.001},
+                                  downlink=DownlinkSettings(keyframe_grid=None))
     random.seed(4)
     run_federation(strategy, grid, initial_arrays, 2)
     first = strategy.bandwidth[0]

@@ -10,7 +10,7 @@ from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import apply_delta
 from strategies import DownlinkSettings
-from strategies.server_model import ServerModel, choose_downlink
+from strategies.server_model import ServerModel, choose_downlink, coarsest_grid
 
 
 @pytest.mark.parametrize(
@@ -144,3 +144,70 @@ def test_downlink_payload_count_is_bounded(change, message):
     record = {**p.Downlink(**fields).to_config(), **change}
     with pytest.raises(p.ProtocolError, match=message):
         p.Downlink.from_config(record)
+
+
+# -- coarse initial grid: cheaper keyframes for randomly initialised models ----------------------
+
+
+def _random_init(rng) -> dict[str, np.ndarray]:
+    return {
+        "conv.weight": rng.uniform(-0.2, 0.2, (32, 16, 3, 3)).astype(np.float32),
+        "conv.bias": rng.uniform(-0.1, 0.1, 32).astype(np.float32),
+        "bn.weight": np.ones(32, np.float32),
+        "fc.weight": rng.uniform(-0.05, 0.05, (10, 512)).astype(np.float32),
+    }
+
+
+def test_coarsest_grid_is_the_largest_power_of_two_all_levels_share():
+    g = 2.0**-6
+    assert coarsest_grid(np.array([4, -12, 20], np.float32) * g, g) == 4 * g
+    assert coarsest_grid(np.array([3, 8], np.float32) * g, g) == g
+    assert coarsest_grid(np.zeros(5, np.float32), g) == g
+    assert coarsest_grid(np.zeros(0, np.float32), g) == g
+
+
+def test_initial_grid_rounds_the_first_model_coarser_and_feeds_the_rounding_back():
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "float_lossless": True})
+    given = _random_init(np.random.default_rng(4))
+    sizes, models = {}, {}
+    for bits in (None, 2):
+        model = ServerModel(DownlinkSettings(initial_grid=bits))
+        model.adopt(given, spec)
+        down, payloads, _ = model.downlink(1, spec, "arrays", 1, bytes(16))
+        assert down.kind == p.KEYFRAME
+        codec = CodecSpec.from_wire(down.payload_codec, down.payload_codec_params).make()
+        assert fingerprint(codec.decode(payloads[0].data)) == model.fingerprint  # the node holds exactly G_v
+        sizes[bits], models[bits] = len(payloads[0].data), model
+    coarse = models[2]
+    for name in ("conv.weight", "fc.weight"):
+        t = given[name].astype(np.float64)
+        step = coarsest_grid(coarse.tensors[name], coarse.grid[name])
+        assert step >= 2**2 * coarse.grid[name]  # 5 - 2 bits coarser than the anchor grid
+        assert np.sqrt(np.mean(t**2)) / 8 < step <= np.sqrt(np.mean(t**2)) / 4
+        np.testing.assert_array_equal(coarse._residual[name], given[name] - coarse.tensors[name])
+    assert np.array_equal(coarse.tensors["bn.weight"], given["bn.weight"])  # ones lie on any grid
+    assert sizes[2] < 0.75 * sizes[None]
+    assert models[None]._residual == {}  # the anchor grid alone: rounding below the codec's precision
+
+
+def test_initial_grid_rounding_is_restored_by_the_increments():
+    """A pretrained initial model that the coarse grid moved comes back through error feedback."""
+    spec = CodecSpec("nnc", {"rel_step": 0.5, "float_lossless": True})
+    given = _random_init(np.random.default_rng(5))
+    model = ServerModel(DownlinkSettings(initial_grid=0))
+    model.adopt(given, spec)
+    err0 = max(float(np.abs(model.tensors[n] - given[n]).max()) for n in ("conv.weight", "fc.weight"))
+    for _ in range(6):
+        model.advance(dict(model.tensors), spec)  # the nodes (which hold G_v) send no change
+    err = max(float(np.abs(model.tensors[n] - given[n]).max()) for n in ("conv.weight", "fc.weight"))
+    assert err < err0 / 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"initial_grid": 6}, ValueError), ({"initial_grid": 2, "keyframe_grid": None}, ValueError),
+     ({"initial_grid": -1}, ValueError), ({"initial_grid": 2.0}, TypeError), ({"initial_grid": True}, TypeError)],
+)
+def test_initial_grid_is_bounded(kwargs, error):
+    with pytest.raises(error, match="initial_grid"):
+        DownlinkSettings(**kwargs)
