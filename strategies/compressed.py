@@ -192,8 +192,11 @@ class CompressedStrategy(Strategy):
         return [stats.as_row() for stats in self._rounds]
 
     def spec_for(self, server_round: int) -> CodecSpec:
-        """The codec (name and parameters) used in ``server_round``."""
-        return self.codec.spec(server_round)
+        """The codec (name and parameters) of the updates of ``server_round``: as its training
+        messages carried it once they are sent (with the default parameters, the step follows the
+        share of connected nodes the round trains: :func:`strategies.settings.participation_rel_step`),
+        else as the settings give it for a round that trains every node."""
+        return self._round_spec.get(server_round) or self.codec.spec(server_round)
 
     def downlink_spec(self, server_round: int) -> CodecSpec:
         """The codec that codes the global increment of ``server_round`` (the round's codec
@@ -294,11 +297,13 @@ class CompressedStrategy(Strategy):
         travel in the protocol ConfigRecord.
         """
         self._sync(arrays)
-        self._round_spec[server_round] = spec = self.spec_for(server_round)
-        spec.make()  # a schedule giving bad parameters fails here, before anything is sent
-        self.model.forget_absent(grid.get_node_ids())
+        self.spec_for(server_round).make()  # a schedule giving bad parameters fails here, before anything is sent
+        nodes = list(grid.get_node_ids())
+        self.model.forget_absent(nodes)
         self._nonces.clear()
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        share = min(1.0, len(messages) / len(nodes)) if messages and nodes else None
+        self._round_spec[server_round] = self.codec.spec(server_round, share=share)
         out = self._encode_messages(messages, arrays, server_round, train=True)
         self.stats(server_round).configured(len(out))
         return out
@@ -314,7 +319,7 @@ class CompressedStrategy(Strategy):
         the round's bandwidth entries.
         """
         stats = self.stats(server_round)
-        spec = self._round_spec.get(server_round, self.spec_for(server_round))
+        spec = self.spec_for(server_round)
         codec = spec.make()
         replies = list(replies)
         self.model.went_silent(m.metadata.src_node_id for m in replies)

@@ -56,6 +56,25 @@ DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
 DEFAULT_UPLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_to": "update", "rd_lambda": 0.02}}
 
 
+#: Cross-device rounds (few of the connected nodes train each round) take a finer default uplink
+#: step: a node's error-feedback residual reaches the model only when that node trains again, ~1/share
+#: rounds later, so what an update's quantisation loses is corrected late. Measured on UC10 with 100
+#: nodes, 10 % per round, 30 rounds (seeds 0-4): ``rel_step`` 2.0 -0.80 +- 0.60 pp final accuracy
+#: against fp32, 1.4 -0.54 +- 0.20, 1.2 -0.34 +- 0.42 at 2.57 % uplink (README, "Cross-device").
+#: (share, rel_step) at the two ends; log-linear between; only with the default parameters.
+PARTICIPATION_REL_STEP = ((0.1, 1.2), (0.5, 2.0))
+
+
+def participation_rel_step(share: float) -> float:
+    """The default uplink ``rel_step`` of a round that trains ``share`` (0 < share <= 1) of the
+    connected nodes: 2.0 from half of them up, 1.2 at a tenth or fewer, log-linear between."""
+    (lo_share, lo_step), (hi_share, hi_step) = PARTICIPATION_REL_STEP
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share of nodes trained must be in (0, 1], got {share!r}")
+    t = (math.log(share) - math.log(lo_share)) / (math.log(hi_share) - math.log(lo_share))
+    return round(lo_step + (hi_step - lo_step) * min(1.0, max(0.0, t)), 3)
+
+
 def _frozen_mapping(obj: object, name: str) -> None:
     value = getattr(obj, name)
     if not isinstance(value, Mapping):
@@ -228,7 +247,9 @@ class CodecSettings:
         A codec registered in :mod:`nnc_fl.codecs` (``"nnc"``, ``"fp32"``, or a baseline).
     params : mapping, optional
         The codec's parameters (scalars), e.g. ``{"rel_step": 3.0, "rd_lambda": 0.05}``; ``None``
-        (the default) takes :data:`DEFAULT_PARAMS` for the codec, ``{}`` the codec's own defaults.
+        (the default) takes :data:`DEFAULT_PARAMS` for the codec (and :data:`DEFAULT_UPLINK_PARAMS`
+        for the updates, whose ``rel_step`` then follows the share of the connected nodes a round
+        trains: :func:`participation_rel_step`), ``{}`` the codec's own defaults.
     schedule : callable, optional
         ``f(server_round) -> params`` merged over ``params`` for that round's uplink and downlink,
         so the server can change the rate per round.
@@ -293,10 +314,14 @@ class CodecSettings:
         t = self.target_uplink
         return t.smallest if isinstance(t, BudgetSchedule) else t
 
-    def spec(self, server_round: int, *, target: bool = True) -> CodecSpec:
+    def spec(self, server_round: int, *, target: bool = True, share: float | None = None) -> CodecSpec:
         """The codec (name and parameters) of ``server_round``; with ``target`` (the uplink's), the
-        uplink's own parameters and budget are among them."""
+        uplink's own parameters and budget are among them; ``share``, the share of the connected
+        nodes the round trains, sets the uplink's default step (:func:`participation_rel_step`;
+        only when the default parameters are in use)."""
         base = CodecSpec(self.name, {**self.params, **self.uplink_params} if target else self.params)
+        if target and share is not None and self.uplink_params and "rel_step" in self.params:
+            base = base.merged({"rel_step": participation_rel_step(share)})
         if self.schedule is not None:
             base = base.merged(self.schedule(server_round))
         return base.merged(budget_params(self.budget(server_round))) if target else base
@@ -557,6 +582,7 @@ __all__ = [
     "BUDGET_PARAMS",
     "DEFAULT_PARAMS",
     "DEFAULT_UPLINK_PARAMS",
+    "PARTICIPATION_REL_STEP",
     "Budget",
     "BudgetSchedule",
     "CodecSchedule",
@@ -567,5 +593,6 @@ __all__ = [
     "check_budget",
     "check_target",
     "describe",
+    "participation_rel_step",
     "settings_of",
 ]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 from conftest import summary_text
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from nnc_fl import protocol
 from strategies import CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
+from strategies.settings import participation_rel_step
 
 
 @pytest.mark.parametrize(
@@ -105,3 +110,31 @@ def test_the_drop_in_default_compresses_with_the_measured_setting():
     assert tensor.spec_for(3).params["rel_to"] == "tensor"
     assert dict(CompressedStrategy(FedAvg(), "nnc", {}).spec_for(1).params) == {}  # the codec's own default
     assert dict(CompressedStrategy(FedAvg(), None).spec_for(1).params) == {}  # fp32
+
+
+def test_participation_rel_step_is_log_linear_between_the_measured_ends():
+    assert participation_rel_step(1.0) == participation_rel_step(0.5) == 2.0
+    assert participation_rel_step(0.1) == participation_rel_step(0.01) == 1.2
+    mid = participation_rel_step(math.sqrt(0.05))  # halfway between 0.1 and 0.5 in log
+    assert mid == pytest.approx(1.6, abs=1e-3)
+    steps = [participation_rel_step(s) for s in (0.05, 0.1, 0.2, 0.3, 0.5, 0.9)]
+    assert steps == sorted(steps)
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="share"):
+            participation_rel_step(bad)
+
+
+@pytest.mark.parametrize(("nodes", "fraction", "step"), [(4, 0.5, 2.0), (20, 0.1, 1.2), (10, 0.2, 1.545)])
+def test_a_cross_device_round_gets_a_finer_default_uplink_step(make_grid, initial_arrays, nodes, fraction, step):
+    """The share of the connected nodes a round trains sets the default updates' step; the
+    increments, and parameters a user gave, are left alone."""
+    for given, expected in ((None, step), ({"rel_step": 3.0}, 3.0)):
+        strategy = CompressedStrategy(FedAvg(fraction_train=fraction, fraction_evaluate=0.0,
+                                             min_available_nodes=nodes), "nnc", given)
+        grid = make_grid(nodes)
+        messages = strategy.configure_train(1, initial_arrays, ConfigRecord(), grid)
+        assert len(list(messages)) == max(2, round(fraction * nodes))
+        assert strategy.spec_for(1).params["rel_step"] == expected
+        assert strategy.downlink_spec(1).params["rel_step"] == (2.0 if given is None else 3.0)
+        record = protocol.Downlink.from_config(dict(messages[0].content[protocol.RECORD_KEY]))
+        assert json.loads(record.codec_params)["rel_step"] == expected  # what the node codes with
