@@ -196,7 +196,8 @@ class CompressedStrategy(Strategy):
         messages carried it once they are sent (with the default parameters, the step follows the
         share of connected nodes the round trains: :func:`strategies.settings.participation_rel_step`),
         else as the settings give it for a round that trains every node."""
-        return self._round_spec.get(server_round) or self.codec.spec(server_round)
+        spec = self._round_spec.get(server_round)
+        return spec if spec is not None else self.codec.spec(server_round)
 
     def downlink_spec(self, server_round: int) -> CodecSpec:
         """The codec that codes the global increment of ``server_round`` (the round's codec
