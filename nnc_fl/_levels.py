@@ -221,7 +221,7 @@ def _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast
     for i in range(start, stop):
         q = levels[i]
         c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
-        if lam > 0.0:
+        if lam > 0.0 and q != 0:  # (a zero level is never lowered)
             q = _rd_choice(q, abs(np.float64(x[i])) * inv_step, lam, c_sig, c_sign, g, ctx, egctx)
             levels[i] = q
         _col_update(colact, col, q)
