@@ -63,3 +63,17 @@ def on_grid(x, inv_g, limit):
         if not abs(q) <= limit or q != np.floor(q):
             return False
     return True
+
+
+@jit
+def grid_levels_or(x, inv_g):
+    """The bitwise OR of every ``|round(x[i] * inv_g)|`` of flat float ``x`` (on the grid, so the
+    lowest set bit is the largest power of two all its levels share); ``-1`` if one is not finite
+    or beyond 2**62."""
+    acc = 0
+    for i in range(x.size):
+        a = abs(np.rint(np.float64(x[i]) * inv_g))
+        if not a < 4.611686018427388e18:  # 2**62 (NaN fails too)
+            return -1
+        acc |= np.int64(a)
+    return acc

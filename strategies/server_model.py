@@ -29,6 +29,7 @@ from flwr.supercore import log
 from nnc_fl import protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
+from nnc_fl.steps import coarsest_grid
 from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta, quantisation_residual
 
 from .settings import DownlinkSettings
@@ -83,14 +84,6 @@ def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str
             g *= 2
         grid[name] = g
     return grid
-
-
-def coarsest_grid(t: np.ndarray, g: float) -> float:
-    """The largest power-of-two multiple of grid step ``g`` that every value of ``t`` (on the grid
-    ``g``) is an integer multiple of; ``g`` itself for an all-zero tensor."""
-    levels = np.abs(np.rint(np.asarray(t, np.float64) / g)).astype(np.int64)
-    bits = int(np.bitwise_or.reduce(levels, axis=None)) if levels.size else 0
-    return g * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
 
 
 def on_grid(t: np.ndarray, g: float) -> bool:

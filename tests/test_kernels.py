@@ -21,7 +21,7 @@ from nnc_fl._floatcoder import SHORT_PAYLOAD as FLOAT_SHORT_PAYLOAD
 from nnc_fl._floatcoder import decode_float_payload, decode_floats, encode_float_payload
 from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
 from nnc_fl._probability import RATE_PAIRS
-from nnc_fl._quantise import dequantise, on_grid, quantise, sum_squares
+from nnc_fl._quantise import dequantise, grid_levels_or, on_grid, quantise, sum_squares
 
 
 def _levels(rng, n, kind):
@@ -670,6 +670,27 @@ def test_sum_squares_matches_numpy():
         x = (rng.normal(size=1001) * 3).astype(dtype)
         assert sum_squares(x) == pytest.approx(float(np.sum(x.astype(np.float64) ** 2)), rel=1e-12)
     assert sum_squares(np.zeros(0, np.float32)) == 0.0
+
+
+def test_grid_levels_or_gives_the_shared_power_of_two():
+    g = 2.0**-7
+    x = (np.array([4, -12, 20, 0]) * g).astype(np.float32)
+    assert grid_levels_or(x, 1 / g) == 4 | 12 | 20
+    assert grid_levels_or(np.zeros(0, np.float64), 1 / g) == 0
+    for bad in (np.nan, np.inf, 2.0**70):
+        z = x.astype(np.float64)
+        z[1] = bad
+        assert grid_levels_or(z, 1 / g) == -1
+    from nnc_fl.steps import coarsest_grid
+
+    assert coarsest_grid(x.reshape(2, 2), g) == 4 * g
+    assert coarsest_grid(x.astype(np.float16), g) == 4 * g  # widened exactly
+    with pytest.raises(ValueError, match="power of two"):
+        coarsest_grid(x, 0.3)
+    with pytest.raises(TypeError, match="float tensor"):
+        coarsest_grid(np.arange(3), g)
+    with pytest.raises(ValueError, match="not finite"):
+        coarsest_grid(np.array([np.nan], np.float32), g)
 
 
 def test_on_grid_accepts_exact_multiples_within_range_only():
