@@ -106,7 +106,10 @@ class ServerModel:
     its integer levels (measured on the trained UC10 CNN: 22.6 % of fp32 at ``b = 4``, 28.9 % at 5;
     rounding that model onto the grid moved its accuracy by < 0.1 pp). A node that receives one
     holds exactly ``G_v``. Tensors the codec keeps lossless, other dtypes, and a tensor whose
-    values leave the grid's range travel exactly.
+    values leave the grid's range travel exactly. A keyframe codes each tensor at the coarsest
+    power-of-two multiple of its grid that all its values share (:func:`nnc_fl.steps.coarsest_grid`);
+    with ``initial_grid`` the first model is rounded onto a coarser one, which the increments keep
+    while their steps are multiples of it (see :class:`strategies.settings.DownlinkSettings`).
     """
 
     def __init__(self, settings: DownlinkSettings | None = None) -> None:
