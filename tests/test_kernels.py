@@ -684,6 +684,8 @@ def test_grid_levels_or_gives_the_shared_power_of_two():
     from nnc_fl.steps import coarsest_grid
 
     assert coarsest_grid(x.reshape(2, 2), g) == 4 * g
+    assert coarsest_grid(np.array([3, 8], np.float32) * g, g) == g
+    assert coarsest_grid(np.zeros(5, np.float32), g) == coarsest_grid(np.zeros(0, np.float32), g) == g
     assert coarsest_grid(x.astype(np.float16), g) == 4 * g  # widened exactly
     with pytest.raises(ValueError, match="power of two"):
         coarsest_grid(x, 0.3)

@@ -8,9 +8,10 @@ import pytest
 from nnc_fl import protocol as p
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
+from nnc_fl.steps import coarsest_grid
 from nnc_fl.updates import apply_delta
 from strategies import DownlinkSettings
-from strategies.server_model import ServerModel, choose_downlink, coarsest_grid
+from strategies.server_model import ServerModel, choose_downlink
 
 
 @pytest.mark.parametrize(
@@ -156,14 +157,6 @@ def _random_init(rng) -> dict[str, np.ndarray]:
         "bn.weight": np.ones(32, np.float32),
         "fc.weight": rng.uniform(-0.05, 0.05, (10, 512)).astype(np.float32),
     }
-
-
-def test_coarsest_grid_is_the_largest_power_of_two_all_levels_share():
-    g = 2.0**-6
-    assert coarsest_grid(np.array([4, -12, 20], np.float32) * g, g) == 4 * g
-    assert coarsest_grid(np.array([3, 8], np.float32) * g, g) == g
-    assert coarsest_grid(np.zeros(5, np.float32), g) == g
-    assert coarsest_grid(np.zeros(0, np.float32), g) == g
 
 
 def test_initial_grid_rounds_the_first_model_coarser_and_feeds_the_rounding_back():
