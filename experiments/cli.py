@@ -84,7 +84,14 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-momentum", type=float, default=0.0, metavar="BETA",
                    help="aggregate with Flower's FedAvgM at this server momentum (server learning rate 1) "
                         "instead of FedAvg; default 0: FedAvg")
+    p.add_argument("--aggregator", choices=AGGREGATOR_CHOICES, default="fedavg",
+                   help="the inner strategy's rule: FedAvg (default), FedMedian, FedTrimmedAvg (beta 0.2) or "
+                        "Krum (one hostile node assumed), each inside the same wrapper")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<task>-...)")
+
+
+#: runner.AGGREGATORS' names (the runner imports Flower and torch; the parser does not)
+AGGREGATOR_CHOICES = ("fedavg", "median", "trimmed-mean", "krum")
 
 
 def _federation(a: argparse.Namespace, seed: int | None = None):
@@ -213,7 +220,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                   keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
                   residual_max_age=a.residual_max_age, backend=a.backend,
                   target_uplink=a.target_uplink, target_downlink=a.target_downlink,
-                  trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum)
+                  trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum,
+                  aggregator=a.aggregator)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
     out_dir = a.out or _default_out(a, f"run-{a.codec}")
@@ -248,7 +256,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                             keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
                             residual_max_age=a.residual_max_age,
                             backend=a.backend, trusted_tolerance=a.trusted_tolerance,
-                            server_momentum=a.server_momentum)
+                            server_momentum=a.server_momentum, aggregator=a.aggregator)
             sub = out_dir / slug(cfg.name())
             tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
     outs = _run_tasks(tasks, a.jobs)

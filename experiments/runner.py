@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedAvgM
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
 from strategies.inprocess import InProcessGrid
@@ -36,6 +36,17 @@ ROUND_FIELDS = (
     "up_pct", "down_pct", "test_accuracy", "test_loss", "encode_s", "decode_s", "client_encode_s",
     "client_decode_s", "clipped", "weights_capped", "aggregate_failed", "rejected_nodes",
 )
+
+
+#: the inner strategies a run can aggregate with (Flower's own, inside the same wrapper): the
+#: weighted mean, the coordinate-wise median, the mean without the top and bottom 20 % of each
+#: coordinate, and Krum (the update closest to its neighbours; one hostile node assumed)
+AGGREGATORS = {
+    "fedavg": FedAvg,
+    "median": FedMedian,
+    "trimmed-mean": lambda **kw: FedTrimmedAvg(**kw, beta=0.2),
+    "krum": lambda **kw: Krum(**kw, num_malicious_nodes=1),
+}
 
 
 @dataclass
@@ -68,11 +79,17 @@ class RunConfig:
     #: > 0: the inner strategy is Flower's FedAvgM with this server momentum (server learning rate
     #: 1); 0: FedAvg
     server_momentum: float = 0.0
+    #: the inner strategy's aggregation rule (one of AGGREGATORS); robust rules for hostile clients
+    aggregator: str = "fedavg"
 
     def __post_init__(self) -> None:
         m = self.server_momentum
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
             raise ValueError(f"server_momentum must be a number in [0, 1), got {m!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
+        if m and self.aggregator != "fedavg":
+            raise ValueError("server_momentum is FedAvgM's: it needs aggregator 'fedavg'")
 
     def name(self) -> str:
         if self.label:
@@ -95,6 +112,8 @@ class RunConfig:
             name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
         if self.server_momentum:
             name = f"{name} fedavgm={self.server_momentum:g}"
+        if self.aggregator != "fedavg":
+            name = f"{name} {self.aggregator}"
         return f"{name} shared-init" if self.shared_initial_model else name
 
     def to_json(self) -> dict[str, Any]:
@@ -118,7 +137,7 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         if cfg.server_momentum:
             inner = FedAvgM(**sampling, server_learning_rate=1.0, server_momentum=cfg.server_momentum)
         else:
-            inner = FedAvg(**sampling)
+            inner = AGGREGATORS[cfg.aggregator](**sampling)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,
                                     keyframe_grid=cfg.keyframe_grid, initial_grid=cfg.initial_grid,
                                     target=cfg.target_downlink)

@@ -108,6 +108,31 @@ def test_server_momentum_aggregates_with_fedavgm_behind_the_same_wrapper(tmp_pat
             RunConfig(_tiny("uc10"), server_momentum=bad)
 
 
+def test_robust_aggregators_run_inside_the_same_wrapper(tmp_path):
+    from experiments.cli import AGGREGATOR_CHOICES
+    from experiments.runner import AGGREGATORS
+
+    # five nodes: the trimmed mean drops one update per coordinate at each end (beta 0.2)
+    fed = Federation(task="uc10", source="digits", num_clients=5, n_train=400, n_test=120, seed=1)
+    base = RunConfig(fed, rounds=2, fraction=1.0, codec="nnc", codec_params={"rel_step": 2.0})
+    fedavg = run(base)
+    for name in ("median", "trimmed-mean", "krum"):
+        cfg = RunConfig(**{**base.__dict__, "aggregator": name})
+        out = run(cfg, tmp_path / name)
+        assert all(r["clients"] == 5 and r["rejected"] == 0 and r["aggregate_failed"] == 0
+                   for r in out["rounds"][1:]), name
+        # another rule, another model: the first round's loss differs from FedAvg's
+        assert out["rounds"][1]["test_loss"] != fedavg["rounds"][1]["test_loss"], name
+        assert name in cfg.name()
+        assert json.loads((tmp_path / name / "config.json").read_text())["aggregator"] == name
+    with pytest.raises(ValueError, match="aggregator must be one of"):
+        RunConfig(_tiny("uc10"), aggregator="mean")
+    with pytest.raises(ValueError, match="needs aggregator 'fedavg'"):
+        RunConfig(_tiny("uc10"), aggregator="median", server_momentum=0.5)
+    # the command line offers exactly the rules the runner knows
+    assert set(AGGREGATOR_CHOICES) == set(AGGREGATORS)
+
+
 @pytest.mark.parametrize(("model", "lr", "params"), [
     ("cnn-bn", 0.05, {"rel_step": 3.0}), ("cnn-bn", 0.05, None), ("vit", 0.005, {"rel_step": 3.0})])
 def test_batchnorm_and_attention_models_train_compressed_and_statistics_stay_valid(model, lr, params):
