@@ -13,7 +13,7 @@ from typing import Any
 #: ours at three rates, the classic baselines, then scaled sign, QSGD and PowerSGD-style low rank.
 COMPARE_CODECS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("fp32", {}, {}),
-    ("nnc", {"rel_step": 2.0}, {}),
+    ("nnc", {}, {}),  # the default setting (CompressedStrategy(inner) without parameters)
     ("nnc", {"rel_step": 3.0, "rd_lambda": 0.05}, {}),
     ("nnc", {"rel_step": 4.0, "rd_lambda": 0.05}, {}),
     ("fp16", {}, {}),

@@ -289,6 +289,62 @@ def aggregate_table(aggs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Accuracy levels of the bytes-to-accuracy table: pp below the reference's mean final accuracy.
+REACH_BELOW_REFERENCE = (10.0, 5.0, 2.0, 1.0, 0.5)
+
+
+def bytes_to_reach(out: Out, accuracy: float) -> float | None:
+    """Bytes sent up and down until the end of the first trained round whose test accuracy is at least
+    ``accuracy`` (a fraction); None if no round of the run reaches it."""
+    total = 0.0
+    for r in out["rounds"]:
+        total += r["up_bytes"] + r["down_bytes"]
+        if r["round"] > 0 and r["test_accuracy"] >= accuracy:
+            return total
+    return None
+
+
+def reach_levels(groups: Sequence[Sequence[Out]], reference: str = "fp32") -> list[float]:
+    """The accuracy levels (fractions) of :func:`reach_table`: :data:`REACH_BELOW_REFERENCE` below the
+    mean final accuracy of the ``reference`` group; none without that group."""
+    ref = next((g for g in groups if g[0]["summary"]["codec"] == reference), None)
+    if ref is None:
+        return []
+    top = mean_std([metric_value(o, "final_accuracy") for o in ref])[0]
+    return [top - pp / 100 for pp in REACH_BELOW_REFERENCE]
+
+
+def reach_stats(group: Sequence[Out], levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Per level: mean and std of the bytes to reach it over the seeds that reach it, and how many do."""
+    stats = []
+    for level in levels:
+        reached = [b for b in (bytes_to_reach(o, level) for o in group) if b is not None]
+        mean, std = mean_std(reached)
+        stats.append({"accuracy": level, "mean": mean, "std": std, "reached": len(reached), "n": len(group),
+                      "values": reached})
+    return stats
+
+
+def reach_table(groups: Sequence[Sequence[Out]], aggs: Sequence[dict[str, Any]], levels: Sequence[float]) -> str:
+    """Markdown table: per group and level, the MB (up + down) until a round first reaches the level,
+    mean ± std over the seeds that reach it, with how many of the seeds do."""
+    if not levels:
+        return ""
+    head = " | ".join(f"{100 * lv:.2f} % ({pp:g} pp below)" for lv, pp in zip(levels, REACH_BELOW_REFERENCE,
+                                                                             strict=True))
+    lines = [f"| codec | {head} |", "|---|" + "---:|" * len(levels)]
+    for g, a in zip(groups, aggs, strict=True):
+        cells = []
+        for st in reach_stats(g, levels):
+            if st["reached"] == 0:
+                cells.append(f"not reached (0/{st['n']})")
+                continue
+            seeds = "" if st["reached"] == st["n"] else f" ({st['reached']}/{st['n']} seeds)"
+            cells.append(f"{_pm(st, 1e-6, digits=3)}{seeds}")
+        lines.append(f"| {a['name']} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def title_of(groups: Sequence[Sequence[Out]]) -> str:
     """A one-line description of the federation of the first group, with the seeds of all."""
     cfg = groups[0][0]["config"]
@@ -316,7 +372,14 @@ def write_aggregate(outs: Sequence[Out], folder: str | Path, title: str | None =
     table = aggregate_table(aggs)
     note = ("mean ± sample standard deviation (ddof = 1) over the seeds; Δ columns: differences to fp32 "
             "paired by seed")
-    (folder / "comparison.md").write_text(f"{title}\n\n{table}\n\n{note}\n")
+    levels = reach_levels(groups)
+    for g, a in zip(groups, aggs, strict=True):
+        a["bytes_to_reach"] = reach_stats(g, levels)
+    reach = reach_table(groups, aggs, levels)
+    if reach:
+        reach = ("MB sent (up + down) until a round first reaches the accuracy, mean ± std over the seeds "
+                 f"that reach it (levels below fp32's mean final accuracy):\n\n{reach}\n\n")
+    (folder / "comparison.md").write_text(f"{title}\n\n{table}\n\n{note}\n\n{reach}")
     (folder / "comparison.json").write_text(json.dumps(
         {"title": title, "std": "sample (ddof=1)", "groups": aggs}, indent=2, default=str))
     plot_aggregate(groups, folder, title)
@@ -330,11 +393,15 @@ __all__ = [
     "aggregate_groups",
     "aggregate_table",
     "best_accuracy",
+    "bytes_to_reach",
     "find_run_folders",
     "group_runs",
     "load_run",
     "load_runs",
     "mean_std",
+    "reach_levels",
+    "reach_stats",
+    "reach_table",
     "run_many",
     "run_one",
     "slug",

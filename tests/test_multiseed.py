@@ -131,4 +131,18 @@ def test_grouping_and_statistics_on_synthetic_runs(tmp_path):
         M.group_runs([_fake(0), _fake(0)])
     title, table = M.write_aggregate(outs, tmp_path)
     assert "2 seeds (0, 1)" in title and "| topk | 2 | 45.00 ± 7.07 | -20.00 ± 0.00 |" in table
+    # bytes to reach an accuracy: fp32's mean final is 0.65, so the first level is 0.55
+    levels = M.reach_levels(groups)
+    assert levels == pytest.approx([0.55, 0.60, 0.63, 0.64, 0.645])
+    assert M.bytes_to_reach(outs[0], 0.55) == 600 and M.bytes_to_reach(outs[2], 0.55) == 300
+    assert M.bytes_to_reach(outs[3], 0.55) is None  # never above 0.5
+    first = M.reach_stats(groups[1], levels)[0]
+    assert (first["reached"], first["n"], first["mean"], first["values"]) == (1, 2, 300.0, [300.0])
+    reached = [st["reached"] for st in M.reach_stats(groups[0], levels)]
+    assert reached[0] == 2 and reached[2:] == [1, 1, 1]  # above 0.6 only seed 1 (0.7)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| topk | 0.000 ± 0.000 (1/2 seeds) |" in md and md.count("not reached (0/2)") == 3
+    stats = json.loads((tmp_path / "comparison.json").read_text())["groups"][0]["bytes_to_reach"]
+    assert [st["reached"] for st in stats] == reached
+    assert M.reach_levels([groups[1]]) == []  # no fp32 group: no levels, no table
     assert (tmp_path / "comparison.png").stat().st_size > 0
