@@ -28,7 +28,7 @@ import numpy as np
 
 from ._jit import jit, jit_inline
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
-from ._rangecoder import PROB_MIN, dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init, enc_reserve
+from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init, enc_reserve
 
 GT_FLAGS = 12
 SIG_CTX = 0
@@ -195,27 +195,12 @@ def _level_bits(m, neg, c_sig, c_sign, g, ctx, egctx):
     return bits
 
 
-#: The most bits one bin can cost: the coder never gives a symbol less than PROB_MIN.
-_MAX_BIN_BITS = float(_BITS[PROB_MIN >> 5])
-#: Up to magnitude GT_FLAGS + 1, coding ``m`` instead of ``m - 1`` costs at most three bins more: the
-#: sig, sign and first flag against the zero sig for m = 1; for larger m one flag at 1 and the next
-#: flag (or, for GT_FLAGS + 1, the first Exp-Golomb bin: a context bin or 1 bypass bit) against one
-#: flag at 0. (Tests check the bound.)
-RD_MAX_EXTRA_BITS = 3.0 * _MAX_BIN_BITS
-#: Floating-point slack of the shortcut in :func:`_rd_choice` (its costs are sums of a few terms <~ 10).
-_RD_SLACK = 1e-9
-
-
 @jit
 def _rd_choice(q, a, lam, c_sig, c_sign, g, ctx, egctx):
     """``q`` = round(x / step) with ``a`` = |x| / step: keep it, or step one towards zero when
     ``q`` was rounded up and that lowers distortion + lam x bits (error stays below one step)."""
     m = abs(q)
     if m == 0 or a >= m:
-        return q
-    # Lowering adds 1 - 2 (m - a) to the squared error and saves lam x (bits(m) - bits(m - 1)); where
-    # the first exceeds what the bits can save at most, keep q without estimating them (same choice).
-    if m <= GT_FLAGS + 1 and 1.0 - 2.0 * (m - a) >= lam * RD_MAX_EXTRA_BITS + _RD_SLACK:
         return q
     neg = 1 if q < 0 else 0
     j_keep = (m - a) ** 2 + lam * _level_bits(m, neg, c_sig, c_sign, g, ctx, egctx)

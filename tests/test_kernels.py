@@ -188,8 +188,8 @@ def test_golden_stream():
     assert hashlib.sha256(data).hexdigest() == "5ade1000dfc82e74ff5b3017e26e3da1cd8d54065c53172dac2c97de28027621"
 
 
-#: RD-coded payloads and levels at three lambdas, pinned before the shortcut in _rd_choice (6320b3f):
-#: skipping the bit estimate where it cannot change the choice must not change a byte.
+#: RD-coded payloads and levels at three lambdas (rate-distortion rounding is the encoder's choice, so
+#: only a golden stream notices when a change of its search changes the bytes).
 GOLDEN_RD = "0f048d20b6ab214acffbfd23c5f18e93f779d6d758b1c64c34c8eb41ce5c2542"
 
 
@@ -205,30 +205,6 @@ def test_golden_rd_payloads():
     assert h.hexdigest() == GOLDEN_RD
 
 
-def test_rd_shortcut_bound_holds_in_any_context_state():
-    """``bits(m) - bits(m - 1) <= RD_MAX_EXTRA_BITS`` for m <= GT_FLAGS + 1, whatever the contexts
-    have learnt: otherwise the shortcut in _rd_choice could keep a level the estimate would lower."""
-    from nnc_fl._levels import GT_CTX, GT_FLAGS, N_CONTEXTS_EG, RD_MAX_EXTRA_BITS, SIG_CTX, SIGN_CTX, _level_bits
-    from nnc_fl._probability import new_contexts
-
-    rng = np.random.default_rng(5)
-    worst = 0.0
-    for _ in range(300):
-        ctx = new_contexts(N_CONTEXTS_EG)
-        # each context certain of a 0, certain of a 1 (clamped to PROB_MIN), or anywhere between
-        ctx[:, :2] = rng.choice([0, 65536, *rng.integers(0, 65537, 2)], size=N_CONTEXTS_EG)[:, None]
-        c_sig, c_sign = int(rng.integers(SIG_CTX, SIGN_CTX)), int(rng.integers(SIGN_CTX, GT_CTX))
-        for m in range(1, GT_FLAGS + 2):
-            for neg in (0, 1):
-                for g in range(3):
-                    for egctx in (False, True):
-                        extra = (_level_bits(m, neg, c_sig, c_sign, g, ctx, egctx)
-                                 - _level_bits(m - 1, neg, c_sig, c_sign, g, ctx, egctx))
-                        worst = max(worst, extra)
-    assert worst <= RD_MAX_EXTRA_BITS
-    assert worst > 0.9 * RD_MAX_EXTRA_BITS  # the bound is nearly reached: it is not slack
-
-
 def _kernel_outputs_digest():
     """SHA-256 over every kernel's outputs on a fixed mix of inputs: coded, RD-coded, hostile bytes."""
     rng = np.random.default_rng(77)
@@ -241,7 +217,7 @@ def _kernel_outputs_digest():
                 decoded, status = decode_levels(payload, levels.size, 20, rate_index, egctx)
                 h.update(payload.tobytes() + decoded.tobytes() + bytes([status]))
     x = rng.laplace(size=3000) * 0.03
-    for lam in (0.02, 0.05, 0.3):  # 0.02: the shortcut of _rd_choice is taken
+    for lam in (0.02, 0.05, 0.3):
         levels, status = quantise(x, 0.01, MAX_LEVEL)
         payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0, lam > 0.1)
         h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
