@@ -325,17 +325,18 @@ def reach_stats(group: Sequence[Out], levels: Sequence[float]) -> list[dict[str,
     return stats
 
 
-def reach_table(groups: Sequence[Sequence[Out]], aggs: Sequence[dict[str, Any]], levels: Sequence[float]) -> str:
-    """Markdown table: per group and level, the MB (up + down) until a round first reaches the level,
-    mean ± std over the seeds that reach it, with how many of the seeds do."""
+def reach_table(aggs: Sequence[dict[str, Any]], levels: Sequence[float]) -> str:
+    """Markdown table: per group (its ``bytes_to_reach``, from :func:`reach_stats`) and level, the MB
+    (up + down) until a round first reaches the level, mean ± std over the seeds that reach it, with
+    how many of the seeds do."""
     if not levels:
         return ""
     head = " | ".join(f"{100 * lv:.2f} % ({pp:g} pp below)" for lv, pp in zip(levels, REACH_BELOW_REFERENCE,
                                                                              strict=True))
     lines = [f"| codec | {head} |", "|---|" + "---:|" * len(levels)]
-    for g, a in zip(groups, aggs, strict=True):
+    for a in aggs:
         cells = []
-        for st in reach_stats(g, levels):
+        for st in a["bytes_to_reach"]:
             if st["reached"] == 0:
                 cells.append(f"not reached (0/{st['n']})")
                 continue
@@ -375,7 +376,7 @@ def write_aggregate(outs: Sequence[Out], folder: str | Path, title: str | None =
     levels = reach_levels(groups)
     for g, a in zip(groups, aggs, strict=True):
         a["bytes_to_reach"] = reach_stats(g, levels)
-    reach = reach_table(groups, aggs, levels)
+    reach = reach_table(aggs, levels)
     if reach:
         reach = ("MB sent (up + down) until a round first reaches the accuracy, mean ± std over the seeds "
                  f"that reach it (levels below fp32's mean final accuracy):\n\n{reach}\n\n")

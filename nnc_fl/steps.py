@@ -53,11 +53,7 @@ def _rms(x: np.ndarray) -> float:
 def on_grid(x: np.ndarray, grid: float, max_steps: float) -> bool:
     """Whether every value of float tensor ``x`` is an integer multiple of ``grid`` (a power of
     two) of at most ``max_steps`` grid steps in magnitude (one pass, no temporary arrays)."""
-    _check_power_of_two(grid)
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise TypeError(f"on_grid takes a float tensor, got dtype {x.dtype}")
-    return bool(on_grid_kernel(_flat(x), 1.0 / grid, float(max_steps)))
+    return bool(on_grid_kernel(_grid_input(x, grid, "on_grid"), 1.0 / grid, float(max_steps)))
 
 
 def coarsest_grid(x: np.ndarray, grid: float) -> float:
@@ -65,19 +61,20 @@ def coarsest_grid(x: np.ndarray, grid: float) -> float:
     tensor ``x``, which lies on ``grid``, is an integer multiple of; ``grid`` itself for an all-zero
     or empty tensor. One pass, no temporary arrays. ``ValueError`` for a non-finite value or one
     beyond 2**62 grid steps."""
-    _check_power_of_two(grid)
-    x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise TypeError(f"coarsest_grid takes a float tensor, got dtype {x.dtype}")
-    bits = int(grid_levels_or(_flat(x), 1.0 / grid))
+    bits = int(grid_levels_or(_grid_input(x, grid, "coarsest_grid"), 1.0 / grid))
     if bits < 0:
         raise ValueError("coarsest_grid: a value is not finite or lies beyond 2**62 grid steps")
     return grid * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
 
 
-def _check_power_of_two(grid: float) -> None:
+def _grid_input(x: np.ndarray, grid: float, caller: str) -> np.ndarray:
+    """``x`` flat for the grid kernels, once ``grid`` is a power of two and ``x`` a float tensor."""
     if not (grid > 0 and math.isfinite(grid) and math.frexp(grid)[0] == 0.5):
         raise ValueError(f"grid step must be a power of two, got {grid!r}")
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{caller} takes a float tensor, got dtype {x.dtype}")
+    return _flat(x)
 
 
 def relative_step(x: np.ndarray, rel_step: float) -> float:

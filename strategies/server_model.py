@@ -29,7 +29,6 @@ from flwr.supercore import log
 from nnc_fl import protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.steps import coarsest_grid
 from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta, quantisation_residual
 
 from .settings import DownlinkSettings
@@ -289,7 +288,7 @@ class ServerModel:
         coarse = {}
         for name, g in self.grid.items():
             delta[name] = sums[name].astype(self.tensors[name].dtype)
-            coarse[name] = coarsest_grid(sums[name], g)
+            coarse[name] = steps.coarsest_grid(sums[name], g)
         delta = {n: delta[n] for n in self.tensors}
         data, decoded = codec.encode_decoded(
             delta, fingerprint=self._fingerprints[held], exact=True, limits=limits_for(self.tensors), grid=coarse
@@ -339,7 +338,7 @@ class ServerModel:
         codec = spec.make()
         kwargs = {}
         if self.grid and getattr(codec, "supports_grid", False):  # each tensor at its coarsest exact grid
-            kwargs["grid"] = {n: coarsest_grid(self.tensors[n], g) for n, g in self.grid.items()}
+            kwargs["grid"] = {n: steps.coarsest_grid(self.tensors[n], g) for n, g in self.grid.items()}
         data = codec.encode(
             self.tensors, fingerprint=self.fingerprint, exact=True, limits=limits_for(self.tensors), **kwargs
         )
