@@ -5,8 +5,10 @@ Three steps per message that carries the nnc-fl protocol record:
 1. **receive**: rebuild ``G_v`` from the payload (keyframe, chain of increments, or nothing) and the
    model the node holds, check its fingerprint (:meth:`clients.state.NodeState.receive`); a node
    that cannot answers with a resync request instead of calling the user's function;
-2. call the user's function with a plain ``ArrayRecord`` of ``G_v``, as plain Flower would;
-3. **send**: for a train reply, code ``W_trained - G_v + residual`` and keep the new residual
+2. call the user's function with a plain ``ArrayRecord`` of ``G_v``, as plain Flower would (of
+   ``G_v + residual`` for a train message when the server asks for ``train_from_residual``);
+3. **send**: for a train reply, code ``W_trained - G_v + residual`` (``W_trained - G_v`` when the
+   training started from the residual) and keep the new residual
    (:meth:`clients.state.NodeState.send`); any reply says which model the node now holds.
 
 Messages without the protocol record pass through untouched.
@@ -138,18 +140,21 @@ def _run_mod(msg: Message, context: Context, call_next: ClientAppCallable, share
         up = protocol.Uplink(kind=protocol.RESYNC, version=-1, fingerprint=b"", reason=str(exc))
         return Message(RecordDict({protocol.RECORD_KEY: _uplink_record(up)}), reply_to=msg)
 
-    # 2. the user's function, on the plain model
-    msg.content = _plain_content(msg.content, down.arrays_key, model)
+    # 2. the user's function, on the plain model (a train message: plus the residual, if asked)
+    train = msg.metadata.message_type.split(".")[0] == MessageType.TRAIN
+    from_residual = train and down.train_from_residual
+    start = node.training_start(down.residual_max_age) if from_residual else model
+    msg.content = _plain_content(msg.content, down.arrays_key, start)
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
 
     # 3. send: an acknowledgement, or the coded update
-    if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
+    if not train:
         up = protocol.Uplink(kind=protocol.ACK, version=down.version, fingerprint=down.fingerprint, decode_s=decode_s)
         reply.content[protocol.RECORD_KEY] = _uplink_record(up)
         return reply
-    return _coded_reply(msg, reply, node, down, uplink_codec, decode_s, key)
+    return _coded_reply(msg, reply, node, down, uplink_codec, decode_s, key, residual_in_model=from_residual)
 
 
 def _coded_reply(
@@ -160,13 +165,18 @@ def _coded_reply(
     codec: UpdateCodec,
     decode_s: float,
     key: AuthKey | None,
+    *,
+    residual_in_model: bool = False,
 ) -> Message:
     """Replace the trained model in the user's train reply by its coded update (tagged with ``key``)."""
     record_key = _model_record_key(reply.content, down.arrays_key)
     if record_key is None:
         return _error_reply(msg, "the train reply must carry exactly one ArrayRecord (the trained model)")
     try:
-        coded = node.send(protocol.tensors_of(reply.content[record_key]), codec, down.nonce, down.residual_max_age)
+        coded = node.send(
+            protocol.tensors_of(reply.content[record_key]), codec, down.nonce, down.residual_max_age,
+            residual_in_model=residual_in_model,
+        )
     except ValueError as exc:  # names or shapes differ from the received model
         return _error_reply(msg, f"cannot code the trained model: {exc}")
     payload = ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(coded.data))})

@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from nnc_fl import DEFAULT_LIMITS, FormatError, Limits, protocol
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.fingerprint import fingerprint
-from nnc_fl.updates import CodedUpdate, apply_delta, cast_like, code_update, model_delta
+from nnc_fl.updates import CodedUpdate, apply_delta, cast_like, code_update, model_delta, usable_residual
 from nnc_fl.validation import UpdateRejected, check_schema
 
 BASE_KEY = "nnc-fl.base"
@@ -151,23 +151,47 @@ class NodeState:
 
     # -- send ------------------------------------------------------------------------------------
 
+    def live_residual(self, residual_max_age: int = -1) -> dict[str, np.ndarray]:
+        """The residual the next update carries: the kept one, unless it was made more than
+        ``residual_max_age`` versions ago or its age is unknown (``-1``: whatever its age)."""
+        if residual_max_age >= 0 and self.residual:
+            age = self.residual_age()
+            if age is None or age > residual_max_age:
+                return {}
+        return self.residual
+
+    def training_start(self, residual_max_age: int = -1) -> dict[str, np.ndarray]:
+        """``G_v`` plus the live residual (:meth:`live_residual`), tensor by tensor in ``G_v``'s
+        dtypes: where a node trains from when the server asks it to train from its residual; its
+        update, ``trained - G_v``, then holds the residual (send it with ``residual_in_model``)."""
+        start = dict(self.base)
+        for name, r in usable_residual(self.live_residual(residual_max_age), self.base).items():
+            with np.errstate(over="ignore", invalid="ignore"):
+                moved = np.add(self.base[name], r, dtype=self.base[name].dtype)
+            if np.isfinite(moved).all():  # (a residual that overflows the dtype is dropped)
+                start[name] = moved
+        return start
+
     def send(
-        self, trained: Mapping[str, np.ndarray], codec: UpdateCodec, nonce: bytes, residual_max_age: int = -1
+        self,
+        trained: Mapping[str, np.ndarray],
+        codec: UpdateCodec,
+        nonce: bytes,
+        residual_max_age: int = -1,
+        *,
+        residual_in_model: bool = False,
     ) -> CodedUpdate:
-        """Code ``trained - G_v`` plus the residual with ``codec``, bound to ``G_v`` and the ``nonce``
-        of the message it answers (:func:`nnc_fl.protocol.binding`); keep the new residual.
-        A residual made more than ``residual_max_age`` versions ago (or of unknown age) is dropped
-        first (``-1``: kept whatever its age).
+        """Code ``trained - G_v`` plus the live residual (:meth:`live_residual`) with ``codec``,
+        bound to ``G_v`` and the ``nonce`` of the message it answers
+        (:func:`nnc_fl.protocol.binding`); keep the new residual. With ``residual_in_model`` the node
+        trained from :meth:`training_start`, so ``trained - G_v`` holds the residual already and
+        none is added.
 
         Raises ``ValueError`` if ``trained`` does not have ``G_v``'s tensor names and shapes.
         """
         delta = model_delta(cast_like(trained, self.base), self.base)
         binding = protocol.binding(self.fingerprint, nonce)
-        residual = self.residual
-        if residual_max_age >= 0 and residual:
-            age = self.residual_age()
-            if age is None or age > residual_max_age:
-                residual = {}
+        residual = {} if residual_in_model else self.live_residual(residual_max_age)
         coded = code_update(delta, codec, residual=residual, fingerprint=binding)
         self.keep_residual(coded.residual)
         return coded

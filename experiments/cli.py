@@ -81,6 +81,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--residual-max-age", type=int, default=None, metavar="K",
                    help="clients drop error-feedback residuals made more than K versions ago (default: keep)")
+    p.add_argument("--train-from-residual", action="store_true",
+                   help="clients train from the global model plus their error-feedback residual "
+                        "(CodecSettings.train_from_residual)")
     p.add_argument("--server-momentum", type=float, default=0.0, metavar="BETA",
                    help="aggregate with Flower's FedAvgM at this server momentum (server learning rate 1) "
                         "instead of FedAvg; default 0: FedAvg")
@@ -218,7 +221,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=a.codec, codec_params=params,
                   downlink_params=down, shared_initial_model=a.shared_initial_model,
                   keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
-                  residual_max_age=a.residual_max_age, backend=a.backend,
+                  residual_max_age=a.residual_max_age, train_from_residual=a.train_from_residual,
+                  backend=a.backend,
                   target_uplink=a.target_uplink, target_downlink=a.target_downlink,
                   trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum,
                   aggregator=a.aggregator)
@@ -254,7 +258,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
             cfg = RunConfig(_federation(a, seed), rounds=a.rounds, fraction=a.fraction, codec=codec,
                             codec_params=params, downlink_params=down, shared_initial_model=a.shared_initial_model,
                             keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
-                            residual_max_age=a.residual_max_age,
+                            residual_max_age=a.residual_max_age, train_from_residual=a.train_from_residual,
                             backend=a.backend, trusted_tolerance=a.trusted_tolerance,
                             server_momentum=a.server_momentum, aggregator=a.aggregator)
             sub = out_dir / slug(cfg.name())

@@ -67,6 +67,8 @@ class RunConfig:
     initial_grid: int | None = None
     #: clients drop error-feedback residuals older than this many versions (None: keep them)
     residual_max_age: int | None = None
+    #: nodes train from the global model plus their residual (CodecSettings.train_from_residual)
+    train_from_residual: bool = False
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
     #: rate control: a budget per update / per global increment (float in (0, 1): share of fp32;
@@ -108,6 +110,8 @@ class RunConfig:
             name = f"{name} initial-grid={self.initial_grid}"
         if self.residual_max_age is not None:
             name = f"{name} residual-age<={self.residual_max_age}"
+        if self.train_from_residual:
+            name = f"{name} train-from-residual"
         if self.federation.trusted_examples:
             name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
         if self.server_momentum:
@@ -145,7 +149,7 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         target = cfg.target_uplink
         codec = CodecSettings(cfg.codec, cfg.codec_params or None,
                               target_uplink=BudgetSchedule.parse(target) if isinstance(target, str) else target,
-                              residual_max_age=cfg.residual_max_age)
+                              residual_max_age=cfg.residual_max_age, train_from_residual=cfg.train_from_residual)
         validation = None
         if fed.trusted_examples:
             validation = ValidationSettings(trusted_loss=trusted_loss(fed),

@@ -273,6 +273,10 @@ class Downlink:
     limits for a keyframe (at most :data:`MAX_MODEL_TENSORS` and :data:`MAX_MODEL_ELEMENTS`).
     ``residual_max_age``: a node drops its error-feedback residual when it was made against a model
     more than this many versions older than ``version`` (``-1``: it keeps it).
+    ``train_from_residual``: for a train message, the node's training starts from ``G_v`` plus its
+    (kept) residual instead of ``G_v``, and the update it codes (``trained - G_v``) then holds the
+    residual already (:meth:`clients.state.NodeState.training_start`). Optional on the wire
+    (absent: ``False``), so peers that predate it still understand each other.
     """
 
     kind: str
@@ -291,6 +295,7 @@ class Downlink:
     elements: int
     payloads: int = -1
     residual_max_age: int = -1
+    train_from_residual: bool = False
 
     def __post_init__(self) -> None:
         if self.payloads == -1:  # default: what the kind implies (one increment per version)
@@ -340,6 +345,7 @@ class Downlink:
             elements=_field(record, "elements", int),
             payloads=_field(record, "payloads", int),
             residual_max_age=_field(record, "residual_max_age", int),
+            train_from_residual="train_from_residual" in record and _field(record, "train_from_residual", bool),
         )
         if not (0 <= out.tensors <= MAX_MODEL_TENSORS and 0 <= out.elements <= MAX_MODEL_ELEMENTS):
             raise ProtocolError(f"a model of {out.tensors} tensors and {out.elements} elements is beyond the bounds")

@@ -273,6 +273,8 @@ class CompressedStrategy(Strategy):
             down, payloads, seconds = self.model.downlink(node, spec, keys[0], server_round, nonce)
             if self.codec.residual_max_age is not None:
                 down = replace(down, residual_max_age=self.codec.residual_max_age)
+            if train and self.codec.train_from_residual:
+                down = replace(down, train_from_residual=True)
             datas = [p.data for p in payloads] or [b""]
             content = RecordDict(dict(msg.content.items()))
             content[keys[0]] = ArrayRecord(

@@ -266,6 +266,12 @@ class CodecSettings:
         update) when that was made against a model more than this many versions older than the one
         it trains on; ``None`` (the default) keeps it whatever its age. For cross-device settings,
         where a node trains every ~10 rounds (see the README for what it measured).
+    train_from_residual : bool
+        Nodes start each round's training from the global model plus their error-feedback residual
+        (what their earlier updates' quantisation has not yet delivered) instead of the global
+        model, and code ``trained - global``, which then holds the residual already: the same
+        bytes and bookkeeping as error feedback, but the gradients are taken where the node's
+        own contribution has brought the model (README, "Training from the residual"). Off by default.
     """
 
     name: str = "nnc"
@@ -273,6 +279,7 @@ class CodecSettings:
     schedule: CodecSchedule | None = None
     target_uplink: Budget | BudgetSchedule | None = None
     residual_max_age: int | None = None
+    train_from_residual: bool = False
     #: parameters only the updates are coded with (DEFAULT_UPLINK_PARAMS when ``params`` is None;
     #: else none)
     uplink_params: Mapping[str, ParamValue] = field(default_factory=dict, init=False)
@@ -298,6 +305,8 @@ class CodecSettings:
         ):
             raise ValueError(f"residual_max_age must be an integer in 0..{MAX_RESIDUAL_AGE} or None, "
                              f"got {self.residual_max_age!r}")
+        if not isinstance(self.train_from_residual, bool):
+            raise TypeError(f"train_from_residual must be True or False, got {self.train_from_residual!r}")
         object.__setattr__(self, "target_uplink", check_target(self.target_uplink, "target_uplink"))
         spec = CodecSpec(self.name, self.params).merged(self.uplink_params)
         spec.params_json  # noqa: B018 -- parameters that cannot travel as JSON scalars fail now

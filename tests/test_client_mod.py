@@ -28,7 +28,7 @@ def _numpy(record):
 
 
 def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", mtype="train", payload=None,
-             residual_max_age=-1):
+             residual_max_age=-1, train_from_residual=False):
     c = make_codec("nnc", step=STEP)
     if payload is None:
         if kind == protocol.KEYFRAME:
@@ -56,6 +56,7 @@ def _message(kind, model, version, *, base=None, base_version=-1, codec="nnc", m
         tensors=len(model),
         elements=sum(np.asarray(v).size for v in model.values()),
         residual_max_age=residual_max_age,
+        train_from_residual=train_from_residual,
     )
     content = RecordDict(
         {
@@ -155,6 +156,32 @@ def test_a_residual_older_than_the_servers_limit_is_dropped(context, max_age, ke
     carried = residual if kept else 0.0
     np.testing.assert_allclose(delta["w"] + state.residual["w"], 0.02 + carried, atol=1e-6)
     assert state.residual_version == 4
+
+
+@pytest.mark.parametrize(("max_age", "kept"), [(-1, True), (2, False)])
+def test_training_from_the_residual_starts_there_and_adds_it_once(context, max_age, kept):
+    nnc_mod(_message(protocol.KEYFRAME, G1, 1), context, User())  # residual made against version 1
+    residual = NodeState(context.state).residual["w"].copy()
+    assert np.abs(residual).max() > 0
+    g4 = {"w": (G1["w"] + 0.05).astype(np.float32), "n": np.array(4, np.int64)}
+    user = User(shift=0.02)
+    message = _message(protocol.KEYFRAME, g4, 4, residual_max_age=max_age, train_from_residual=True)
+    _, delta = _decode_reply(nnc_mod(message, context, user))
+    carried = residual if kept else 0.0
+    seen = _numpy(user.seen[0].content["arrays"])
+    np.testing.assert_array_equal(seen["w"], (g4["w"] + carried).astype(np.float32))  # the start: G_v + residual
+    assert seen["n"] == 4  # integer tensors carry no residual
+    state = NodeState(context.state)
+    # what the node codes is trained - G_v, which holds the residual once (not twice)
+    np.testing.assert_allclose(delta["w"] + state.residual["w"], 0.02 + carried, atol=1e-6)
+    assert state.residual_version == 4 and np.max(np.abs(state.residual["w"])) <= STEP / 2 + 1e-6
+
+
+def test_evaluation_never_starts_from_the_residual(context):
+    nnc_mod(_message(protocol.KEYFRAME, G1, 1), context, User())
+    user = User()
+    nnc_mod(_message(protocol.SAME, G1, 1, mtype="evaluate", train_from_residual=True), context, user)
+    assert fingerprint(_numpy(user.seen[0].content["arrays"])) == fingerprint(G1)
 
 
 def test_same_reuses_the_stored_model(context):

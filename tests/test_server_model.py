@@ -136,6 +136,8 @@ def test_catch_ups_of_many_nodes_stay_exact_and_are_reused():
         ({"residual_max_age": -2}, "residual_max_age"),
         ({"residual_max_age": 1 << 31}, "residual_max_age"),
         ({"residual_max_age": 1.5}, "residual_max_age"),
+        ({"train_from_residual": 1}, "train_from_residual"),
+        ({"train_from_residual": "yes"}, "train_from_residual"),
     ],
 )
 def test_downlink_payload_count_is_bounded(change, message):
@@ -145,6 +147,16 @@ def test_downlink_payload_count_is_bounded(change, message):
     record = {**p.Downlink(**fields).to_config(), **change}
     with pytest.raises(p.ProtocolError, match=message):
         p.Downlink.from_config(record)
+
+
+def test_train_from_residual_is_optional_on_the_wire():
+    fields = dict(kind=p.KEYFRAME, version=1, fingerprint=bytes(32), base_version=-1, base_fingerprint=b"",
+                  payload_codec="nnc", payload_codec_params="{}", codec="nnc", codec_params="{}",
+                  arrays_key="arrays", server_round=1, nonce=bytes(p.NONCE_SIZE), tensors=1, elements=1)
+    record = p.Downlink(**fields, train_from_residual=True).to_config()
+    assert p.Downlink.from_config(record).train_from_residual is True
+    del record["train_from_residual"]  # a server that predates the field
+    assert p.Downlink.from_config(record).train_from_residual is False
 
 
 # -- coarse initial grid: cheaper keyframes for randomly initialised models ----------------------

@@ -27,6 +27,7 @@ from strategies.settings import participation_rel_step
         (lambda: CodecSettings("nnc", residual_max_age=-1), ValueError, "residual_max_age"),
         (lambda: CodecSettings("nnc", residual_max_age=True), ValueError, "residual_max_age"),
         (lambda: CodecSettings("nnc", residual_max_age=2.0), ValueError, "residual_max_age"),
+        (lambda: CodecSettings("nnc", train_from_residual=1), TypeError, "train_from_residual"),
         (lambda: DownlinkSettings(max_chain=0), ValueError, "max_chain"),
         (lambda: DownlinkSettings(max_chain=protocol.MAX_CHAIN + 1), ValueError, "max_chain"),
         (lambda: DownlinkSettings(max_chain=2.5), TypeError, "max_chain"),

@@ -230,6 +230,17 @@ def test_residual_max_age_reaches_the_nodes(make_grid, initial_arrays):
     assert "residual_max_age=1" in repr(strategy.codec)
 
 
+def test_train_from_residual_reaches_the_nodes_with_train_messages_only(make_grid, initial_arrays):
+    random.seed(3)
+    grid = make_grid(6)
+    inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.5, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(inner, CodecSettings("nnc", {"step": 0.05}, train_from_residual=True))
+    run_federation(strategy, grid, initial_arrays, 4)  # checks bit-identical models every round
+    flags = {(m.metadata.message_type, m.content[protocol.RECORD_KEY]["train_from_residual"])
+             for m in grid.sent if protocol.RECORD_KEY in m.content}
+    assert flags == {("train", True), ("evaluate", False)}
+
+
 def test_server_model_chains_increments_while_smaller_than_a_keyframe():
     spec = CodecSpec("nnc", {"step": 0.01})
     rng = np.random.default_rng(0)
