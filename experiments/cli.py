@@ -81,9 +81,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
                    help="clients rebuild the initial model from the seed: no first-contact keyframes")
     p.add_argument("--residual-max-age", type=int, default=None, metavar="K",
                    help="clients drop error-feedback residuals made more than K versions ago (default: keep)")
-    p.add_argument("--train-from-residual", action="store_true",
+    p.add_argument("--train-from-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="clients train from the global model plus their error-feedback residual "
-                        "(CodecSettings.train_from_residual)")
+                        "(CodecSettings.train_from_residual; default: on for nnc, off for the baselines)")
     p.add_argument("--server-momentum", type=float, default=0.0, metavar="BETA",
                    help="aggregate with Flower's FedAvgM at this server momentum (server learning rate 1) "
                         "instead of FedAvg; default 0: FedAvg")

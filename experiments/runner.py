@@ -67,8 +67,9 @@ class RunConfig:
     initial_grid: int | None = None
     #: clients drop error-feedback residuals older than this many versions (None: keep them)
     residual_max_age: int | None = None
-    #: nodes train from the global model plus their residual (CodecSettings.train_from_residual)
-    train_from_residual: bool = False
+    #: nodes train from the global model plus their residual (CodecSettings.train_from_residual;
+    #: None: the codec's default)
+    train_from_residual: bool | None = None
     backend: str = "inprocess"  # or "ray" (Flower's simulation engine; sampling not repeatable)
     label: str = ""
     #: rate control: a budget per update / per global increment (float in (0, 1): share of fp32;
@@ -110,8 +111,8 @@ class RunConfig:
             name = f"{name} initial-grid={self.initial_grid}"
         if self.residual_max_age is not None:
             name = f"{name} residual-age<={self.residual_max_age}"
-        if self.train_from_residual:
-            name = f"{name} train-from-residual"
+        if self.train_from_residual is not None:
+            name = f"{name} {'' if self.train_from_residual else 'no-'}train-from-residual"
         if self.federation.trusted_examples:
             name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
         if self.server_momentum:

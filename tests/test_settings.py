@@ -113,6 +113,16 @@ def test_the_drop_in_default_compresses_with_the_measured_setting():
     assert dict(CompressedStrategy(FedAvg(), None).spec_for(1).params) == {}  # fp32
 
 
+def test_nnc_nodes_train_from_their_residual_unless_told_otherwise():
+    assert CompressedStrategy(FedAvg()).codec.train_from_residual is True
+    assert CompressedStrategy(FedAvg(), "nnc", {"step": 0.01}).codec.train_from_residual is True
+    assert CodecSettings("nnc", train_from_residual=False).train_from_residual is False
+    # the baselines keep the error feedback they were published with; fp32 has no residual at all
+    assert CodecSettings("topk", {"ratio": 0.01}).train_from_residual is False
+    assert CompressedStrategy(FedAvg(), None).codec.train_from_residual is False
+    assert CodecSettings("sign", train_from_residual=True).train_from_residual is True
+
+
 def test_participation_rel_step_is_log_linear_between_the_measured_ends():
     assert participation_rel_step(1.0) == participation_rel_step(0.5) == 2.0
     assert participation_rel_step(0.1) == participation_rel_step(0.01) == 1.2
