@@ -164,13 +164,10 @@ class NodeState:
         """``G_v`` plus the live residual (:meth:`live_residual`), tensor by tensor in ``G_v``'s
         dtypes: where a node trains from when the server asks it to train from its residual; its
         update, ``trained - G_v``, then holds the residual (send it with ``residual_in_model``)."""
-        start = dict(self.base)
-        for name, r in usable_residual(self.live_residual(residual_max_age), self.base).items():
-            with np.errstate(over="ignore", invalid="ignore"):
-                moved = np.add(self.base[name], r, dtype=self.base[name].dtype)
-            if np.isfinite(moved).all():  # (a residual that overflows the dtype is dropped)
-                start[name] = moved
-        return start
+        residual = usable_residual(self.live_residual(residual_max_age), self.base)
+        moved = apply_delta({name: self.base[name] for name in residual}, residual)
+        # (a residual that overflows the dtype is dropped)
+        return {**self.base, **{name: t for name, t in moved.items() if np.isfinite(t).all()}}
 
     def send(
         self,
