@@ -9,7 +9,9 @@ f16 / int8 / sparse / ternary (written by the baseline codecs of ``experiments/`
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import statistics
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,7 @@ from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
-from .rate import FINEST_OCTAVES, check_target_bytes, fit_budget
+from .rate import FINEST_OCTAVES, KEEP_WITHIN, check_target_bytes, fit_budget
 from .steps import (
     MAX_STEP,
     MIN_STEP,
@@ -89,6 +91,8 @@ def encode(
     threads: int | None = None,
     return_decoded: bool = False,
     target_bytes: int | None = None,
+    keep_steps: Mapping[str, float] | None = None,
+    keep_within: float = KEEP_WITHIN,
 ) -> bytes | tuple[bytes, dict[str, np.ndarray]]:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -185,6 +189,14 @@ def encode(
         With ``grid``, steps are integer multiples of the grid (not only power-of-two ones: a
         model on the grid stays on it all the same), at least the grid itself; near it the size
         moves in coarse jumps and may land further below the budget.
+    keep_steps, keep_within
+        With ``target_bytes``: the steps of a previous stream (name -> step, e.g. from
+        :func:`inspect`), tried first; the stream at exactly those steps is kept if its size lies
+        within ``keep_within`` (a fraction, default :data:`KEEP_WITHIN`) below the budget, so
+        consecutive streams of a sequence share their steps while the budget allows (a sum of
+        such streams then stays on their common step: see ``strategies.server_model``'s catch-up
+        increments). A quantised tensor without a step there takes the median ratio of the others'
+        kept steps to their reference steps. Otherwise the search runs as usual, starting there.
 
     Returns
     -------
@@ -229,10 +241,13 @@ def encode(
     sizes = [int(np.size(v)) for _, v in items]
     workers = _thread_count(threads, sum(sizes))
     if target_bytes is not None:
+        keep = _check_keep_steps(keep_steps, keep_within)
         return _encode_to_budget(
             items, check_target_bytes(target_bytes), step, qp, rel_step, lossless, fingerprint, limits, opts, grid,
-            bool(schema_bound), workers, return_decoded,
+            bool(schema_bound), workers, return_decoded, keep,
         )
+    if keep_steps is not None:
+        raise ValueError("keep_steps applies to rate control only: give target_bytes too")
 
     def one(item):
         name, value = item
@@ -265,12 +280,39 @@ def _update_steps(tensors, step, qp, rel_step: float, lossless, limits) -> dict[
 COARSEST_MARGIN, FINEST_LEVEL_BITS = 1.0, 40
 
 
+def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float] | None:
+    """``keep_steps`` as a dict of positive finite steps and ``keep_within`` in (0, 1), or ``None``."""
+    if keep_steps is None:
+        return None
+    if not isinstance(keep_steps, Mapping):
+        raise TypeError(f"keep_steps must be a mapping name -> step, got {type(keep_steps).__name__}")
+    kept = {}
+    for name, value in keep_steps.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+            raise ValueError(f"keep_steps[{name!r}] must be a positive finite step, got {value!r}")
+        kept[name] = float(value)
+    if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 < keep_within < 1:
+        raise ValueError(f"keep_within must be a fraction in (0, 1), got {keep_within!r}")
+    return kept, float(keep_within)
+
+
+def _kept_steps(reference: Mapping[str, tuple[float, float]], keep: Mapping[str, float]) -> dict[str, float] | None:
+    """Per quantised tensor: its step in ``keep``, else its reference step times the median ratio
+    of the kept steps to their reference steps; ``None`` if no tensor has a kept step."""
+    ratios = sorted(keep[n] / s for n, (s, _) in reference.items() if n in keep)
+    if not ratios:
+        return None
+    ratio = ratios[len(ratios) // 2]
+    return {n: min(max(keep.get(n, s * ratio), MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
+
+
 def _encode_to_budget(
     items, target, step, qp, rel_step, lossless, fingerprint, limits, opts, grid, schema_bound, workers,
-    return_decoded,
+    return_decoded, keep=None,
 ):
     """:func:`encode` with ``target_bytes``: one step multiplier ``2**e`` for every quantised tensor,
-    searched by :func:`nnc_fl.rate.fit_budget` on the exact stream size."""
+    searched by :func:`nnc_fl.rate.fit_budget` on the exact stream size (after trying the steps of
+    ``keep = (steps, within)``, if given)."""
     arrays = [(name, _as_array(name, value, limits)) for name, value in items]
     reference: dict[str, tuple[float, float]] = {}  # quantised tensor -> (reference step, peak |x|)
     for name, arr in arrays:
@@ -288,7 +330,9 @@ def _encode_to_budget(
     opts = replace(opts, grid_multiples=True)  # with a grid, steps n * grid: finer rate steps than powers of two
 
     def code(e: float):
-        steps = {n: min(max(s * 2.0**e, MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
+        return code_at({n: min(max(s * 2.0**e, MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()})
+
+    def code_at(steps: dict[str, float]):
         coded = _map_tensors(
             lambda it: _code_tensor(it[0], it[1], steps, None, None, False, opts, grid.get(it[0])),
             varying, sizes, workers,
@@ -298,11 +342,21 @@ def _encode_to_budget(
         data = bs.write_stream([r for r, _ in ordered], fingerprint, limits=limits, schema_bound=schema_bound)
         return len(data), (data, ordered)
 
-    if reference:
+    kept = _kept_steps(reference, keep[0]) if keep is not None and reference else None
+    result, start = None, 0.0
+    if kept is not None:
+        size, at_kept = code_at(kept)
+        if (1.0 - keep[1]) * target <= size <= target:
+            result = at_kept
+        else:  # search from where the kept steps are
+            start = statistics.median(math.log2(kept[n] / s) for n, (s, _) in reference.items())
+    if result is not None:
+        data, ordered = result
+    elif reference:
         hi = max(math.log2(2.0 * peak / s) for s, peak in reference.values()) + COARSEST_MARGIN
         lo = max(-FINEST_OCTAVES, max(math.log2(peak / s) for s, peak in reference.values()) - FINEST_LEVEL_BITS)
         hi = max(hi, lo)
-        data, ordered = fit_budget(code, target, lo, hi, min(max(0.0, lo), hi)).result
+        data, ordered = fit_budget(code, target, lo, hi, min(max(start, lo), hi)).result
     else:  # nothing to scale: one coding
         data, ordered = code(0.0)[1]
     if not return_decoded:

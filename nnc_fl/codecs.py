@@ -19,6 +19,7 @@ imported the defining module can still build the codec.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from importlib import metadata
@@ -29,7 +30,7 @@ import numpy as np
 from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
-from .rate import check_target_bytes, check_target_fraction
+from .rate import KEEP_WITHIN, check_target_bytes, check_target_fraction
 from .steps import (
     check_lossless_bits,
     check_rd_lambda,
@@ -245,7 +246,10 @@ class NNCCodec:
     share of the fp32 size of the tensors coded, ``4 x elements``, in (0, 1)) is a budget per
     stream; every lossy stream is then coded at one common multiple of the steps above, the finest
     found within the budget (``nnc_fl.encode(..., target_bytes=...)``). Keyframes (``exact=True``)
-    are not affected. Decoders need neither parameter.
+    are not affected. Decoders need neither parameter. ``keep_within`` (a fraction in [0, 1), 0:
+    off) lets a budgeted stream keep the steps of a previous one the caller passes
+    (``encode(..., keep_steps=...)``) while the stream at them lies within that fraction below the
+    budget: the server's increments then share their steps (``strategies.server_model``).
     """
 
     name = "nnc"
@@ -267,6 +271,7 @@ class NNCCodec:
         float_lossless: bool = False,
         target_bytes: int | None = None,
         target_fraction: float | None = None,
+        keep_within: float = 0.0,
     ):
         check_step_choice(step, qp, rel_step)
         if target_bytes is not None and target_fraction is not None:
@@ -288,6 +293,9 @@ class NNCCodec:
         self.rate_search = _flag(rate_search, "rate_search")
         self.row_refs = _flag(row_refs, "row_refs")
         self.float_lossless = _flag(float_lossless, "float_lossless")
+        if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 <= keep_within < 1:
+            raise ValueError(f"keep_within must be a fraction in [0, 1), got {keep_within!r}")
+        self.keep_within = float(keep_within)
         self._last_schema: dict[str, np.ndarray] | None = None
 
     #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
@@ -308,20 +316,26 @@ class NNCCodec:
                     break
         return lossless, steps
 
-    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None) -> bytes:
+    #: :meth:`encode` takes ``keep_steps`` (steps of a previous stream, tried first under a budget)
+    supports_keep_steps = True
+
+    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None) -> bytes:
         """As :meth:`UpdateCodec.encode`; with ``grid`` (name -> power of two), the steps of those
         tensors are power-of-two multiples of their grid step, and ``exact=True`` codes a model
-        that lies on the grid at exactly the grid step (its integer levels) instead of raw."""
-        return self._encode(tensors, fingerprint, exact, limits, grid, False)
+        that lies on the grid at exactly the grid step (its integer levels) instead of raw. With a
+        budget, ``keep_steps`` (name -> step, e.g. the previous stream's) are tried first and kept
+        while the stream at them lies within ``keep_within`` below the budget (see
+        :func:`nnc_fl.encode`); without a budget or with ``keep_within=0`` they are not used."""
+        return self._encode(tensors, fingerprint, exact, limits, grid, False, keep_steps)
 
     def encode_decoded(
-        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None
+        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None
     ) -> tuple[bytes, dict[str, np.ndarray]]:
         """As :meth:`encode`, and what :meth:`decode` returns for the stream, built from the
         encoder's levels without decoding it (``nnc_fl.encode(..., return_decoded=True)``)."""
-        return self._encode(tensors, fingerprint, exact, limits, grid, True)
+        return self._encode(tensors, fingerprint, exact, limits, grid, True, keep_steps)
 
-    def _encode(self, tensors, fingerprint, exact, limits, grid, return_decoded):
+    def _encode(self, tensors, fingerprint, exact, limits, grid, return_decoded, keep_steps=None):
         lossless, overrides = self._policy(tensors)
         step = self.step
         if overrides:
@@ -366,6 +380,8 @@ class NNCCodec:
             row_refs=self.row_refs,
             return_decoded=return_decoded,
             target_bytes=target,
+            keep_steps=keep_steps if target is not None and self.keep_within > 0 else None,
+            keep_within=self.keep_within or KEEP_WITHIN,
         )
 
     def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
@@ -410,6 +426,8 @@ class NNCCodec:
             out["target_bytes"] = self.target_bytes
         if self.target_fraction is not None:
             out["target_fraction"] = self.target_fraction
+        if self.keep_within:
+            out["keep_within"] = self.keep_within
         return out
 
     def __repr__(self) -> str:

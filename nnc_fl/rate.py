@@ -43,6 +43,9 @@ MAX_EVALS = 24
 FINEST_OCTAVES = 16.0
 #: Largest jump (octaves) of one step while the budget is not bracketed yet.
 MAX_JUMP = 8.0
+#: Steps kept from a previous stream (``encode(..., keep_steps=...)``) are used while the stream at
+#: them lies within this fraction below the budget.
+KEEP_WITHIN = 0.2
 
 
 def check_target_bytes(value: object) -> int:
@@ -164,6 +167,7 @@ def _jump(history: list[tuple[float, float]], log_t: float, last: float) -> floa
 __all__ = [
     "E_TOL",
     "FINEST_OCTAVES",
+    "KEEP_WITHIN",
     "MAX_EVALS",
     "RTOL",
     "Fit",

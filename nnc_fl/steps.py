@@ -67,6 +67,21 @@ def coarsest_grid(x: np.ndarray, grid: float) -> float:
     return grid * 2.0 ** ((bits & -bits).bit_length() - 1 if bits else 0)
 
 
+def coarsest_multiple(x: np.ndarray, grid: float) -> float:
+    """The largest integer multiple ``m * grid`` of ``grid`` (a power of two) that every value of
+    float tensor ``x``, which lies on ``grid``, is an integer multiple of (``m``: the greatest
+    common divisor of its grid levels); ``grid`` itself for an all-zero or empty tensor. A sum of
+    streams coded at one step ``k * grid`` lies on ``k * grid`` however odd ``k`` is, where
+    :func:`coarsest_grid` sees only its power-of-two factor. ``ValueError`` for a value that is not
+    finite, not on the grid, or beyond 2**52 grid steps."""
+    flat = _grid_input(x, grid, "coarsest_multiple").astype(np.float64)
+    levels = np.rint(flat / grid)
+    if not (np.array_equal(levels * grid, flat) and (levels.size == 0 or np.abs(levels).max() <= 2.0**52)):
+        raise ValueError("coarsest_multiple: a value is not finite, not on the grid or beyond 2**52 grid steps")
+    m = int(np.gcd.reduce(np.abs(levels).astype(np.int64))) if levels.size else 0
+    return grid * max(m, 1)
+
+
 def _grid_input(x: np.ndarray, grid: float, caller: str) -> np.ndarray:
     """``x`` flat for the grid kernels, once ``grid`` is a power of two and ``x`` a float tensor."""
     if not (grid > 0 and math.isfinite(grid) and math.frexp(grid)[0] == 0.5):

@@ -26,7 +26,7 @@ from logging import WARNING
 import numpy as np
 from flwr.supercore import log
 
-from nnc_fl import protocol, steps
+from nnc_fl import inspect, protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta, quantisation_residual
@@ -120,6 +120,8 @@ class ServerModel:
         self.increments: dict[int, Payload] = {}
         self._fingerprints: dict[int, bytes] = {}
         self._residual: dict[str, np.ndarray] = {}
+        #: the quantised tensors' steps of the last increment (a budgeted codec may keep them)
+        self._steps: dict[str, float] = {}
         self._keyframe: Payload | None = None
         #: node id -> version that node is known to hold (None: unknown, it gets a keyframe)
         self.node_versions: dict[int, int | None] = {}
@@ -171,6 +173,7 @@ class ServerModel:
         self.increments.clear()
         self._fingerprints = {self.version: self.fingerprint}
         self._residual = {}
+        self._steps = {}
         if rounding != self.grid and s.error_feedback:  # the coarse initial rounding: restored by increments
             self._residual = quantisation_residual({n: given[n] for n in rounding}, self.tensors)
         self._keyframe = None
@@ -196,13 +199,20 @@ class ServerModel:
         not decode to that schema (a codec bug, never client input).
         """
         s = self.settings
+        codec = spec.make()
+        keeps = getattr(codec, "keep_within", 0) > 0  # a budgeted increment may keep the last one's steps
         coded = code_update(
             model_delta(target, self.tensors),
-            spec.make(),
+            codec,
             residual=self._residual if s.error_feedback else None,
             fingerprint=self.fingerprint,
             exact=s.exact,
             grid=self.grid or None,
+            keep_steps=self._steps if keeps else None,
+        )
+        self._steps = (
+            {t.name: t.step for t in inspect(coded.data, expect=self.tensors).tensors if t.step is not None}
+            if keeps else {}
         )
         self._residual = coded.residual
         self.tensors = apply_delta(self.tensors, coded.decoded)
@@ -281,6 +291,9 @@ class ServerModel:
         return result
 
     def _code_catch_up(self, held, then, sums, spec, codec) -> Payload | None:
+        """``G_v - G_held`` coded exactly: the grid tensors' sums at the coarsest integer multiple
+        of their grid they lie on (the increments' common step, odd multiples included), the
+        off-grid ones as one float difference that must restore them exactly."""
         off_now = {n: t for n, t in self.tensors.items() if n not in self.grid}
         delta = model_delta(off_now, then)
         if fingerprint(apply_delta(then, delta)) != fingerprint(off_now):
@@ -288,7 +301,7 @@ class ServerModel:
         coarse = {}
         for name, g in self.grid.items():
             delta[name] = sums[name].astype(self.tensors[name].dtype)
-            coarse[name] = steps.coarsest_grid(sums[name], g)
+            coarse[name] = steps.coarsest_multiple(sums[name], g)  # the increments' common step
         delta = {n: delta[n] for n in self.tensors}
         data, decoded = codec.encode_decoded(
             delta, fingerprint=self._fingerprints[held], exact=True, limits=limits_for(self.tensors), grid=coarse

@@ -712,6 +712,28 @@ def test_grid_levels_or_gives_the_shared_power_of_two():
         coarsest_grid(np.array([np.nan], np.float32), g)
 
 
+def test_coarsest_multiple_gives_the_levels_common_divisor():
+    from nnc_fl.steps import coarsest_grid, coarsest_multiple
+
+    g = 2.0**-7
+    x = (np.array([5, -15, 20, 0]) * g).astype(np.float32)  # an odd common step: 5 grid steps
+    assert coarsest_multiple(x.reshape(2, 2), g) == 5 * g
+    assert coarsest_grid(x, g) == g  # the power-of-two factor alone
+    assert coarsest_multiple((np.array([12, -8]) * g).astype(np.float64), g) == 4 * g
+    assert coarsest_multiple(np.array([3, 8], np.float32) * g, g) == g
+    assert coarsest_multiple(np.zeros(5, np.float32), g) == coarsest_multiple(np.zeros(0, np.float32), g) == g
+    assert coarsest_multiple(x.astype(np.float16), g) == 5 * g
+    with pytest.raises(ValueError, match="power of two"):
+        coarsest_multiple(x, 0.3)
+    with pytest.raises(TypeError, match="float tensor"):
+        coarsest_multiple(np.arange(3), g)
+    for bad in (np.nan, np.inf, 2.0**60, 0.5 * g):
+        z = x.astype(np.float64)
+        z[1] = bad
+        with pytest.raises(ValueError, match="not on the grid"):
+            coarsest_multiple(z, g)
+
+
 def test_on_grid_accepts_exact_multiples_within_range_only():
     g = 2.0**-7
     x = (np.arange(-50, 50) * g).astype(np.float32)

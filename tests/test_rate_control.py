@@ -151,6 +151,79 @@ def test_grid_steps_are_integer_multiples_and_keep_the_model_on_the_grid():
             assert np.array_equal(np.rint(moved.astype(np.float64) / g) * g, moved)
 
 
+def _steps_of(data) -> dict[str, float]:
+    return {t.name: t.step for t in nnc_fl.inspect(data).tensors if t.step is not None}
+
+
+def test_kept_steps_are_used_while_the_stream_lies_within_the_window_below_the_budget():
+    d = _synthetic(9)
+    target = int(0.01 * _raw(d))
+    first = nnc_fl.encode(d, rel_step=2.0, target_bytes=target)
+    kept = _steps_of(first)
+    used = 0
+    for scale in (0.9, 0.95, 0.97, 0.99, 1.0):  # slightly smaller updates: at the kept steps they still fit
+        scaled = {n: v * scale if v.dtype.kind == "f" else v for n, v in d.items()}
+        at_kept = nnc_fl.encode(scaled, step=kept)
+        data = nnc_fl.encode(scaled, rel_step=2.0, target_bytes=target, keep_steps=kept, keep_within=0.2)
+        if 0.8 * target <= len(at_kept) <= target:
+            assert data == at_kept and _steps_of(data) == kept
+            used += 1
+        else:
+            assert (1 - LANDING) * target <= len(data) <= target
+    assert used >= 3
+    # a much smaller update lands far below the budget at the kept steps: searched again, finer
+    small = {n: v * 0.5 if v.dtype.kind == "f" else v for n, v in d.items()}
+    data = nnc_fl.encode(small, rel_step=2.0, target_bytes=target, keep_steps=kept, keep_within=0.2)
+    assert (1 - LANDING) * target <= len(data) <= target
+    assert all(_steps_of(data)[n] < kept[n] for n in kept)
+    # and a larger one would exceed it: searched again, coarser, within the budget
+    big = {n: v * 1.5 if v.dtype.kind == "f" else v for n, v in d.items()}
+    data = nnc_fl.encode(big, rel_step=2.0, target_bytes=target, keep_steps=kept, keep_within=0.2)
+    assert len(data) <= target and all(_steps_of(data)[n] > kept[n] for n in kept)
+
+
+def test_a_tensor_without_a_kept_step_takes_the_others_median_ratio():
+    d = _synthetic(10)
+    target = int(0.01 * _raw(d))
+    kept = _steps_of(nnc_fl.encode(d, rel_step=2.0, rel_to="update", target_bytes=target))
+    partial = {n: s for n, s in kept.items() if n != "fc.bias"}
+    full = nnc_fl.encode(d, rel_step=2.0, rel_to="update", target_bytes=target, keep_steps=kept, keep_within=0.5)
+    again = nnc_fl.encode(d, rel_step=2.0, rel_to="update", target_bytes=target, keep_steps=partial, keep_within=0.5)
+    assert again == full  # one step per update: the median ratio restores the missing tensor's step
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"keep_steps": {"fc.weight": 1e-3}}, ValueError),  # without a budget
+        ({"target_bytes": 500, "keep_steps": [1e-3]}, TypeError),
+        ({"target_bytes": 500, "keep_steps": {"fc.weight": 0.0}}, ValueError),
+        ({"target_bytes": 500, "keep_steps": {"fc.weight": float("nan")}}, ValueError),
+        ({"target_bytes": 500, "keep_steps": {"fc.weight": "1e-3"}}, ValueError),
+        ({"target_bytes": 500, "keep_steps": {"fc.weight": 1e-3}, "keep_within": 1.0}, ValueError),
+        ({"target_bytes": 500, "keep_steps": {"fc.weight": 1e-3}, "keep_within": 0}, ValueError),
+    ],
+)
+def test_bad_kept_steps_are_refused(kwargs, error):
+    with pytest.raises(error):
+        nnc_fl.encode(_synthetic(), **kwargs)
+
+
+def test_codec_keeps_steps_only_with_a_budget_and_a_window():
+    d = _synthetic(11)
+    with pytest.raises(ValueError, match="keep_within"):
+        NNCCodec(keep_within=1.0)
+    codec = make_codec("nnc", rel_step=2.0, target_fraction=0.01, keep_within=0.25)
+    assert codec.params() == {"rel_step": 2.0, "target_fraction": 0.01, "keep_within": 0.25}
+    assert make_codec("nnc", **codec.params()).params() == codec.params()
+    kept = _steps_of(codec.encode(d))
+    off = make_codec("nnc", rel_step=2.0, target_fraction=0.01)
+    scaled = {n: v * 0.98 if v.dtype.kind == "f" else v for n, v in d.items()}
+    assert off.encode(scaled, keep_steps=kept) == off.encode(scaled)  # keep_within=0: not used
+    unbudgeted = make_codec("nnc", rel_step=2.0, keep_within=0.25)
+    assert unbudgeted.encode(scaled, keep_steps=kept) == unbudgeted.encode(scaled)
+
+
 @pytest.mark.parametrize("bad", [0, -5, 1.5, 100.0, True, "100"])
 def test_bad_byte_budgets_are_refused(bad):
     with pytest.raises((TypeError, ValueError)):

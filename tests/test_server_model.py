@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnc_fl import inspect
 from nnc_fl import protocol as p
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
@@ -216,3 +217,57 @@ def test_initial_grid_rounding_is_restored_by_the_increments():
 def test_initial_grid_is_bounded(kwargs, error):
     with pytest.raises(error, match="initial_grid"):
         DownlinkSettings(**kwargs)
+
+
+
+def _increment_steps(model: ServerModel, version: int) -> dict[str, float]:
+    info = inspect(model.increments[version].data, expect=model.tensors)
+    return {t.name: t.step for t in info.tensors if t.step is not None}
+
+
+def _shrinking_rounds(model: ServerModel, spec: CodecSpec, rng, scales) -> None:
+    """Rounds whose updates share a direction and shrink a little (as late FL rounds do)."""
+    drift = {n: rng.normal(0, 0.004, t.shape).astype(np.float32) for n, t in model.tensors.items()}
+    for scale in scales:
+        target = {}
+        for name, t in model.tensors.items():
+            if t.dtype == np.int64:
+                target[name] = t + 10
+            elif name == "bn.running_var":
+                target[name] = (t * 0.9 + 0.1 * rng.uniform(0.5, 1.5, t.shape)).astype(np.float32)
+            else:
+                target[name] = t + scale * drift[name] + rng.normal(0, 0.0005, t.shape).astype(np.float32)
+        model.advance(target, spec)
+
+
+def _budgeted_catch_up(keep_within: float):
+    params = {"rel_step": 2.0, "rel_to": "update", "float_lossless": True, "target_fraction": 0.025}
+    spec = CodecSpec("nnc", {**params, "keep_within": keep_within} if keep_within else params)
+    rng = np.random.default_rng(4)
+    model = ServerModel(DownlinkSettings(error_feedback=False))
+    model.adopt(_bn_model(rng), spec)
+    held = dict(model.tensors)
+    model.acknowledged(7, model.version, model.fingerprint)
+    _shrinking_rounds(model, spec, rng, (1.0, 0.93, 0.87))
+    assert all(len(model.increments[u].data) <= 0.025 * model.raw_bytes for u in (2, 3, 4))
+    down, payloads, _ = model.downlink(7, spec, "arrays", 4, bytes(16))
+    assert down.kind == p.DELTA and down.payloads == 1  # the catch-up
+    assert fingerprint(_rebuild(held, down, payloads)) == model.fingerprint
+    steps = [_increment_steps(model, u) for u in (2, 3, 4)]
+    catch_up = inspect(payloads[0].data, expect=model.tensors)
+    steps.append({t.name: t.step for t in catch_up.tensors if t.name in steps[0]})
+    return steps, len(payloads[0].data), sum(len(model.increments[u].data) for u in (2, 3, 4)), model.grid
+
+
+def test_budgeted_increments_keep_their_steps_so_catch_ups_stay_cheap():
+    """Under a downlink budget each increment picks its own step multiple of the anchor grid; a sum
+    of increments at different multiples lies only on their common divisor's grid, which costs
+    the catch-up bits. Keeping the last increment's steps while the budget allows avoids that."""
+    searched, searched_catch_up, _, _ = _budgeted_catch_up(0.0)
+    kept, kept_catch_up, kept_chain, grid = _budgeted_catch_up(0.3)
+    assert searched[0] != searched[1] != searched[2]
+    assert kept[0] == kept[1] == kept[2] == searched[0]
+    assert kept[3] == kept[0]  # the catch-up codes at the increments' step ...
+    assert kept[0]["conv.weight"] == 7 * grid["conv.weight"]  # ... an odd multiple of the grid here
+    assert kept_catch_up < 0.5 * kept_chain
+    assert kept_catch_up < 0.8 * searched_catch_up
