@@ -196,7 +196,9 @@ def encode(
         consecutive streams of a sequence share their steps while the budget allows (a sum of
         such streams then stays on their common step: see ``strategies.server_model``'s catch-up
         increments). A quantised tensor without a step there takes the median ratio of the others'
-        kept steps to their reference steps. Otherwise the search runs as usual, starting there.
+        kept steps to their reference steps. Otherwise the search starts there and aims at the
+        middle of that window, ``(1 - keep_within / 2)`` times the budget, so that the next
+        streams at the new steps may grow or shrink a little and still keep them.
 
     Returns
     -------
@@ -298,12 +300,16 @@ def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float]
 
 def _kept_steps(reference: Mapping[str, tuple[float, float]], keep: Mapping[str, float]) -> dict[str, float] | None:
     """Per quantised tensor: its step in ``keep``, else its reference step times the median ratio
-    of the kept steps to their reference steps; ``None`` if no tensor has a kept step."""
+    of the kept steps to their reference steps; ``None`` if no tensor has a kept step or one of
+    them is finer than the search goes (levels beyond ``2**FINEST_LEVEL_BITS``)."""
     ratios = sorted(keep[n] / s for n, (s, _) in reference.items() if n in keep)
     if not ratios:
         return None
     ratio = ratios[len(ratios) // 2]
-    return {n: min(max(keep.get(n, s * ratio), MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
+    kept = {n: min(max(keep.get(n, s * ratio), MIN_STEP), MAX_STEP) for n, (s, _) in reference.items()}
+    if any(peak > kept[n] * 2.0**FINEST_LEVEL_BITS for n, (_, peak) in reference.items()):
+        return None  # finer than the search would go (levels beyond 2**40): search instead
+    return kept
 
 
 def _encode_to_budget(
@@ -343,20 +349,22 @@ def _encode_to_budget(
         return len(data), (data, ordered)
 
     kept = _kept_steps(reference, keep[0]) if keep is not None and reference else None
-    result, start = None, 0.0
+    result, start, aim = None, 0.0, target
     if kept is not None:
         size, at_kept = code_at(kept)
         if (1.0 - keep[1]) * target <= size <= target:
             result = at_kept
-        else:  # search from where the kept steps are
+        else:  # search from where the kept steps are, for the middle of the window, so that the
+            # next streams at the new steps may grow or shrink a little and still keep them
             start = statistics.median(math.log2(kept[n] / s) for n, (s, _) in reference.items())
+            aim = max(1, math.floor((1.0 - keep[1] / 2) * target))
     if result is not None:
         data, ordered = result
     elif reference:
         hi = max(math.log2(2.0 * peak / s) for s, peak in reference.values()) + COARSEST_MARGIN
         lo = max(-FINEST_OCTAVES, max(math.log2(peak / s) for s, peak in reference.values()) - FINEST_LEVEL_BITS)
         hi = max(hi, lo)
-        data, ordered = fit_budget(code, target, lo, hi, min(max(start, lo), hi)).result
+        data, ordered = fit_budget(code, aim, lo, hi, min(max(start, lo), hi)).result
     else:  # nothing to scale: one coding
         data, ordered = code(0.0)[1]
     if not return_decoded:

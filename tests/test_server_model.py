@@ -50,10 +50,12 @@ def _bn_model(rng) -> dict[str, np.ndarray]:
     }
 
 
-def _advance_rounds(model: ServerModel, spec: CodecSpec, rng, rounds: int) -> None:
-    """FL-like rounds: a drift shared across rounds plus noise; BatchNorm statistics move too."""
+def _advance_rounds(model: ServerModel, spec: CodecSpec, rng, rounds, noise: float = 0.001) -> None:
+    """FL-like rounds: a drift shared across rounds (times each of ``rounds`` if it is a list of
+    scales, e.g. shrinking as late rounds do) plus noise; BatchNorm statistics move too."""
+    scales = [1.0] * rounds if isinstance(rounds, int) else rounds
     drift = {n: rng.normal(0, 0.004, t.shape).astype(np.float32) for n, t in model.tensors.items()}
-    for _ in range(rounds):
+    for scale in scales:
         target = {}
         for name, t in model.tensors.items():
             if t.dtype == np.int64:
@@ -61,7 +63,7 @@ def _advance_rounds(model: ServerModel, spec: CodecSpec, rng, rounds: int) -> No
             elif name == "bn.running_var":
                 target[name] = (t * 0.9 + 0.1 * rng.uniform(0.5, 1.5, t.shape)).astype(np.float32)
             else:
-                target[name] = t + drift[name] + rng.normal(0, 0.001, t.shape).astype(np.float32)
+                target[name] = t + scale * drift[name] + rng.normal(0, noise, t.shape).astype(np.float32)
         model.advance(target, spec)
 
 
@@ -225,21 +227,6 @@ def _increment_steps(model: ServerModel, version: int) -> dict[str, float]:
     return {t.name: t.step for t in info.tensors if t.step is not None}
 
 
-def _shrinking_rounds(model: ServerModel, spec: CodecSpec, rng, scales) -> None:
-    """Rounds whose updates share a direction and shrink a little (as late FL rounds do)."""
-    drift = {n: rng.normal(0, 0.004, t.shape).astype(np.float32) for n, t in model.tensors.items()}
-    for scale in scales:
-        target = {}
-        for name, t in model.tensors.items():
-            if t.dtype == np.int64:
-                target[name] = t + 10
-            elif name == "bn.running_var":
-                target[name] = (t * 0.9 + 0.1 * rng.uniform(0.5, 1.5, t.shape)).astype(np.float32)
-            else:
-                target[name] = t + scale * drift[name] + rng.normal(0, 0.0005, t.shape).astype(np.float32)
-        model.advance(target, spec)
-
-
 def _budgeted_catch_up(keep_within: float):
     params = {"rel_step": 2.0, "rel_to": "update", "float_lossless": True, "target_fraction": 0.025}
     spec = CodecSpec("nnc", {**params, "keep_within": keep_within} if keep_within else params)
@@ -248,7 +235,7 @@ def _budgeted_catch_up(keep_within: float):
     model.adopt(_bn_model(rng), spec)
     held = dict(model.tensors)
     model.acknowledged(7, model.version, model.fingerprint)
-    _shrinking_rounds(model, spec, rng, (1.0, 0.93, 0.87))
+    _advance_rounds(model, spec, rng, [1.0, 0.93, 0.87], noise=0.0005)
     assert all(len(model.increments[u].data) <= 0.025 * model.raw_bytes for u in (2, 3, 4))
     down, payloads, _ = model.downlink(7, spec, "arrays", 4, bytes(16))
     assert down.kind == p.DELTA and down.payloads == 1  # the catch-up
