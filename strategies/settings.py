@@ -56,6 +56,16 @@ DEFAULT_PARAMS: dict[str, dict[str, ParamValue]] = {
 DEFAULT_UPLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_to": "update", "rd_lambda": 0.02}}
 
 
+#: Added to the global increments' parameters under a downlink budget (``DownlinkSettings.target``)
+#: where neither the round's parameters nor ``DownlinkSettings.params`` set them. For "nnc": one
+#: step per increment (``rel_to="update"``, when the round's step is a ``rel_step``): under a budget
+#: a step per tensor lost 2-4 pp of UC10 accuracy against it (README, "Low rates"); and the last
+#: increment's steps kept while the increment at them lies within 20 % below the budget
+#: (``keep_within``), so that a node that missed rounds gets one catch-up increment on that step
+#: instead of the chain (README, "Increments that keep their steps").
+BUDGET_DOWNLINK_PARAMS: dict[str, dict[str, ParamValue]] = {"nnc": {"rel_to": "update", "keep_within": 0.2}}
+
+
 #: Codecs whose nodes train from the global model plus their error-feedback residual unless told
 #: otherwise (``CodecSettings.train_from_residual=None``). Measured on UC10 (IID and Dirichlet 0.5,
 #: the plain and the BatchNorm CNN, cross-device) and UC14A IID, 3-5 seeds each, against the same
@@ -409,7 +419,9 @@ class DownlinkSettings:
         of its steps, the finest that fits (:mod:`nnc_fl.rate`). Keyframes are not affected. With
         ``keyframe_grid``, increment steps are then integer multiples of the anchor grid (at least
         the grid itself), so where they are only a few grid steps the size moves in coarse jumps
-        and lands further below the budget. ``None`` (the default): no budget
+        and lands further below the budget. For ``"nnc"``, :data:`BUDGET_DOWNLINK_PARAMS` apply
+        where the round's parameters and ``params`` do not set them (one step per increment, the
+        last increment's steps kept while they fit). ``None`` (the default): no budget
         (the uplink's ``target_uplink`` does not apply to the downlink).
     """
 
@@ -449,8 +461,15 @@ class DownlinkSettings:
 
     def spec(self, round_spec: CodecSpec) -> CodecSpec:
         """The codec that codes a global increment in a round whose codec (without the uplink
-        budget) is ``round_spec``: its parameters, ``params`` over them, and the downlink budget."""
-        return round_spec.merged({**self.params, **budget_params(self.target)})
+        budget) is ``round_spec``: its parameters, ``params`` over them, and the downlink budget
+        (with :data:`BUDGET_DOWNLINK_PARAMS` where neither sets those)."""
+        given = {**round_spec.params, **self.params}
+        defaults = {}
+        if self.target is not None:
+            defaults = {k: v for k, v in BUDGET_DOWNLINK_PARAMS.get(round_spec.name, {}).items() if k not in given}
+            if "rel_step" not in given:  # one step per increment is relative to the increment's RMS
+                defaults.pop("rel_to", None)
+        return round_spec.merged({**defaults, **self.params, **budget_params(self.target)})
 
     def check_codec(self, round_spec: CodecSpec) -> None:
         """Refuse a downlink budget for a codec without rate control, or bad ``params``."""
@@ -601,6 +620,7 @@ def settings_of(kind: type, value: Any, what: str) -> Any:
 
 
 __all__ = [
+    "BUDGET_DOWNLINK_PARAMS",
     "BUDGET_PARAMS",
     "DEFAULT_PARAMS",
     "DEFAULT_UPLINK_PARAMS",

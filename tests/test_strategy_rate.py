@@ -9,7 +9,7 @@ from flwr.serverapp.strategy import FedAvg
 import nnc_fl
 from nnc_fl import protocol
 from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings
-from strategies.settings import DEFAULT_PARAMS, DEFAULT_UPLINK_PARAMS
+from strategies.settings import BUDGET_DOWNLINK_PARAMS, DEFAULT_PARAMS, DEFAULT_UPLINK_PARAMS
 
 
 @pytest.mark.parametrize("bad", [0, -3, 0.0, 1.0, 1.5, 2000.0, -0.1, float("nan"), float("inf"), True, "0.01"])
@@ -42,14 +42,32 @@ def test_budgets_travel_as_codec_parameters_each_link_its_own():
     s = CompressedStrategy(FedAvg(), target_uplink=0.005, target_downlink=2000)
     uplink = {**DEFAULT_PARAMS["nnc"], **DEFAULT_UPLINK_PARAMS["nnc"]}
     assert dict(s.spec_for(1).params) == {**uplink, "target_fraction": 0.005}
-    assert dict(s.downlink_spec(1).params) == {**DEFAULT_PARAMS["nnc"], "target_bytes": 2000}
+    assert dict(s.downlink_spec(1).params) == {**DEFAULT_PARAMS["nnc"], **BUDGET_DOWNLINK_PARAMS["nnc"],
+                                               "target_bytes": 2000}
     only_up = CompressedStrategy(FedAvg(), target_uplink=3000)
     assert "target_bytes" not in only_up.downlink_spec(1).params  # the uplink budget is not the downlink's
     grouped = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"rel_step": 3.0}, target_uplink=0.01),
                                  downlink=DownlinkSettings({"rel_step": 4.0}, target=0.02))
     assert dict(grouped.spec_for(2).params) == {"rel_step": 3.0, "target_fraction": 0.01}
-    assert dict(grouped.downlink_spec(2).params) == {"rel_step": 4.0, "target_fraction": 0.02}
+    assert dict(grouped.downlink_spec(2).params) == {"rel_step": 4.0, "rel_to": "update", "keep_within": 0.2,
+                                                     "target_fraction": 0.02}
     assert "target_uplink=0.01" in repr(grouped) and "target_downlink=0.02" in repr(grouped)
+
+
+def test_budgeted_increments_default_to_one_kept_step_unless_told_otherwise():
+    assert BUDGET_DOWNLINK_PARAMS["nnc"] == {"rel_to": "update", "keep_within": 0.2}
+    unbudgeted = CompressedStrategy(FedAvg())
+    assert not {"rel_to", "keep_within"} & set(unbudgeted.downlink_spec(1).params)
+    told = CompressedStrategy(FedAvg(), downlink=DownlinkSettings({"rel_to": "tensor", "keep_within": 0}, target=0.01))
+    assert dict(told.downlink_spec(1).params) == {**DEFAULT_PARAMS["nnc"], "rel_to": "tensor", "keep_within": 0,
+                                                  "target_fraction": 0.01}
+    in_round = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"rel_step": 2.0, "keep_within": 0.5}),
+                                  target_downlink=0.01)
+    assert dict(in_round.downlink_spec(1).params) == {"rel_step": 2.0, "keep_within": 0.5, "rel_to": "update",
+                                                      "target_fraction": 0.01}
+    absolute = CompressedStrategy(FedAvg(), CodecSettings("nnc", {"step": 1e-3}), target_downlink=0.01)
+    assert dict(absolute.downlink_spec(1).params) == {"step": 1e-3, "keep_within": 0.2, "target_fraction": 0.01}
+    absolute.downlink_spec(1).make()  # rel_to="update" needs a rel_step: not added to an absolute step
 
 
 def test_summary_logs_the_budgets(caplog):
@@ -74,7 +92,8 @@ def test_every_update_and_increment_meets_its_budget(make_grid, initial_arrays, 
         assert len(payload.data) <= down * raw
         assert payload.spec.params["target_fraction"] == down
     if grid is None:
-        assert all(len(p.data) >= 0.9 * down * raw for p in strategy.model.increments.values())
+        floor = 1 - BUDGET_DOWNLINK_PARAMS["nnc"]["keep_within"] - 0.01  # kept steps land up to 20 % below
+        assert all(len(p.data) >= floor * down * raw for p in strategy.model.increments.values())
     train = [m.content[protocol.RECORD_KEY] for m in sent_grid.sent if m.metadata.message_type == "train"]
     assert {protocol.decode_params(c["codec_params"])["target_fraction"] for c in train} == {up}
     inc = strategy.model.increments[strategy.model.version]
