@@ -248,6 +248,7 @@ def encode(
             items, check_target_bytes(target_bytes), step, qp, rel_step, lossless, fingerprint, limits, opts, grid,
             bool(schema_bound), workers, return_decoded, keep,
         )
+    _check_keep_steps(None, keep_within)
     if keep_steps is not None:
         raise ValueError("keep_steps applies to rate control only: give target_bytes too")
 
@@ -284,6 +285,8 @@ COARSEST_MARGIN, FINEST_LEVEL_BITS = 1.0, 40
 
 def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float] | None:
     """``keep_steps`` as a dict of positive finite steps and ``keep_within`` in (0, 1), or ``None``."""
+    if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 < keep_within < 1:
+        raise ValueError(f"keep_within must be a fraction in (0, 1), got {keep_within!r}")
     if keep_steps is None:
         return None
     if not isinstance(keep_steps, Mapping):
@@ -293,8 +296,6 @@ def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float]
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
             raise ValueError(f"keep_steps[{name!r}] must be a positive finite step, got {value!r}")
         kept[name] = float(value)
-    if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 < keep_within < 1:
-        raise ValueError(f"keep_within must be a fraction in (0, 1), got {keep_within!r}")
     return kept, float(keep_within)
 
 

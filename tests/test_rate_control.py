@@ -211,6 +211,8 @@ def test_kept_steps_far_too_fine_for_the_update_are_searched_instead():
         ({"target_bytes": 500, "keep_steps": {"fc.weight": "1e-3"}}, ValueError),
         ({"target_bytes": 500, "keep_steps": {"fc.weight": 1e-3}, "keep_within": 1.0}, ValueError),
         ({"target_bytes": 500, "keep_steps": {"fc.weight": 1e-3}, "keep_within": 0}, ValueError),
+        ({"target_bytes": 500, "keep_within": float("nan")}, ValueError),  # checked without steps too
+        ({"keep_within": 2}, ValueError),
     ],
 )
 def test_bad_kept_steps_are_refused(kwargs, error):
