@@ -87,6 +87,9 @@ def _federation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-momentum", type=float, default=0.0, metavar="BETA",
                    help="aggregate with Flower's FedAvgM at this server momentum (server learning rate 1) "
                         "instead of FedAvg; default 0: FedAvg")
+    p.add_argument("--server-adam", type=float, default=0.0, metavar="ETA",
+                   help="aggregate with Flower's FedAdam at this server learning rate (beta_1 0.9, beta_2 0.99, "
+                        "tau 1e-3) instead of FedAvg; default 0: FedAvg")
     p.add_argument("--aggregator", choices=AGGREGATOR_CHOICES, default="fedavg",
                    help="the inner strategy's rule: FedAvg (default), FedMedian, FedTrimmedAvg (beta 0.2) or "
                         "Krum (one hostile node assumed), each inside the same wrapper")
@@ -224,7 +227,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                   residual_max_age=a.residual_max_age, train_from_residual=a.train_from_residual,
                   backend=a.backend,
                   target_uplink=a.target_uplink, target_downlink=a.target_downlink,
-                  trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum,
+                  trusted_tolerance=a.trusted_tolerance, server_momentum=a.server_momentum, server_adam=a.server_adam,
                   aggregator=a.aggregator)
         for seed in range(a.seed, a.seed + a.seeds)
     ]
@@ -260,7 +263,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                             keyframe_grid=a.keyframe_grid, initial_grid=a.initial_grid,
                             residual_max_age=a.residual_max_age, train_from_residual=a.train_from_residual,
                             backend=a.backend, trusted_tolerance=a.trusted_tolerance,
-                            server_momentum=a.server_momentum, aggregator=a.aggregator)
+                            server_momentum=a.server_momentum, server_adam=a.server_adam, aggregator=a.aggregator)
             sub = out_dir / slug(cfg.name())
             tasks.append((cfg, sub if a.seeds == 1 else sub / f"seed-{seed}"))
     outs = _run_tasks(tasks, a.jobs)

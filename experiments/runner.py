@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from strategies import BudgetSchedule, CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
 from strategies.inprocess import InProcessGrid
@@ -82,6 +83,9 @@ class RunConfig:
     #: > 0: the inner strategy is Flower's FedAvgM with this server momentum (server learning rate
     #: 1); 0: FedAvg
     server_momentum: float = 0.0
+    #: > 0: the inner strategy is Flower's FedAdam with this server learning rate (``eta``; its other
+    #: parameters at Flower's defaults: beta_1 0.9, beta_2 0.99, tau 1e-3); 0: FedAvg
+    server_adam: float = 0.0
     #: the inner strategy's aggregation rule (one of AGGREGATORS); robust rules for hostile clients
     aggregator: str = "fedavg"
 
@@ -93,6 +97,11 @@ class RunConfig:
             raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}, got {self.aggregator!r}")
         if m and self.aggregator != "fedavg":
             raise ValueError("server_momentum is FedAvgM's: it needs aggregator 'fedavg'")
+        eta = self.server_adam
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and 0 <= eta <= 10):
+            raise ValueError(f"server_adam must be a server learning rate in [0, 10] (0: off), got {eta!r}")
+        if eta and (m or self.aggregator != "fedavg"):
+            raise ValueError("server_adam is FedAdam's: it excludes server_momentum and needs aggregator 'fedavg'")
 
     def name(self) -> str:
         if self.label:
@@ -117,6 +126,8 @@ class RunConfig:
             name = f"{name} trusted={self.federation.trusted_examples}x{self.trusted_tolerance:g}"
         if self.server_momentum:
             name = f"{name} fedavgm={self.server_momentum:g}"
+        if self.server_adam:
+            name = f"{name} fedadam={self.server_adam:g}"
         if self.aggregator != "fedavg":
             name = f"{name} {self.aggregator}"
         return f"{name} shared-init" if self.shared_initial_model else name
@@ -141,6 +152,8 @@ def _server_fn(cfg: RunConfig, sink: dict[str, Any], progress=None):
         sampling = dict(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_available_nodes=fed.num_clients)
         if cfg.server_momentum:
             inner = FedAvgM(**sampling, server_learning_rate=1.0, server_momentum=cfg.server_momentum)
+        elif cfg.server_adam:
+            inner = FedAdam(**sampling, eta=cfg.server_adam)
         else:
             inner = AGGREGATORS[cfg.aggregator](**sampling)
         downlink = DownlinkSettings(params=cfg.downlink_params, shared_initial_model=cfg.shared_initial_model,

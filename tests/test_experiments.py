@@ -108,6 +108,23 @@ def test_server_momentum_aggregates_with_fedavgm_behind_the_same_wrapper(tmp_pat
             RunConfig(_tiny("uc10"), server_momentum=bad)
 
 
+def test_server_adam_aggregates_with_fedadam_behind_the_same_wrapper(tmp_path):
+    base = RunConfig(_tiny("uc10"), rounds=2, fraction=1.0, codec="nnc", codec_params={"rel_step": 2.0})
+    adam = RunConfig(**{**base.__dict__, "server_adam": 0.01})
+    a, b = run(base), run(adam, tmp_path)
+    assert a["rounds"][1]["test_loss"] != b["rounds"][1]["test_loss"]  # Adam's first step is not FedAvg's
+    assert all(r["clients"] == 3 and r["rejected"] == 0 and r["aggregate_failed"] == 0 for r in b["rounds"][1:])
+    assert "fedadam=0.01" in adam.name()
+    assert json.loads((tmp_path / "config.json").read_text())["server_adam"] == 0.01
+    for bad in (-0.1, 11.0, True, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="server_adam"):
+            RunConfig(_tiny("uc10"), server_adam=bad)
+    with pytest.raises(ValueError, match="excludes server_momentum"):
+        RunConfig(_tiny("uc10"), server_adam=0.01, server_momentum=0.5)
+    with pytest.raises(ValueError, match="needs aggregator 'fedavg'"):
+        RunConfig(_tiny("uc10"), server_adam=0.01, aggregator="median")
+
+
 def test_robust_aggregators_run_inside_the_same_wrapper(tmp_path):
     from experiments.cli import AGGREGATOR_CHOICES
     from experiments.runner import AGGREGATORS
