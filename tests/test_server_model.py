@@ -221,7 +221,6 @@ def test_initial_grid_is_bounded(kwargs, error):
         DownlinkSettings(**kwargs)
 
 
-
 def _increment_steps(model: ServerModel, version: int) -> dict[str, float]:
     info = inspect(model.increments[version].data, expect=model.tensors)
     return {t.name: t.step for t in info.tensors if t.step is not None}
