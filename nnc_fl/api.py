@@ -29,7 +29,7 @@ from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError
-from .rate import FINEST_OCTAVES, KEEP_WITHIN, check_target_bytes, fit_budget
+from .rate import FINEST_OCTAVES, KEEP_WITHIN, check_keep_within, check_target_bytes, fit_budget
 from .steps import (
     MAX_STEP,
     MIN_STEP,
@@ -285,8 +285,7 @@ COARSEST_MARGIN, FINEST_LEVEL_BITS = 1.0, 40
 
 def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float] | None:
     """``keep_steps`` as a dict of positive finite steps and ``keep_within`` in (0, 1), or ``None``."""
-    if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 < keep_within < 1:
-        raise ValueError(f"keep_within must be a fraction in (0, 1), got {keep_within!r}")
+    within = check_keep_within(keep_within)
     if keep_steps is None:
         return None
     if not isinstance(keep_steps, Mapping):
@@ -296,7 +295,7 @@ def _check_keep_steps(keep_steps, keep_within) -> tuple[dict[str, float], float]
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
             raise ValueError(f"keep_steps[{name!r}] must be a positive finite step, got {value!r}")
         kept[name] = float(value)
-    return kept, float(keep_within)
+    return kept, within
 
 
 def _kept_steps(reference: Mapping[str, tuple[float, float]], keep: Mapping[str, float]) -> dict[str, float] | None:

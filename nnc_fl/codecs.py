@@ -19,7 +19,6 @@ imported the defining module can still build the codec.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from importlib import metadata
@@ -30,7 +29,7 @@ import numpy as np
 from .api import decode, encode, is_schema_bound, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits
 from .errors import FormatError
-from .rate import KEEP_WITHIN, check_target_bytes, check_target_fraction
+from .rate import KEEP_WITHIN, check_keep_within, check_target_bytes, check_target_fraction
 from .steps import (
     check_lossless_bits,
     check_rd_lambda,
@@ -293,9 +292,7 @@ class NNCCodec:
         self.rate_search = _flag(rate_search, "rate_search")
         self.row_refs = _flag(row_refs, "row_refs")
         self.float_lossless = _flag(float_lossless, "float_lossless")
-        if isinstance(keep_within, bool) or not isinstance(keep_within, numbers.Real) or not 0 <= keep_within < 1:
-            raise ValueError(f"keep_within must be a fraction in [0, 1), got {keep_within!r}")
-        self.keep_within = float(keep_within)
+        self.keep_within = check_keep_within(keep_within, allow_off=True)
         self._last_schema: dict[str, np.ndarray] | None = None
 
     #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
@@ -315,9 +312,6 @@ class NNCCodec:
                     steps[n] = value
                     break
         return lossless, steps
-
-    #: :meth:`encode` takes ``keep_steps`` (steps of a previous stream, tried first under a budget)
-    supports_keep_steps = True
 
     def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None) -> bytes:
         """As :meth:`UpdateCodec.encode`; with ``grid`` (name -> power of two), the steps of those

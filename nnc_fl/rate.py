@@ -67,6 +67,19 @@ def check_target_fraction(value: object) -> float:
     return f
 
 
+def check_keep_within(value: object, *, allow_off: bool = False) -> float:
+    """A valid window for kept steps (``encode(..., keep_within=)``): a fraction in (0, 1); with
+    ``allow_off`` (a codec parameter) also 0, which turns keeping steps off."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (0 <= value < 1 if allow_off else 0 < value < 1)  # NaN fails too
+    ):
+        bounds = "[0, 1)" if allow_off else "(0, 1)"
+        raise ValueError(f"keep_within must be a fraction in {bounds}, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class Fit(Generic[T]):
     """The outcome of :func:`fit_budget`: the exponent chosen, its size and result, codings made."""
@@ -171,6 +184,7 @@ __all__ = [
     "MAX_EVALS",
     "RTOL",
     "Fit",
+    "check_keep_within",
     "check_target_bytes",
     "check_target_fraction",
     "fit_budget",

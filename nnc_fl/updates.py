@@ -156,8 +156,9 @@ def code_update(
     is what the coding lost: ``delta + residual - decoded`` (floating tensors only). With ``residual=None``
     or ``exact=True`` (lossless coding) no feedback is added or kept. ``limits`` (default: covering
     ``delta``'s schema) are the ones the stream's decoders use; ``grid`` is passed to a codec that
-    supports anchor grids (see :meth:`nnc_fl.codecs.NNCCodec.encode`), ``keep_steps`` (the steps
-    of a previous stream, tried first under a budget) to one that takes them. Raises ``ValueError`` if the
+    supports anchor grids (see :meth:`nnc_fl.codecs.NNCCodec.encode`), as is ``keep_steps`` (the
+    steps of a previous stream, tried first under a budget) to one that takes them: the caller
+    gives either only to such a codec. Raises ``ValueError`` if the
     codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
     """
     delta = dict(delta)
@@ -168,7 +169,7 @@ def code_update(
     limits = limits if limits is not None else limits_for(delta)
     t0 = time.perf_counter()
     extra = {"grid": grid} if grid else {}
-    if keep_steps and getattr(codec, "supports_keep_steps", False):
+    if keep_steps:
         extra["keep_steps"] = keep_steps
     joint = getattr(codec, "encode_decoded", None)
     if joint is not None:  # the codec knows its reconstruction: no decoding pass
