@@ -67,17 +67,23 @@ def _sign_class(v):
 
 
 @jit
-def _contexts_of(levels, i, col, cols, colact):
-    """(sig context, sign context, gt class) from the already coded neighbours of position ``i``."""
-    left = levels[i - 1] if col > 0 else 0
-    up = levels[i - cols] if i >= cols else 0
+def _contexts_from(left, up, act):
+    """(sig context, sign context, gt class) from the left and upper neighbours' levels and the
+    column's activity ``act``."""
     a = min(abs(left), 2)
     b = min(abs(up), 2)
-    act = colact[col]
     c = 0 if act == 0 else (1 if act < ACT_HIGH else 2)
     sig = SIG_CTX + 9 * c + 3 * a + b
     sign = SIGN_CTX + 3 * _sign_class(left) + _sign_class(up)
     return sig, sign, min(a + b, 2)
+
+
+@jit
+def _contexts_of(levels, i, col, cols, colact):
+    """(sig context, sign context, gt class) from the already coded neighbours of position ``i``."""
+    left = levels[i - 1] if col > 0 else 0
+    up = levels[i - cols] if i >= cols else 0
+    return _contexts_from(left, up, colact[col])
 
 
 # --- Binarisation: the bins of one level, defined once -------------------------------------------
@@ -196,6 +202,29 @@ def _level_bits(m, neg, c_sig, c_sign, g, ctx, egctx):
 
 
 @jit
+def eg_context_gain(levels, rate_index):
+    """Estimated bits ``egctx`` saves on ``levels``: the bypass bins of their Exp-Golomb prefixes
+    minus what the same bins cost in their adaptive contexts (the other bins cost the same either
+    way). Lets an encoder skip the second coding pass where context-coded prefixes cannot pay."""
+    fast = RATE_PAIRS[rate_index, 0]
+    slow = RATE_PAIRS[rate_index, 1]
+    ctx = new_contexts(N_CONTEXTS_EG)
+    gain = 0.0
+    for i in range(levels.size):
+        m = abs(levels[i])
+        if not _eg_follows(m):
+            continue
+        nb, _ = _eg_split(m)
+        gain += nb + 1
+        for j in range(nb + 1):
+            c = _eg_context(j)
+            one = 1 if j < nb else 0
+            gain -= _bin_bits(p_one(ctx, c), one)
+            update(ctx, c, one, fast, slow)
+    return gain
+
+
+@jit
 def _rd_choice(q, a, lam, c_sig, c_sign, g, ctx, egctx):
     """``q`` = round(x / step) with ``a`` = |x| / step: keep it, or step one towards zero when
     ``q`` was rounded up and that lowers distortion + lam x bits (error stays below one step)."""
@@ -303,58 +332,92 @@ def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False):
 
 
 @jit
-def decode_levels(data, n, cols, rate_index, egctx=False):
-    """Mirror of :func:`encode_levels`: return (int64 levels, status)."""
+def _decode(data, n, cols, rate_index, egctx, levels, values, step):
+    """Mirror of :func:`_encode`: decode ``n`` levels into ``levels`` and ``level * step`` (in
+    float64, stored in ``values``' dtype) into ``values``; either may be empty (not wanted).
+    Return (status, largest level magnitude).
+
+    The upper neighbour comes from a buffer of one row, so only the outputs asked for are
+    written (a float32 tensor never passes through int64 levels and float64 values).
+    """
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
     ctx = new_contexts(N_CONTEXTS_EG)
     colact = np.zeros(cols, np.int64)
+    row = np.zeros(cols, np.int64)  # the row above from column col on, this row before it
+    want_levels = levels.size == n
+    want_values = values.size == n
     st = dec_init(data)
-    levels = np.zeros(n, np.int64)
+    top = 0
     col = 0
+    left = 0
     for i in range(n):
-        c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
-        here = col
+        up = row[col]
+        c_sig, c_sign, g = _contexts_from(left, up, colact[col])
+        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        q = 0
+        if sig:
+            neg, st = dec_bin(st, data, p_one(ctx, c_sign))
+            update(ctx, c_sign, neg, fast, slow)
+            k = 1
+            while True:
+                c = _gt_context(k, g)
+                gt, st = dec_bin(st, data, p_one(ctx, c))
+                update(ctx, c, gt, fast, slow)
+                m = _gt_magnitude(k, gt)
+                if _gt_last(k, gt):
+                    break
+                k += 1
+            if _eg_follows(m):
+                nb = 0
+                while True:
+                    if egctx:
+                        c = _eg_context(nb)
+                        one, st = dec_bin(st, data, p_one(ctx, c))
+                        update(ctx, c, one, fast, slow)
+                    else:
+                        one, st = dec_bypass(st, data, 1)
+                    if one == 0:
+                        break
+                    nb += 1
+                    if nb > MAX_EG_PREFIX:
+                        return BAD_LEVEL, top
+                low, st = dec_bypass(st, data, nb)
+                x = _eg_join(nb, low)
+                if x > MAX_LEVEL - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
+                    return BAD_LEVEL, top
+                m = GT_FLAGS + x
+            if st[2] > data.size + READ_SLACK:
+                return SHORT_PAYLOAD, top
+            q = -m if neg else m
+            top = max(top, m)
+        _col_update(colact, col, q)
+        row[col] = q
+        if want_levels:
+            levels[i] = q
+        if want_values:
+            values[i] = q * step
+        left = q
         col += 1
         if col == cols:
             col = 0
-        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
-        update(ctx, c_sig, sig, fast, slow)
-        if sig == 0:
-            _col_update(colact, here, 0)
-            continue
-        neg, st = dec_bin(st, data, p_one(ctx, c_sign))
-        update(ctx, c_sign, neg, fast, slow)
-        k = 1
-        while True:
-            c = _gt_context(k, g)
-            gt, st = dec_bin(st, data, p_one(ctx, c))
-            update(ctx, c, gt, fast, slow)
-            m = _gt_magnitude(k, gt)
-            if _gt_last(k, gt):
-                break
-            k += 1
-        if _eg_follows(m):
-            nb = 0
-            while True:
-                if egctx:
-                    c = _eg_context(nb)
-                    one, st = dec_bin(st, data, p_one(ctx, c))
-                    update(ctx, c, one, fast, slow)
-                else:
-                    one, st = dec_bypass(st, data, 1)
-                if one == 0:
-                    break
-                nb += 1
-                if nb > MAX_EG_PREFIX:
-                    return levels, BAD_LEVEL
-            low, st = dec_bypass(st, data, nb)
-            x = _eg_join(nb, low)
-            if x > MAX_LEVEL - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
-                return levels, BAD_LEVEL
-            m = GT_FLAGS + x
-        levels[i] = -m if neg else m
-        _col_update(colact, here, m)
-        if st[2] > data.size + READ_SLACK:
-            return levels, SHORT_PAYLOAD
-    return levels, OK
+            left = 0
+    return OK, top
+
+
+@jit
+def decode_levels(data, n, cols, rate_index, egctx=False):
+    """Mirror of :func:`encode_levels`: return (int64 levels, status)."""
+    levels = np.zeros(n, np.int64)
+    status, _ = _decode(data, n, cols, rate_index, egctx, levels, np.empty(0, np.float64), 1.0)
+    return levels, status
+
+
+@jit
+def decode_values(data, cols, rate_index, egctx, step, values):
+    """Decode a payload of ``values.size`` levels straight into ``values`` (float32 or float64):
+    ``level * step`` computed in float64 and stored in ``values``' dtype, as ``dequantise(levels,
+    step).astype(dtype)`` gives. Return (status, largest level magnitude, for the caller's range
+    check); on a status other than OK ``values`` is partly written."""
+    return _decode(data, values.size, cols, rate_index, egctx, np.empty(0, np.int64), values, step)

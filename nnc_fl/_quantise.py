@@ -45,6 +45,15 @@ def dequantise(levels, step):
 
 
 @jit
+def max_magnitude(levels):
+    """``max |level|`` of int64 ``levels`` (|level| <= 2**62), 0 if empty, without a temporary array."""
+    top = 0
+    for i in range(levels.size):
+        top = max(top, abs(levels[i]))
+    return top
+
+
+@jit
 def sum_squares(x):
     """``sum(x**2)`` of flat ``x`` in float64, in one pass without a temporary array."""
     acc = 0.0

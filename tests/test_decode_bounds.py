@@ -163,11 +163,16 @@ def test_float16_near_its_maximum_never_decodes_to_infinity():
     assert err.max() <= t.step / 2 + 64  # half the step used, plus float16's spacing up there (32)
 
 
-def test_a_stream_whose_reconstruction_overflows_is_refused():
+@pytest.mark.parametrize("dtype, step", [("<f2", 1000.0), ("<f4", 1e37)])  # (float64 cannot: steps are float32)
+def test_a_stream_whose_reconstruction_overflows_is_refused(dtype, step):
+    # float16 decodes through int64 levels, float32/64 straight into the output: both are checked
     payload = encode_levels(np.array([70, 1, 0, 2], np.int64), 4, 0).tobytes()
-    record = bs.TensorRecord("h", np.dtype("<f2"), (4,), bs.MODE_QUANT, 1000.0, 0, payload)
-    with pytest.raises(FormatError, match="overflows float16"):
+    record = bs.TensorRecord("h", np.dtype(dtype), (4,), bs.MODE_QUANT, step, 0, payload)
+    with pytest.raises(FormatError, match=f"overflows {np.dtype(dtype).name}"):
         nnc_fl.decode(bs.write_stream([record]))
+    fits = bs.TensorRecord("h", np.dtype(dtype), (4,), bs.MODE_QUANT, step / 100, 0, payload)
+    np.testing.assert_array_equal(nnc_fl.decode(bs.write_stream([fits]))["h"],
+                                  (np.array([70, 1, 0, 2]) * np.float64(np.float32(step / 100))).astype(dtype))
 
 
 def test_read_fingerprint_checks_the_header_only():

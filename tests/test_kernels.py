@@ -19,9 +19,20 @@ from nnc_fl._floatcoder import OK as FLOAT_OK
 from nnc_fl._floatcoder import READ_SLACK as FLOAT_READ_SLACK
 from nnc_fl._floatcoder import SHORT_PAYLOAD as FLOAT_SHORT_PAYLOAD
 from nnc_fl._floatcoder import decode_float_payload, decode_floats, encode_float_payload
-from nnc_fl._levels import BAD_LEVEL, MAX_LEVEL, OK, READ_SLACK, decode_levels, encode_levels, encode_levels_rd
+from nnc_fl._levels import (
+    BAD_LEVEL,
+    MAX_LEVEL,
+    OK,
+    READ_SLACK,
+    SHORT_PAYLOAD,
+    decode_levels,
+    decode_values,
+    eg_context_gain,
+    encode_levels,
+    encode_levels_rd,
+)
 from nnc_fl._probability import RATE_PAIRS
-from nnc_fl._quantise import dequantise, grid_levels_or, on_grid, quantise, sum_squares
+from nnc_fl._quantise import dequantise, grid_levels_or, max_magnitude, on_grid, quantise, sum_squares
 
 
 def _levels(rng, n, kind):
@@ -54,6 +65,62 @@ def test_kernel_matches_reference_bit_for_bit(kind, rate_index, egctx):
         decoded, status = decode_levels(np.frombuffer(fast, np.uint8), n, cols, rate_index, egctx)
         assert status == OK
         np.testing.assert_array_equal(decoded, levels)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "wide", "large"])
+def test_decode_values_is_decode_levels_then_dequantise(kind, dtype):
+    # the decoder the API uses for float32/64 tensors writes level * step (float64, then the dtype)
+    # straight into the output; it must give what the levels decoder and dequantise give, bit for bit
+    rng = np.random.default_rng(len(kind))
+    for n, cols in [(1, 1), (60, 12), (333, 37), (2000, 2000)]:
+        levels = _levels(rng, n, kind)
+        step = float(rng.uniform(1e-6, 1e-2))
+        for egctx in (False, True):
+            payload = encode_levels(levels, cols, 1, egctx)
+            values = np.empty(n, dtype)
+            status, top = decode_values(payload, cols, 1, egctx, step, values)
+            assert status == OK and top == np.abs(levels).max()
+            expected = dequantise(levels, step).astype(dtype)
+            assert values.tobytes() == expected.tobytes()
+
+
+def test_decode_values_reports_what_decode_levels_reports():
+    levels = np.arange(-500, 500, dtype=np.int64)
+    payload = encode_levels(levels, 1000, 0)
+    status, _ = decode_values(payload[: len(payload) // 3], 1000, 0, False, 0.5, np.empty(levels.size, np.float32))
+    assert status == SHORT_PAYLOAD
+    for egctx in (False, True):
+        status, _ = decode_values(_one_level_payload(62, 0, egctx), 1, 0, egctx, 1.0, np.empty(1))
+        assert status == BAD_LEVEL
+    assert decode_values(np.zeros(0, np.uint8), 1, 0, False, 1.0, np.empty(0)) == (OK, 0)
+
+
+def test_eg_context_gain_estimates_what_context_coded_prefixes_save():
+    # the encoder codes the prefixes in contexts where this estimate is positive, instead of coding
+    # the levels twice: it must follow the coded sizes to a few bits
+    rng = np.random.default_rng(8)
+    for trial in range(24):
+        n = int(rng.integers(50, 5000))
+        levels = np.round(rng.laplace(scale=1.0, size=n))
+        outliers = rng.random(n) < [0.0, 0.002, 0.02, 0.5][trial % 4]
+        levels[outliers] = rng.integers(-3000, 3000, int(outliers.sum())) if trial % 8 < 4 else 13
+        levels = levels.astype(np.int64)
+        rate_index = trial % len(RATE_PAIRS)
+        bypass, ctx = encode_levels(levels, 50, rate_index), encode_levels(levels, 50, rate_index, True)
+        saved = 8 * (bypass.size - ctx.size)
+        estimate = eg_context_gain(levels, rate_index)
+        assert abs(estimate - saved) <= 24 + 0.005 * abs(saved), (trial, estimate, saved)
+    assert eg_context_gain(np.arange(-12, 13, dtype=np.int64), 0) == 0.0  # nothing past the flags
+
+
+def test_max_magnitude():
+    rng = np.random.default_rng(4)
+    for kind in ("laplace", "sparse", "extreme"):
+        levels = _levels(rng, 1000, kind)
+        assert max_magnitude(levels) == np.abs(levels).max()
+    assert max_magnitude(np.zeros(0, np.int64)) == 0
+    assert max_magnitude(np.array([-MAX_LEVEL], np.int64)) == MAX_LEVEL
 
 
 def test_context_coded_prefixes_pay_on_wide_levels_and_rd_estimates_them():
