@@ -23,8 +23,8 @@ With ``--equal-rmse`` the summary also gives, per step, each tool configuration'
 of plain rounding (interpolated on its own RD curve, steps ``rms * 2**(k/4)``) over the best of
 levels + zstd-19 / lzma at that step.
 
-Speeds are fp32 input bytes per second of one thread, best of ``--repeat`` runs after a warm-up
-(numba kernels are cached and compiled before timing).
+Speeds are fp32 input bytes per second of one thread (``--threads`` to change it), best of
+``--repeat`` runs after a warm-up (numba kernels are cached and compiled before timing).
 """
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ def _rmse(delta: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> float
     return float(np.sqrt(np.mean(err**2)))
 
 
-def _run_config(delta, step, kwargs, repeat, timing, raw) -> dict:
+def _run_config(delta, step, kwargs, repeat, timing, raw, threads=1) -> dict:
     data = nnc_fl.encode(delta, step=step, **kwargs)
     expect = delta if kwargs.get("schema_bound") else None
     rmse = _rmse(delta, nnc_fl.decode(data, expect=expect))
-    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, **kwargs), repeat) if timing else math.nan
-    dec_s = _best_time(lambda: nnc_fl.decode(data, expect=expect), repeat) if timing else math.nan
+    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads, **kwargs), repeat) if timing else math.nan
+    dec_s = _best_time(lambda: nnc_fl.decode(data, expect=expect, threads=threads), repeat) if timing else math.nan
     return dict(bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6)
 
 
@@ -136,8 +136,8 @@ def _best_time(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bool) -> list[dict]:
-    """All methods on one delta at one step; returns one dict per method."""
+def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bool, threads: int = 1) -> list[dict]:
+    """All methods on one delta at one step (timed in ``threads`` threads); returns one dict per method."""
     n = sum(x.size for x in delta.values())
     raw = 4 * n
     rows = []
@@ -145,18 +145,19 @@ def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bo
     decoded = nnc_fl.decode(data)
     err = np.concatenate([(decoded[k].astype(np.float64) - delta[k]).ravel() for k in delta])
     rmse = float(np.sqrt(np.mean(err**2)))
-    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step), repeat) if timing else math.nan
-    dec_s = _best_time(lambda: nnc_fl.decode(data), repeat) if timing else math.nan
+    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads), repeat) if timing else math.nan
+    dec_s = _best_time(lambda: nnc_fl.decode(data, threads=threads), repeat) if timing else math.nan
     rows.append(dict(method="nnc", bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6))
     rd = nnc_fl.encode(delta, step=step, rd_lambda=0.1)
     rd_out = nnc_fl.decode(rd)
     rd_err = np.concatenate([(rd_out[k].astype(np.float64) - delta[k]).ravel() for k in delta])
-    rd_enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1), repeat) if timing else math.nan
-    rd_dec_s = _best_time(lambda: nnc_fl.decode(rd), repeat) if timing else math.nan
+    rd_enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1, threads=threads), repeat) \
+        if timing else math.nan
+    rd_dec_s = _best_time(lambda: nnc_fl.decode(rd, threads=threads), repeat) if timing else math.nan
     rows.append(dict(method="nnc-rd0.1", bytes=len(rd), rmse=float(np.sqrt(np.mean(rd_err**2))),
                      enc_mbs=raw / rd_enc_s / 1e6, dec_mbs=raw / rd_dec_s / 1e6))
     for name, kwargs in TOOL_CONFIGS.items():
-        rows.append(dict(method=name, **_run_config(delta, step, kwargs, repeat, timing, raw)))
+        rows.append(dict(method=name, **_run_config(delta, step, kwargs, repeat, timing, raw, threads)))
 
     flat = np.concatenate([np.asarray(x, np.float32).ravel() for x in delta.values()]).tobytes()
     z = zstandard.ZstdCompressor(level=19)
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rel-steps", default="0.35,0.5,1,2", help="steps as multiples of the delta's RMS")
     ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (best kept)")
     ap.add_argument("--quick", action="store_true", help="small and medium only, 2 repeats")
+    ap.add_argument("--threads", type=int, default=1, help="threads of the timed encodes and decodes (default 1)")
     ap.add_argument("--equal-rmse", action="store_true",
                     help="also compare each tool configuration with levels + zstd/lzma at equal RMSE (RD sweeps)")
     args = ap.parse_args(argv)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         curves = {name: rd_curve(delta, kw, rms) for name, kw in TOOL_CONFIGS.items()} if args.equal_rmse else {}
         for rel in (float(r) for r in args.rel_steps.split(",")):
             step = float(np.float32(rel * rms))
-            rows = bench_one(delta, step, repeat, timing=True)
+            rows = bench_one(delta, step, repeat, timing=True, threads=args.threads)
             for r in rows:
                 speed = "" if "enc_mbs" not in r else f"{r['enc_mbs']:9.1f} {r['dec_mbs']:9.1f}"
                 print(
