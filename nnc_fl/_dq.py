@@ -38,6 +38,7 @@ from ._levels import (
     SHORT_PAYLOAD,
     SIGN_CTX,
     _col_update,
+    _contexts_from,
     _contexts_of,
     _eg_bins,
     _eg_follows,
@@ -314,58 +315,89 @@ def encode_indices_dq(ks, cols, rate_index):
 
 
 @jit
-def decode_levels_dq(data, n, cols, rate_index):
-    """Mirror of the DQ encoders: return (int64 reconstruction levels, status)."""
+def _decode_dq(data, n, cols, rate_index, ks, values, step):
+    """Mirror of the DQ encoders: decode ``n`` indices into ``ks`` and their reconstructions
+    ``dq_level * step`` (float64, stored in ``values``' dtype) into ``values``; either may be
+    empty (not wanted). The upper neighbour comes from a buffer of one row (as in
+    :func:`nnc_fl._levels._decode`). Return (status, largest reconstruction level magnitude)."""
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
     ctx = new_contexts(N_CONTEXTS_DQ)
     colact = np.zeros(cols, np.int64)
+    row = np.zeros(cols, np.int64)  # indices of the row above from column col on, this row before it
+    want_ks = ks.size == n
+    want_values = values.size == n
     st = dec_init(data)
-    ks = np.zeros(n, np.int64)
+    top = 0
     col = 0
+    left = 0
     state = 0
     for i in range(n):
-        c_sig, c_sign, g = _contexts_of(ks, i, col, cols, colact)
+        up = row[col]
+        c_sig, c_sign, g = _contexts_from(left, up, colact[col])
         c_sig += _sig_base(state)
-        here = col
+        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
+        update(ctx, c_sig, sig, fast, slow)
+        k = 0
+        if sig:
+            neg, st = dec_bin(st, data, p_one(ctx, c_sign))
+            update(ctx, c_sign, neg, fast, slow)
+            j = 1
+            while True:
+                c = _gt_context(j, g)
+                gt, st = dec_bin(st, data, p_one(ctx, c))
+                update(ctx, c, gt, fast, slow)
+                m = _gt_magnitude(j, gt)
+                if _gt_last(j, gt):
+                    break
+                j += 1
+            if _eg_follows(m):
+                nb = 0
+                while True:
+                    one, st = dec_bypass(st, data, 1)
+                    if one == 0:
+                        break
+                    nb += 1
+                    if nb > MAX_EG_PREFIX:
+                        return BAD_LEVEL, top
+                low, st = dec_bypass(st, data, nb)
+                xg = _eg_join(nb, low)
+                if xg > MAX_DQ_INDEX - GT_FLAGS:
+                    return BAD_LEVEL, top
+                m = GT_FLAGS + xg
+            if st[2] > data.size + READ_SLACK:
+                return SHORT_PAYLOAD, top
+            k = -m if neg else m
+        level = dq_level(k, state)
+        top = max(top, abs(level))
+        if want_ks:
+            ks[i] = k
+        if want_values:
+            values[i] = level * step
+        state = _next(state, k)
+        _col_update(colact, col, k)
+        row[col] = k
+        left = k
         col += 1
         if col == cols:
             col = 0
-        sig, st = dec_bin(st, data, p_one(ctx, c_sig))
-        update(ctx, c_sig, sig, fast, slow)
-        if sig == 0:
-            _col_update(colact, here, 0)
-            state = _next(state, 0)
-            continue
-        neg, st = dec_bin(st, data, p_one(ctx, c_sign))
-        update(ctx, c_sign, neg, fast, slow)
-        j = 1
-        while True:
-            c = _gt_context(j, g)
-            gt, st = dec_bin(st, data, p_one(ctx, c))
-            update(ctx, c, gt, fast, slow)
-            m = _gt_magnitude(j, gt)
-            if _gt_last(j, gt):
-                break
-            j += 1
-        if _eg_follows(m):
-            nb = 0
-            while True:
-                one, st = dec_bypass(st, data, 1)
-                if one == 0:
-                    break
-                nb += 1
-                if nb > MAX_EG_PREFIX:
-                    return ks, BAD_LEVEL
-            low, st = dec_bypass(st, data, nb)
-            xg = _eg_join(nb, low)
-            if xg > MAX_DQ_INDEX - GT_FLAGS:
-                return ks, BAD_LEVEL
-            m = GT_FLAGS + xg
-        k = -m if neg else m
-        ks[i] = k
-        state = _next(state, k)
-        _col_update(colact, here, m)
-        if st[2] > data.size + READ_SLACK:
-            return ks, SHORT_PAYLOAD
+            left = 0
+    return OK, top
+
+
+@jit
+def decode_levels_dq(data, n, cols, rate_index):
+    """Mirror of the DQ encoders: return (int64 reconstruction levels, status); on a status other
+    than OK, the indices decoded so far instead of levels."""
+    ks = np.zeros(n, np.int64)
+    status, _ = _decode_dq(data, n, cols, rate_index, ks, np.empty(0, np.float64), 1.0)
+    if status != OK:
+        return ks, status
     return dq_levels(ks), OK
+
+
+@jit
+def decode_values_dq(data, cols, rate_index, step, values):
+    """Decode a DQ payload of ``values.size`` indices straight into ``values`` (float32 or float64)
+    as :func:`nnc_fl._levels.decode_values` does; return (status, largest level magnitude)."""
+    return _decode_dq(data, values.size, cols, rate_index, np.empty(0, np.int64), values, step)

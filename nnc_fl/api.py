@@ -21,7 +21,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import payloads
-from ._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
+from ._dq import MAX_DQ_INDEX, decode_levels_dq, decode_values_dq, dq_levels, encode_indices_dq, encode_levels_dq
 from ._floatcoder import decode_float_payload, encode_float_payload
 from ._levels import (
     BAD_LEVEL,
@@ -781,10 +781,13 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
     numel = t.numel
     data = np.frombuffer(payload, dtype=np.uint8)
     cols, rate = _cols(t.shape, numel), t.tools & bs.TOOLS_RATE_MASK
-    if t.mode == bs.MODE_QUANT and not t.tools & (bs.TOOL_ROW_REFS | bs.TOOL_DQ) and native.itemsize >= 4:
+    if t.mode == bs.MODE_QUANT and not t.tools & bs.TOOL_ROW_REFS and native.itemsize >= 4:
         # straight into the output: no int64 levels, no float64 values (the common case, ~1/3 faster)
         values = np.empty(numel, native)
-        status, top = decode_values(data, cols, rate, bool(t.tools & bs.TOOL_EG_CTX), np.float64(t.step), values)
+        if t.tools & bs.TOOL_DQ:
+            status, top = decode_values_dq(data, cols, rate, np.float64(t.step), values)
+        else:
+            status, top = decode_values(data, cols, rate, bool(t.tools & bs.TOOL_EG_CTX), np.float64(t.step), values)
         _check_status(t, status)
         _check_range(t, top, native)
         return values.reshape(t.shape)

@@ -12,7 +12,14 @@ import pytest
 
 import nnc_fl
 from nnc_fl import _varint, _zstdframe, encode, reference
-from nnc_fl._dq import MAX_DQ_INDEX, decode_levels_dq, dq_levels, encode_indices_dq, encode_levels_dq
+from nnc_fl._dq import (
+    MAX_DQ_INDEX,
+    decode_levels_dq,
+    decode_values_dq,
+    dq_levels,
+    encode_indices_dq,
+    encode_levels_dq,
+)
 from nnc_fl._floatcoder import BAD_EXPONENT as FLOAT_BAD_EXPONENT
 from nnc_fl._floatcoder import FLAG_FULL as FLOAT_FLAG_FULL
 from nnc_fl._floatcoder import OK as FLOAT_OK
@@ -456,7 +463,28 @@ def test_dq_truncated_payload_is_reported():
     ks = np.arange(-500, 500, dtype=np.int64)
     payload = encode_indices_dq(ks, 1000, 0)
     _, status = decode_levels_dq(payload[: len(payload) // 3], ks.size, 1000, 0)
-    assert status != OK
+    assert status == SHORT_PAYLOAD
+    status, _ = decode_values_dq(payload[: len(payload) // 3], 1000, 0, 0.5, np.empty(ks.size, np.float32))
+    assert status == SHORT_PAYLOAD
+    for prefix_ones, low_bits in [(60, (1 << 61) - 11 - (1 << 60)), (63, None)]:
+        status, _ = decode_values_dq(_one_index_payload(prefix_ones, low_bits), 1, 0, 1.0, np.empty(1))
+        assert status == BAD_LEVEL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme"])
+def test_decode_values_dq_is_decode_levels_dq_then_dequantise(kind, dtype):
+    rng = np.random.default_rng(len(kind) + 40)
+    for n, cols in [(1, 1), (60, 12), (333, 37), (2000, 2000)]:
+        ks = _indices(rng, n, kind)
+        payload = encode_indices_dq(ks, cols, 2)
+        levels, status = decode_levels_dq(payload, n, cols, 2)
+        assert status == OK
+        step = float(rng.uniform(1e-6, 1e-2))
+        values = np.empty(n, dtype)
+        status, top = decode_values_dq(payload, cols, 2, step, values)
+        assert status == OK and top == np.abs(levels).max()
+        assert values.tobytes() == dequantise(levels, step).astype(dtype).tobytes()
 
 
 def test_golden_dq_payload():
