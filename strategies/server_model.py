@@ -68,9 +68,13 @@ GRID_RANGE = 2.0**22
 
 
 def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str, float]:
-    """Per float tensor of ``names``: the power of two at or below ``rms * 2**-bits`` (at least what
-    keeps its values within :data:`GRID_RANGE` steps; ``2**-24`` for an all-zero tensor)."""
-    grid = {}
+    """Per float32 tensor of ``names``: the power of two at or below ``rms * 2**-bits`` (at least what
+    keeps its values within :data:`GRID_RANGE` steps). An all-zero tensor (a zero-initialised bias)
+    gets the finest power of two that holds twice the largest value of the others within that
+    range (``2**-24`` if all are zero), so it may grow as large as the model's weights before it
+    leaves its grid (at ``2**-24`` it left above 0.25: BatchNorm biases did)."""
+    grid: dict[str, float] = {}
+    model_peak = 0.0
     for name in names:
         t = np.asarray(tensors[name])
         if t.dtype != np.float32 or t.size == 0:
@@ -79,9 +83,15 @@ def anchor_grid(tensors: Mapping[str, np.ndarray], names, bits: int) -> dict[str
         rms = float(np.sqrt(np.mean(x * x)))
         g = 2.0 ** math.floor(math.log2(rms * 2.0**-bits)) if rms > 0 else 2.0**-24
         peak = float(np.abs(x).max())
+        model_peak = max(model_peak, peak)
         while peak > GRID_RANGE * g:
             g *= 2
         grid[name] = g
+    for name, g in grid.items():
+        if not np.asarray(tensors[name]).any():  # all zero (-0.0 included)
+            while 2 * model_peak > GRID_RANGE * g:
+                g *= 2
+            grid[name] = g
     return grid
 
 

@@ -12,7 +12,7 @@ from nnc_fl.protocol import CodecSpec
 from nnc_fl.steps import coarsest_grid
 from nnc_fl.updates import apply_delta
 from strategies import DownlinkSettings
-from strategies.server_model import ServerModel, choose_downlink
+from strategies.server_model import ServerModel, anchor_grid, choose_downlink
 
 
 @pytest.mark.parametrize(
@@ -97,6 +97,32 @@ def test_a_node_that_missed_rounds_gets_the_cheaper_of_chain_and_catch_up(catch_
     rebuilt = _rebuild(held, down, payloads)
     assert fingerprint(rebuilt) == down.fingerprint == model.fingerprint  # exact, BN statistics included
     assert down == p.Downlink.from_config(down.to_config())
+
+
+def test_a_zero_initialised_bias_keeps_its_grid_as_it_grows(caplog):
+    # a zero tensor's grid holds twice the model's largest value (before: 2**-24, which a BatchNorm
+    # bias left above 0.25, with a warning, exact keyframes and no catch-ups from then on)
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "float_lossless": True})
+    rng = np.random.default_rng(4)
+    tensors = _bn_model(rng)
+    tensors["bn.bias"] = np.zeros(32, np.float32)
+    tensors["bn.weight"] = np.ones(32, np.float32)
+    model = ServerModel(DownlinkSettings())
+    model.adopt(tensors, spec)
+    assert model.grid["bn.bias"] == 2.0**-21  # 2**22 steps of it: 2.0, twice bn.weight's 1.0
+    bits = DownlinkSettings().keyframe_grid
+    assert model.grid["conv.weight"] == anchor_grid(tensors, ["conv.weight"], bits)["conv.weight"]  # as before
+    model.acknowledged(7, model.version, model.fingerprint)
+    held = dict(model.tensors)
+    for shift in (0.2, 0.4, 0.6):  # past 0.25
+        target = dict(model.tensors)
+        target["bn.bias"] = (model.tensors["bn.bias"] + rng.normal(shift, 0.01, 32)).astype(np.float32)
+        model.advance(target, spec)
+    assert np.abs(model.tensors["bn.bias"]).max() > 1.0
+    assert "bn.bias" in model.grid and "left its anchor grid" not in caplog.text
+    down, payloads, _ = model.downlink(7, spec, "arrays", 4, bytes(16))
+    assert down.kind == p.DELTA and down.payloads == len(payloads) == 1  # one exact catch-up
+    assert fingerprint(_rebuild(held, down, payloads)) == model.fingerprint
 
 
 def test_catch_ups_need_the_anchor_grid():
