@@ -79,8 +79,10 @@ def _run_config(delta, step, kwargs, repeat, timing, raw, threads=1) -> dict:
     data = nnc_fl.encode(delta, step=step, **kwargs)
     expect = delta if kwargs.get("schema_bound") else None
     rmse = _rmse(delta, nnc_fl.decode(data, expect=expect))
-    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads, **kwargs), repeat) if timing else math.nan
-    dec_s = _best_time(lambda: nnc_fl.decode(data, expect=expect, threads=threads), repeat) if timing else math.nan
+    if not timing:
+        return dict(bytes=len(data), rmse=rmse, enc_mbs=math.nan, dec_mbs=math.nan)
+    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads, **kwargs), repeat)
+    dec_s = _best_time(lambda: nnc_fl.decode(data, expect=expect, threads=threads), repeat)
     return dict(bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6)
 
 

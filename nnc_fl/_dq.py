@@ -31,7 +31,6 @@ from ._levels import (
     ACT_HIGH,
     BAD_LEVEL,
     GT_FLAGS,
-    MAX_EG_PREFIX,
     MAX_LEVEL,
     OK,
     READ_SLACK,
@@ -42,18 +41,17 @@ from ._levels import (
     _contexts_of,
     _eg_bins,
     _eg_follows,
-    _eg_join,
     _eg_prefix,
     _eg_split,
     _gt_context,
     _gt_flag,
     _gt_last,
-    _gt_magnitude,
     _sign_class,
     _with_room,
+    dec_magnitude,
 )
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
-from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
+from ._rangecoder import dec_bin, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
 
 #: Next state by (state, parity of the index).
 TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
@@ -342,29 +340,9 @@ def _decode_dq(data, n, cols, rate_index, ks, values, step):
         if sig:
             neg, st = dec_bin(st, data, p_one(ctx, c_sign))
             update(ctx, c_sign, neg, fast, slow)
-            j = 1
-            while True:
-                c = _gt_context(j, g)
-                gt, st = dec_bin(st, data, p_one(ctx, c))
-                update(ctx, c, gt, fast, slow)
-                m = _gt_magnitude(j, gt)
-                if _gt_last(j, gt):
-                    break
-                j += 1
-            if _eg_follows(m):
-                nb = 0
-                while True:
-                    one, st = dec_bypass(st, data, 1)
-                    if one == 0:
-                        break
-                    nb += 1
-                    if nb > MAX_EG_PREFIX:
-                        return BAD_LEVEL, top
-                low, st = dec_bypass(st, data, nb)
-                xg = _eg_join(nb, low)
-                if xg > MAX_DQ_INDEX - GT_FLAGS:
-                    return BAD_LEVEL, top
-                m = GT_FLAGS + xg
+            m, st = dec_magnitude(st, data, ctx, g, fast, slow, False, MAX_DQ_INDEX)
+            if m < 0:
+                return BAD_LEVEL, top
             if st[2] > data.size + READ_SLACK:
                 return SHORT_PAYLOAD, top
             k = -m if neg else m

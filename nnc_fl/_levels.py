@@ -332,6 +332,42 @@ def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False):
 
 
 @jit
+def dec_magnitude(st, data, ctx, g, fast, slow, egctx, max_value):
+    """Decode the magnitude of a significant value (after its sign): the greater-than flags in class
+    ``g``, then any Exp-Golomb bins. Return (magnitude, coder state); magnitude -1 for a prefix
+    longer than MAX_EG_PREFIX or a magnitude beyond ``max_value`` (the decoders' BAD_LEVEL)."""
+    k = 1
+    while True:
+        c = _gt_context(k, g)
+        gt, st = dec_bin(st, data, p_one(ctx, c))
+        update(ctx, c, gt, fast, slow)
+        m = _gt_magnitude(k, gt)
+        if _gt_last(k, gt):
+            break
+        k += 1
+    if _eg_follows(m):
+        nb = 0
+        while True:
+            if egctx:
+                c = _eg_context(nb)
+                one, st = dec_bin(st, data, p_one(ctx, c))
+                update(ctx, c, one, fast, slow)
+            else:
+                one, st = dec_bypass(st, data, 1)
+            if one == 0:
+                break
+            nb += 1
+            if nb > MAX_EG_PREFIX:
+                return -1, st
+        low, st = dec_bypass(st, data, nb)
+        x = _eg_join(nb, low)
+        if x > max_value - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
+            return -1, st
+        m = GT_FLAGS + x
+    return m, st
+
+
+@jit
 def _decode(data, n, cols, rate_index, egctx, levels, values, step):
     """Mirror of :func:`_encode`: decode ``n`` levels into ``levels`` and ``level * step`` (in
     float64, stored in ``values``' dtype) into ``values``; either may be empty (not wanted).
@@ -360,34 +396,9 @@ def _decode(data, n, cols, rate_index, egctx, levels, values, step):
         if sig:
             neg, st = dec_bin(st, data, p_one(ctx, c_sign))
             update(ctx, c_sign, neg, fast, slow)
-            k = 1
-            while True:
-                c = _gt_context(k, g)
-                gt, st = dec_bin(st, data, p_one(ctx, c))
-                update(ctx, c, gt, fast, slow)
-                m = _gt_magnitude(k, gt)
-                if _gt_last(k, gt):
-                    break
-                k += 1
-            if _eg_follows(m):
-                nb = 0
-                while True:
-                    if egctx:
-                        c = _eg_context(nb)
-                        one, st = dec_bin(st, data, p_one(ctx, c))
-                        update(ctx, c, one, fast, slow)
-                    else:
-                        one, st = dec_bypass(st, data, 1)
-                    if one == 0:
-                        break
-                    nb += 1
-                    if nb > MAX_EG_PREFIX:
-                        return BAD_LEVEL, top
-                low, st = dec_bypass(st, data, nb)
-                x = _eg_join(nb, low)
-                if x > MAX_LEVEL - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
-                    return BAD_LEVEL, top
-                m = GT_FLAGS + x
+            m, st = dec_magnitude(st, data, ctx, g, fast, slow, egctx, MAX_LEVEL)
+            if m < 0:
+                return BAD_LEVEL, top
             if st[2] > data.size + READ_SLACK:
                 return SHORT_PAYLOAD, top
             q = -m if neg else m

@@ -20,8 +20,6 @@ from ._dq import N_CONTEXTS_DQ, _next, _sig_base, dq_levels
 from ._jit import jit
 from ._levels import (
     BAD_LEVEL,
-    GT_FLAGS,
-    MAX_EG_PREFIX,
     MAX_LEVEL,
     OK,
     READ_SLACK,
@@ -29,14 +27,13 @@ from ._levels import (
     _col_update,
     _contexts_of,
     _eg_follows,
-    _eg_join,
     _eg_prefix,
     _eg_split,
     _gt_context,
     _gt_flag,
     _gt_last,
-    _gt_magnitude,
     _with_room,
+    dec_magnitude,
 )
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
 from ._rangecoder import dec_bin, dec_bypass, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
@@ -224,29 +221,9 @@ def decode_rows(data, n, cols, rate_index, dq):
                 if sig:
                     neg, st = dec_bin(st, data, p_one(ctx, c_sign))
                     update(ctx, c_sign, neg, fast, slow)
-                    j = 1
-                    while True:
-                        c = _gt_context(j, g)
-                        gt, st = dec_bin(st, data, p_one(ctx, c))
-                        update(ctx, c, gt, fast, slow)
-                        m = _gt_magnitude(j, gt)
-                        if _gt_last(j, gt):
-                            break
-                        j += 1
-                    if _eg_follows(m):
-                        nb = 0
-                        while True:
-                            one, st = dec_bypass(st, data, 1)
-                            if one == 0:
-                                break
-                            nb += 1
-                            if nb > MAX_EG_PREFIX:
-                                return ks, BAD_LEVEL
-                        low, st = dec_bypass(st, data, nb)
-                        xg = _eg_join(nb, low)
-                        if xg > max_value - GT_FLAGS:
-                            return ks, BAD_LEVEL
-                        m = GT_FLAGS + xg
+                    m, st = dec_magnitude(st, data, ctx, g, fast, slow, False, max_value)
+                    if m < 0:
+                        return ks, BAD_LEVEL
                     k = -m if neg else m
             ks[i] = k
             if dq:
