@@ -46,9 +46,10 @@ from ._levels import (
     _gt_context,
     _gt_flag,
     _gt_last,
+    _gt_magnitude,
     _sign_class,
     _with_room,
-    dec_magnitude,
+    dec_beyond_flags,
 )
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
 from ._rangecoder import dec_bin, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
@@ -340,9 +341,19 @@ def _decode_dq(data, n, cols, rate_index, ks, values, step):
         if sig:
             neg, st = dec_bin(st, data, p_one(ctx, c_sign))
             update(ctx, c_sign, neg, fast, slow)
-            m, st = dec_magnitude(st, data, ctx, g, fast, slow, False, MAX_DQ_INDEX)
-            if m < 0:
-                return BAD_LEVEL, top
+            j = 1
+            while True:
+                c = _gt_context(j, g)
+                gt, st = dec_bin(st, data, p_one(ctx, c))
+                update(ctx, c, gt, fast, slow)
+                m = _gt_magnitude(j, gt)
+                if _gt_last(j, gt):
+                    break
+                j += 1
+            if _eg_follows(m):
+                m, st = dec_beyond_flags(st, data, ctx, fast, slow, False, MAX_DQ_INDEX)
+                if m < 0:
+                    return BAD_LEVEL, top
             if st[2] > data.size + READ_SLACK:
                 return SHORT_PAYLOAD, top
             k = -m if neg else m

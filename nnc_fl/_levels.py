@@ -332,39 +332,28 @@ def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False):
 
 
 @jit
-def dec_magnitude(st, data, ctx, g, fast, slow, egctx, max_value):
-    """Decode the magnitude of a significant value (after its sign): the greater-than flags in class
-    ``g``, then any Exp-Golomb bins. Return (magnitude, coder state); magnitude -1 for a prefix
-    longer than MAX_EG_PREFIX or a magnitude beyond ``max_value`` (the decoders' BAD_LEVEL)."""
-    k = 1
+def dec_beyond_flags(st, data, ctx, fast, slow, egctx, max_value):
+    """Decode the Exp-Golomb bins of a magnitude past the greater-than flags (a rare path, kept out of
+    the decoders' loops). Return (magnitude, coder state); magnitude -1 for a prefix longer than
+    MAX_EG_PREFIX or a magnitude beyond ``max_value`` (the decoders' BAD_LEVEL)."""
+    nb = 0
     while True:
-        c = _gt_context(k, g)
-        gt, st = dec_bin(st, data, p_one(ctx, c))
-        update(ctx, c, gt, fast, slow)
-        m = _gt_magnitude(k, gt)
-        if _gt_last(k, gt):
+        if egctx:
+            c = _eg_context(nb)
+            one, st = dec_bin(st, data, p_one(ctx, c))
+            update(ctx, c, one, fast, slow)
+        else:
+            one, st = dec_bypass(st, data, 1)
+        if one == 0:
             break
-        k += 1
-    if _eg_follows(m):
-        nb = 0
-        while True:
-            if egctx:
-                c = _eg_context(nb)
-                one, st = dec_bin(st, data, p_one(ctx, c))
-                update(ctx, c, one, fast, slow)
-            else:
-                one, st = dec_bypass(st, data, 1)
-            if one == 0:
-                break
-            nb += 1
-            if nb > MAX_EG_PREFIX:
-                return -1, st
-        low, st = dec_bypass(st, data, nb)
-        x = _eg_join(nb, low)
-        if x > max_value - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
+        nb += 1
+        if nb > MAX_EG_PREFIX:
             return -1, st
-        m = GT_FLAGS + x
-    return m, st
+    low, st = dec_bypass(st, data, nb)
+    x = _eg_join(nb, low)
+    if x > max_value - GT_FLAGS:  # checked before adding GT_FLAGS, which could overflow int64
+        return -1, st
+    return GT_FLAGS + x, st
 
 
 @jit
@@ -396,9 +385,19 @@ def _decode(data, n, cols, rate_index, egctx, levels, values, step):
         if sig:
             neg, st = dec_bin(st, data, p_one(ctx, c_sign))
             update(ctx, c_sign, neg, fast, slow)
-            m, st = dec_magnitude(st, data, ctx, g, fast, slow, egctx, MAX_LEVEL)
-            if m < 0:
-                return BAD_LEVEL, top
+            k = 1
+            while True:
+                c = _gt_context(k, g)
+                gt, st = dec_bin(st, data, p_one(ctx, c))
+                update(ctx, c, gt, fast, slow)
+                m = _gt_magnitude(k, gt)
+                if _gt_last(k, gt):
+                    break
+                k += 1
+            if _eg_follows(m):
+                m, st = dec_beyond_flags(st, data, ctx, fast, slow, egctx, MAX_LEVEL)
+                if m < 0:
+                    return BAD_LEVEL, top
             if st[2] > data.size + READ_SLACK:
                 return SHORT_PAYLOAD, top
             q = -m if neg else m
