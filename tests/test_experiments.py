@@ -319,3 +319,19 @@ def test_round_benchmark_codes_updates_and_increments_as_the_default_strategy_do
     assert up.params["rel_to"] == "update" and "rel_to" not in down.params  # uplink-only default
     up, down = default_specs({"rd_lambda": 0.05})
     assert up.params["rd_lambda"] == down.params["rd_lambda"] == 0.05
+
+
+def test_bench_speed_codes_each_configuration_at_the_rate_asked(capsys):
+    from experiments import bench_speed
+    from experiments.bench_codec import load_delta
+
+    delta = load_delta("small")
+    for name in ("plain", "dq"):
+        step = bench_speed.step_for_rate(delta, bench_speed.CONFIGS[name], 1.0, 0.03)
+        assert abs(bench_speed.bits_per_param(delta, step, bench_speed.CONFIGS[name]) - 1.0) <= 0.03
+    assert bench_speed.main(["--delta", "small", "--repeat", "1", "--configs", "plain,default"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["plain", "default"]
+    assert all(abs(float(r[2]) - 1.0) <= 0.02 and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        bench_speed.main(["--configs", "plain,nonsense"])
