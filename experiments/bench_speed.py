@@ -1,6 +1,6 @@
 """Codec speed at a given rate, one thread, tool by tool.
 
-Run ``python -m experiments.bench_speed`` (``nnc-fl bench`` runs :mod:`experiments.bench_codec`).
+Run ``python -m experiments.bench_speed`` (or ``nnc-fl bench --speed``).
 For one delta (default: the digits MLP ``large``, 1.13 M parameters, :mod:`experiments.deltas`) and
 each configuration of :data:`CONFIGS`, the quantisation step is searched (bisection on its log)
 until the stream codes at ``--bpp`` bits per parameter (default 1.0, within ``--tolerance``);

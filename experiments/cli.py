@@ -287,6 +287,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench_round import main as round_main
 
         return round_main(a.bench_args)
+    if a.speed:  # one-thread speed of each tool configuration at a given rate
+        from .bench_speed import main as speed_main
+
+        return speed_main(a.bench_args)
     from .bench_codec import main
 
     return main(a.bench_args)
@@ -358,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("bench", add_help=False,
                        help="codec benchmark on real trained deltas (experiments.bench_codec); "
-                       "'bench --round': plugin time per round on a ResNet-18-sized model (experiments.bench_round)")
+                       "'bench --round': plugin time per round on a ResNet-18-sized model (experiments.bench_round); "
+                       "'bench --speed': one-thread speed of each coding tool (experiments.bench_speed)")
     p.add_argument("--round", action="store_true", help="the round benchmark (experiments.bench_round)")
+    p.add_argument("--speed", action="store_true", help="the speed benchmark (experiments.bench_speed)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
 

@@ -329,7 +329,9 @@ def test_bench_speed_codes_each_configuration_at_the_rate_asked(capsys):
     for name in ("plain", "dq"):
         step = bench_speed.step_for_rate(delta, bench_speed.CONFIGS[name], 1.0, 0.03)
         assert abs(bench_speed.bits_per_param(delta, step, bench_speed.CONFIGS[name]) - 1.0) <= 0.03
-    assert bench_speed.main(["--delta", "small", "--repeat", "1", "--configs", "plain,default"]) == 0
+    from experiments.cli import main as cli_main
+
+    assert cli_main(["bench", "--speed", "--delta", "small", "--repeat", "1", "--configs", "plain,default"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [r[0] for r in rows] == ["plain", "default"]
     assert all(abs(float(r[2]) - 1.0) <= 0.02 and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
