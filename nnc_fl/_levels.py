@@ -87,8 +87,8 @@ def _contexts_of(levels, i, col, cols, colact):
 
 
 # --- Binarisation: the bins of one level, defined once -------------------------------------------
-# The encoder (_encode_span), the decoder (decode_levels) and the RD bit estimate (_level_bits) walk
-# a level's bins with these helpers only. For a level q with magnitude m = |q|:
+# The encoder (_encode_span), the decoder (_decode, dec_beyond_flags) and the RD bit estimate
+# (_level_bits) walk a level's bins with these helpers only. For a level q with magnitude m = |q|:
 #   sig = (q != 0) in the sig context; if sig: sign = (q < 0) in the sign context; then flags
 #   _gt_flag(m, k) for k = 1, 2, ..., each in _gt_context(k, g), up to the one where _gt_last(k, flag);
 #   if _eg_follows(m), x = m - GT_FLAGS in bypass bins: _eg_split(m) gives (nb, x), coded as the nb + 1
