@@ -40,6 +40,7 @@ import zstandard
 
 import nnc_fl
 from experiments.deltas import FAMILIES, family_delta, trained_delta
+from experiments.timing import best_time
 from nnc_fl._quantise import quantise
 
 
@@ -65,6 +66,10 @@ TOOL_CONFIGS: dict[str, dict] = {
 }
 
 
+def _wall_time(fn: Callable[[], object], repeat: int) -> float:
+    return best_time(fn, repeat, time.perf_counter)
+
+
 def load_delta(name: str) -> dict[str, np.ndarray]:
     """A digits-MLP delta (small / medium / large) or a family delta (tiny / gru / vit / cnn)."""
     return dict(family_delta(name) if name in FAMILIES else trained_delta(name))
@@ -81,8 +86,8 @@ def _run_config(delta, step, kwargs, repeat, timing, raw, threads=1) -> dict:
     rmse = _rmse(delta, nnc_fl.decode(data, expect=expect))
     if not timing:
         return dict(bytes=len(data), rmse=rmse, enc_mbs=math.nan, dec_mbs=math.nan)
-    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads, **kwargs), repeat)
-    dec_s = _best_time(lambda: nnc_fl.decode(data, expect=expect, threads=threads), repeat)
+    enc_s = _wall_time(lambda: nnc_fl.encode(delta, step=step, threads=threads, **kwargs), repeat)
+    dec_s = _wall_time(lambda: nnc_fl.decode(data, expect=expect, threads=threads), repeat)
     return dict(bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6)
 
 
@@ -128,16 +133,6 @@ def _lzma_best(data: bytes) -> bytes:
     return min(candidates, key=len)
 
 
-def _best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up (JIT, caches)
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bool, threads: int = 1) -> list[dict]:
     """All methods on one delta at one step (timed in ``threads`` threads); returns one dict per method."""
     n = sum(x.size for x in delta.values())
@@ -147,15 +142,15 @@ def bench_one(delta: dict[str, np.ndarray], step: float, repeat: int, timing: bo
     decoded = nnc_fl.decode(data)
     err = np.concatenate([(decoded[k].astype(np.float64) - delta[k]).ravel() for k in delta])
     rmse = float(np.sqrt(np.mean(err**2)))
-    enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, threads=threads), repeat) if timing else math.nan
-    dec_s = _best_time(lambda: nnc_fl.decode(data, threads=threads), repeat) if timing else math.nan
+    enc_s = _wall_time(lambda: nnc_fl.encode(delta, step=step, threads=threads), repeat) if timing else math.nan
+    dec_s = _wall_time(lambda: nnc_fl.decode(data, threads=threads), repeat) if timing else math.nan
     rows.append(dict(method="nnc", bytes=len(data), rmse=rmse, enc_mbs=raw / enc_s / 1e6, dec_mbs=raw / dec_s / 1e6))
     rd = nnc_fl.encode(delta, step=step, rd_lambda=0.1)
     rd_out = nnc_fl.decode(rd)
     rd_err = np.concatenate([(rd_out[k].astype(np.float64) - delta[k]).ravel() for k in delta])
-    rd_enc_s = _best_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1, threads=threads), repeat) \
+    rd_enc_s = _wall_time(lambda: nnc_fl.encode(delta, step=step, rd_lambda=0.1, threads=threads), repeat) \
         if timing else math.nan
-    rd_dec_s = _best_time(lambda: nnc_fl.decode(rd, threads=threads), repeat) if timing else math.nan
+    rd_dec_s = _wall_time(lambda: nnc_fl.decode(rd, threads=threads), repeat) if timing else math.nan
     rows.append(dict(method="nnc-rd0.1", bytes=len(rd), rmse=float(np.sqrt(np.mean(rd_err**2))),
                      enc_mbs=raw / rd_enc_s / 1e6, dec_mbs=raw / rd_dec_s / 1e6))
     for name, kwargs in TOOL_CONFIGS.items():

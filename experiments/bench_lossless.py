@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import lzma
-import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 import numpy as np
 import zstandard
 
 import nnc_fl
+from experiments.timing import best_time
 
 MODELS = ("cnn-init", "cnn", "cnn-bn", "mlp-small", "mlp-medium", "mlp-large")
 
@@ -69,16 +67,6 @@ def model_weights(kind: str, epochs: int = 3, seed: int = 0) -> OrderedDict[str,
 KEYFRAME_GRID = 5
 
 
-def _best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up (numba kernels compiled or loaded from the cache)
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
 def _planes(raw: bytes, itemsize: int) -> list[bytes]:
     b = np.frombuffer(raw, np.uint8).reshape(-1, itemsize)
     return [b[:, k].tobytes() for k in range(itemsize)]
@@ -103,25 +91,25 @@ def bench_model(weights: dict[str, np.ndarray], repeat: int) -> list[dict]:
 
     coded = nnc_fl.encode(weights, lossless=names, float_lossless=True)
     add("float-lossless", len(coded),
-        _best_time(lambda: nnc_fl.encode(weights, lossless=names, float_lossless=True), repeat),
-        _best_time(lambda: nnc_fl.decode(coded), repeat),
+        best_time(lambda: nnc_fl.encode(weights, lossless=names, float_lossless=True), repeat),
+        best_time(lambda: nnc_fl.decode(coded), repeat),
         lambda: all(out.tobytes() == np.asarray(weights[k]).tobytes() for k, out in nnc_fl.decode(coded).items()))
     plain = nnc_fl.encode(weights, lossless=names)
-    add("raw", len(plain), _best_time(lambda: nnc_fl.encode(weights, lossless=names), repeat),
-        _best_time(lambda: nnc_fl.decode(plain), repeat), lambda: True)
+    add("raw", len(plain), best_time(lambda: nnc_fl.encode(weights, lossless=names), repeat),
+        best_time(lambda: nnc_fl.decode(plain), repeat), lambda: True)
     zs = z.compress(raw)
-    add("zstd-19", len(zs), _best_time(lambda: z.compress(raw), repeat), _best_time(lambda: unz.decompress(zs), repeat),
+    add("zstd-19", len(zs), best_time(lambda: z.compress(raw), repeat), best_time(lambda: unz.decompress(zs), repeat),
         lambda: unz.decompress(zs) == raw)
     xz = lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-    add("lzma", len(xz), _best_time(lambda: lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME), repeat),
-        _best_time(lambda: lzma.decompress(xz), repeat), lambda: lzma.decompress(xz) == raw)
+    add("lzma", len(xz), best_time(lambda: lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME), repeat),
+        best_time(lambda: lzma.decompress(xz), repeat), lambda: lzma.decompress(xz) == raw)
     if floats:
         rest = len(raw) - len(floats)  # integer buffers (BatchNorm counters) counted as they are
         planes = _planes(floats, 4)
         zp = [z.compress(p) for p in planes]
         add("planes+zstd-19", sum(map(len, zp)) + rest,
-            _best_time(lambda: [z.compress(p) for p in _planes(floats, 4)], repeat),
-            _best_time(lambda: [unz.decompress(p) for p in zp], repeat),
+            best_time(lambda: [z.compress(p) for p in _planes(floats, 4)], repeat),
+            best_time(lambda: [unz.decompress(p) for p in zp], repeat),
             lambda: [unz.decompress(p) for p in zp] == planes)
     # what a node gets as a keyframe by default: the model on its anchor grid (``keyframe_grid=5``),
     # statistics exact; lossless for the gridded model, not for the original values
@@ -133,8 +121,8 @@ def bench_model(weights: dict[str, np.ndarray], repeat: int) -> list[dict]:
     codec = nnc_fl.codecs.make_codec("nnc", float_lossless=True)
     kf = codec.encode(gridded, exact=True, grid=grid)
     add(f"grid-{KEYFRAME_GRID} keyframe", len(kf),
-        _best_time(lambda: codec.encode(gridded, exact=True, grid=grid), repeat),
-        _best_time(lambda: nnc_fl.decode(kf), repeat),
+        best_time(lambda: codec.encode(gridded, exact=True, grid=grid), repeat),
+        best_time(lambda: nnc_fl.decode(kf), repeat),
         lambda: all(out.tobytes() == gridded[k].tobytes() for k, out in nnc_fl.decode(kf).items()))
     profiles = [coded[t.offset + 1] for t in nnc_fl.inspect(coded).tensors if t.mode_name == "float-lossless"]
     rows[0]["full"] = f"{sum(profiles)}/{len(profiles)}"

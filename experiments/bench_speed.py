@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
-from collections.abc import Callable
 
 import numpy as np
 
 import nnc_fl
 from experiments.bench_codec import load_delta
+from experiments.timing import best_time
 
 #: Keyword arguments of nnc_fl.encode. "default" is what the uplink codes with by default
 #: (strategies' "nnc" parameters; rel_to / float_lossless do not apply to a delta coded at one step).
@@ -55,24 +54,14 @@ def step_for_rate(delta: dict[str, np.ndarray], kwargs: dict, bpp: float, tolera
     raise RuntimeError(f"no step codes at {bpp} bits/param within {tolerance:.0%} (last {rate:.3f})")
 
 
-def _best_cpu_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up (JIT, caches)
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
-
-
 def measure(delta: dict[str, np.ndarray], kwargs: dict, bpp: float, repeat: int, tolerance: float = 0.02) -> dict:
     """One configuration at ``bpp``: its step, rate and one-thread encode / decode speeds."""
     step = step_for_rate(delta, kwargs, bpp, tolerance)
     data = nnc_fl.encode(delta, step=step, threads=1, **kwargs)
     expect = delta if kwargs.get("schema_bound") else None
     raw = 4 * sum(x.size for x in delta.values())
-    enc = _best_cpu_time(lambda: nnc_fl.encode(delta, step=step, threads=1, **kwargs), repeat)
-    dec = _best_cpu_time(lambda: nnc_fl.decode(data, expect=expect, threads=1), repeat)
+    enc = best_time(lambda: nnc_fl.encode(delta, step=step, threads=1, **kwargs), repeat)
+    dec = best_time(lambda: nnc_fl.decode(data, expect=expect, threads=1), repeat)
     return dict(step=step, bpp=8 * len(data) / (raw // 4), enc_mbs=raw / enc / 1e6, dec_mbs=raw / dec / 1e6,
                 enc_s=enc, dec_s=dec)
 
