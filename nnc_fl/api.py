@@ -258,7 +258,7 @@ def encode(
             items, check_target_bytes(target_bytes), step, qp, rel_step, lossless, fingerprint, limits, opts, grid,
             bool(schema_bound), workers, return_decoded, keep,
         )
-    _check_keep_steps(None, keep_within)
+    check_keep_within(keep_within)  # bad values are refused without a budget too
     if keep_steps is not None:
         raise ValueError("keep_steps applies to rate control only: give target_bytes too")
 
