@@ -10,14 +10,16 @@ Public API:
 - :func:`qp_to_step`: NNC's QP -> quantisation step
 - :func:`read_fingerprint`: the fingerprint a stream carries, checking only its header
 - :class:`FormatError`: raised for every malformed, truncated, corrupted or over-limit stream
-  (:class:`SchemaError`: a stream describing other tensors than the caller expected)
+  (:class:`SchemaError`: a stream describing other tensors than the caller expected;
+  :class:`TemporalReferenceError`: a stream with temporal contexts decoded without its reference)
+- :func:`temporal_digest`: the digest naming a temporal reference (``encode(temporal_reference=)``)
 - :class:`Limits`: the bounds a decoder enforces
 """
 
 from .api import decode, decode_tensor, encode, inspect, read_fingerprint
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
-from .errors import FormatError, SchemaError
-from .fingerprint import fingerprint
+from .errors import FormatError, SchemaError, TemporalReferenceError
+from .fingerprint import fingerprint, temporal_digest
 from .steps import qp_to_step
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ __all__ = [
     "Limits",
     "SchemaError",
     "StreamInfo",
+    "TemporalReferenceError",
     "TensorInfo",
     "decode",
     "decode_tensor",
@@ -36,4 +39,5 @@ __all__ = [
     "inspect",
     "qp_to_step",
     "read_fingerprint",
+    "temporal_digest",
 ]

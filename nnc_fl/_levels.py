@@ -47,6 +47,15 @@ N_CONTEXTS = GT_CTX + 3 * GT_FLAGS
 EG_CTX = N_CONTEXTS
 EG_CONTEXTS = 16
 N_CONTEXTS_EG = EG_CTX + EG_CONTEXTS
+#: Temporal contexts (tools bit 5): with a reference class t (the co-located value of the previous
+#: round's update in units of this tensor's step, rounded and clipped to [-2, 2]) other than 0,
+#: the sig contexts are those of the block T_SIG_CTX + 27 * (|t| - 1), the sign contexts of the
+#: block T_SIGN_CTX + 9 * (t < 0), the greater-than flags those of T_GT_CTX + 36 * (|t| - 1);
+#: t = 0 keeps the usual contexts.
+T_SIG_CTX = N_CONTEXTS_EG
+T_SIGN_CTX = T_SIG_CTX + 2 * 27
+T_GT_CTX = T_SIGN_CTX + 2 * 9
+N_CONTEXTS_T = T_GT_CTX + 2 * 3 * GT_FLAGS
 #: Largest level magnitude the format carries (Exp-Golomb prefixes are at most 62 bins).
 MAX_LEVEL = 1 << 62
 MAX_EG_PREFIX = 62
@@ -78,6 +87,28 @@ def _contexts_from(left, up, act):
     return sig, sign, min(a + b, 2)
 
 
+@jit_inline
+def _temporal(c_sig, c_sign, g, t):
+    """The contexts of :func:`_contexts_from` moved to the temporal blocks of reference class
+    ``t`` (-2 .. 2; 0 keeps them). ``g`` becomes an offset that :func:`_gt_context` adds."""
+    if t == 0:
+        return c_sig, c_sign, g
+    a = np.int64(t if t > 0 else -t)  # (an int8 class: int64 arithmetic without the JIT too)
+    c_sig = T_SIG_CTX + 27 * (a - 1) + (c_sig - SIG_CTX)
+    c_sign = T_SIGN_CTX + 9 * (0 if t > 0 else 1) + (c_sign - SIGN_CTX)
+    return c_sig, c_sign, g + (T_GT_CTX - GT_CTX) + 36 * (a - 1)
+
+
+@jit
+def temporal_classes(ref, step, out):
+    """``out[i] = clip(rint(ref[i] / step), -2, 2)`` (float64 division, ties to even): the
+    reference classes of tools bit 5, for a finite float32/64 ``ref`` and an int8 ``out``."""
+    for i in range(ref.size):
+        v = np.rint(np.float64(ref[i]) / step)
+        out[i] = 2 if v > 2.0 else (-2 if v < -2.0 else np.int8(v))
+    return out
+
+
 @jit
 def _contexts_of(levels, i, col, cols, colact):
     """(sig context, sign context, gt class) from the already coded neighbours of position ``i``."""
@@ -99,7 +130,8 @@ def _contexts_of(levels, i, col, cols, colact):
 
 @jit_inline
 def _gt_context(k, g):
-    """Context of the flag ``|q| > k`` (k = 1 .. GT_FLAGS) in neighbourhood magnitude class ``g``."""
+    """Context of the flag ``|q| > k`` (k = 1 .. GT_FLAGS) in neighbourhood magnitude class ``g``
+    (plus the temporal block's offset, :func:`_temporal`)."""
     return GT_CTX + 3 * (k - 1) + g
 
 
@@ -240,16 +272,19 @@ def _rd_choice(q, a, lam, c_sig, c_sign, g, ctx, egctx):
 
 
 @jit
-def _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact, egctx):
+def _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact, egctx, tref):
     """Code ``levels[start:stop]`` into ``buf`` (which has room for them); return the coder state.
 
     With ``lam > 0`` each level may first be lowered by :func:`_rd_choice` (rate-distortion
-    quantisation, from the values ``x``); the coded level is written back into ``levels``.
+    quantisation, from the values ``x``); the coded level is written back into ``levels``. With
+    ``tref`` (int8 reference classes, or None) the contexts are temporal (:func:`_temporal`).
     """
     col = start % cols
     for i in range(start, stop):
         q = levels[i]
         c_sig, c_sign, g = _contexts_of(levels, i, col, cols, colact)
+        if tref is not None:
+            c_sig, c_sign, g = _temporal(c_sig, c_sign, g, tref[i])
         if lam > 0.0 and q != 0:  # (a zero level is never lowered)
             q = _rd_choice(q, abs(np.float64(x[i])) * inv_step, lam, c_sig, c_sign, g, ctx, egctx)
             levels[i] = q
@@ -296,31 +331,32 @@ def _with_room(buf, st, n_levels):
 
 
 @jit
-def _encode(levels, x, inv_step, lam, cols, rate_index, egctx):
+def _encode(levels, x, inv_step, lam, cols, rate_index, egctx, tref):
     n = levels.size
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
-    ctx = new_contexts(N_CONTEXTS_EG)
+    ctx = new_contexts(N_CONTEXTS_EG if tref is None else N_CONTEXTS_T)
     colact = np.zeros(cols, np.int64)
     st = enc_init()
     buf = np.empty(n // 4 + 256, np.uint8)
     for start in range(0, n, _SPAN):
         stop = min(start + _SPAN, n)
         buf = _with_room(buf, st, stop - start)
-        st = _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact, egctx)
+        st = _encode_span(levels, x, inv_step, lam, start, stop, cols, ctx, st, buf, fast, slow, colact, egctx, tref)
     buf = _with_room(buf, st, 0)
     return buf[: enc_finish(st, buf)].copy()
 
 
 @jit
-def encode_levels(levels, cols, rate_index, egctx=False):
+def encode_levels(levels, cols, rate_index, egctx=False, tref=None):
     """Code int64 ``levels`` (|level| <= MAX_LEVEL, checked by the caller); return the payload.
-    ``egctx``: Exp-Golomb prefix bins in contexts (the tool bit says so to the decoder)."""
-    return _encode(levels, np.zeros(0, np.float64), 1.0, 0.0, cols, rate_index, egctx)
+    ``egctx``: Exp-Golomb prefix bins in contexts (the tool bit says so to the decoder); ``tref``:
+    int8 reference classes of every level (:func:`temporal_classes`), temporal contexts."""
+    return _encode(levels, np.zeros(0, np.float64), 1.0, 0.0, cols, rate_index, egctx, tref)
 
 
 @jit
-def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False):
+def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False, tref=None):
     """Rate-distortion quantisation and coding in one pass.
 
     ``levels`` must hold ``round(x / step)`` (from :func:`nnc_fl._quantise.quantise`); levels whose
@@ -328,7 +364,7 @@ def encode_levels_rd(levels, x, step, lam, cols, rate_index, egctx=False):
     bits estimated from the adaptive contexts at that point. ``levels`` is updated in place to what
     was coded, and the payload is returned; the decoder is the usual :func:`decode_levels`.
     """
-    return _encode(levels, x, 1.0 / step, lam, cols, rate_index, egctx)
+    return _encode(levels, x, 1.0 / step, lam, cols, rate_index, egctx, tref)
 
 
 @jit
@@ -357,17 +393,18 @@ def dec_beyond_flags(st, data, ctx, fast, slow, egctx, max_value):
 
 
 @jit
-def _decode(data, n, cols, rate_index, egctx, levels, values, step):
+def _decode(data, n, cols, rate_index, egctx, levels, values, step, tref):
     """Mirror of :func:`_encode`: decode ``n`` levels into ``levels`` and ``level * step`` (in
     float64, stored in ``values``' dtype) into ``values``; either may be empty (not wanted).
     Return (status, largest level magnitude).
 
     The upper neighbour comes from a buffer of one row, so only the outputs asked for are
-    written (a float32 tensor never passes through int64 levels and float64 values).
+    written (a float32 tensor never passes through int64 levels and float64 values). ``tref``:
+    the reference classes of temporal contexts, or None.
     """
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
-    ctx = new_contexts(N_CONTEXTS_EG)
+    ctx = new_contexts(N_CONTEXTS_EG if tref is None else N_CONTEXTS_T)
     colact = np.zeros(cols, np.int64)
     row = np.zeros(cols, np.int64)  # the row above from column col on, this row before it
     want_levels = levels.size == n
@@ -379,6 +416,8 @@ def _decode(data, n, cols, rate_index, egctx, levels, values, step):
     for i in range(n):
         up = row[col]
         c_sig, c_sign, g = _contexts_from(left, up, colact[col])
+        if tref is not None:
+            c_sig, c_sign, g = _temporal(c_sig, c_sign, g, tref[i])
         sig, st = dec_bin(st, data, p_one(ctx, c_sig))
         update(ctx, c_sig, sig, fast, slow)
         q = 0
@@ -417,17 +456,18 @@ def _decode(data, n, cols, rate_index, egctx, levels, values, step):
 
 
 @jit
-def decode_levels(data, n, cols, rate_index, egctx=False):
+def decode_levels(data, n, cols, rate_index, egctx=False, tref=None):
     """Mirror of :func:`encode_levels`: return (int64 levels, status)."""
     levels = np.zeros(n, np.int64)
-    status, _ = _decode(data, n, cols, rate_index, egctx, levels, np.empty(0, np.float64), 1.0)
+    status, _ = _decode(data, n, cols, rate_index, egctx, levels, np.empty(0, np.float64), 1.0, tref)
     return levels, status
 
 
 @jit
-def decode_values(data, cols, rate_index, egctx, step, values):
+def decode_values(data, cols, rate_index, egctx, step, values, tref=None):
     """Decode a payload of ``values.size`` levels straight into ``values`` (float32 or float64):
     ``level * step`` computed in float64 and stored in ``values``' dtype, as ``dequantise(levels,
     step).astype(dtype)`` gives. Return (status, largest level magnitude, for the caller's range
-    check); on a status other than OK ``values`` is partly written."""
-    return _decode(data, values.size, cols, rate_index, egctx, np.empty(0, np.int64), values, step)
+    check); on a status other than OK ``values`` is partly written. ``tref``: as for
+    :func:`decode_levels`."""
+    return _decode(data, values.size, cols, rate_index, egctx, np.empty(0, np.int64), values, step, tref)

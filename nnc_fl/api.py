@@ -33,12 +33,14 @@ from ._levels import (
     eg_context_gain,
     encode_levels,
     encode_levels_rd,
+    temporal_classes,
 )
 from ._quantise import NOT_FINITE, OK, dequantise, max_magnitude, quantise
 from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
-from .errors import FormatError, LimitError, SchemaError
+from .errors import FormatError, LimitError, SchemaError, TemporalReferenceError
+from .fingerprint import temporal_digest
 from .rate import FINEST_OCTAVES, KEEP_WITHIN, check_keep_within, check_target_bytes, fit_budget
 from .steps import (
     MAX_STEP,
@@ -103,6 +105,7 @@ def encode(
     target_bytes: int | None = None,
     keep_steps: Mapping[str, float] | None = None,
     keep_within: float = KEEP_WITHIN,
+    temporal_reference: Mapping[str, np.ndarray] | None = None,
 ) -> bytes | tuple[bytes, dict[str, np.ndarray]]:
     """Code named tensors into one stream (self-contained unless ``schema_bound``).
 
@@ -209,6 +212,16 @@ def encode(
         kept steps to their reference steps. Otherwise the search starts there and aims at the
         middle of that window, ``(1 - keep_within / 2)`` times the budget, so that the next
         streams at the new steps may grow or shrink a little and still keep them.
+    temporal_reference
+        Temporal contexts (FORMAT.md, tools bit 5): a mapping name -> float32/64 array that the
+        decoder holds too, typically the previous update of a sequence (in FL, the last global
+        increment, which server and clients apply alike). A quantised float32/64 tensor coded
+        plainly (not ``dq``, not by row references) whose name is in it, with the same shape,
+        takes its contexts from the co-located reference value in units of the tensor's step
+        (-2 .. 2): consecutive FedAvg deltas and increments agree in sign and size where the
+        model keeps moving (~2 % smaller updates, ~5 % smaller increments on the UC10 CNN).
+        The stream then names the reference by its digest
+        (:func:`nnc_fl.fingerprint.temporal_digest`), and ``decode`` needs the same mapping.
 
     Returns
     -------
@@ -244,8 +257,10 @@ def encode(
     for name, g in grid.items():
         if not (g > 0 and math.isfinite(g) and math.frexp(g)[0] == 0.5):
             raise ValueError(f"grid step of tensor {name!r} must be a power of two, got {g!r}")
+    if temporal_reference is not None and not isinstance(temporal_reference, Mapping):
+        raise TypeError(f"temporal_reference must be a mapping name -> array, got {type(temporal_reference).__name__}")
     opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=bool(dq), rate_search=bool(rate_search),
-        row_refs=bool(row_refs), float_lossless=float_lossless,
+        row_refs=bool(row_refs), float_lossless=float_lossless, temporal=temporal_reference,
     )
     if not isinstance(return_decoded, bool):
         raise TypeError(f"return_decoded must be a bool, got {return_decoded!r}")
@@ -269,10 +284,17 @@ def encode(
         )
 
     coded = _map_tensors(one, items, sizes, workers)
-    data = bs.write_stream([c.record for c in coded], fingerprint, limits=limits, schema_bound=bool(schema_bound))
+    data = _write([c.record for c in coded], fingerprint, limits, bool(schema_bound), opts)
     if return_decoded:
         return data, {c.record.name: c.decoded for c in coded}
     return data
+
+
+def _write(records: list[bs.TensorRecord], fingerprint, limits: Limits, schema_bound: bool, opts) -> bytes:
+    """The stream of ``records``, naming the temporal reference if a record's contexts use it."""
+    temporal = any(r.tools & bs.TOOL_TEMPORAL for r in records)
+    digest = temporal_digest(opts.temporal) if temporal else None
+    return bs.write_stream(records, fingerprint, limits=limits, schema_bound=schema_bound, temporal_digest=digest)
 
 
 def _update_steps(tensors, step, qp, rel_step: float, lossless, limits) -> dict[str, float]:
@@ -355,7 +377,7 @@ def _encode_to_budget(
         )
         done = {**fixed, **{name: c for (name, _), c in zip(varying, coded, strict=True)}}
         ordered = [done[name] for name, _ in arrays]
-        data = bs.write_stream([r for r, _ in ordered], fingerprint, limits=limits, schema_bound=schema_bound)
+        data = _write([r for r, _ in ordered], fingerprint, limits, schema_bound, opts)
         return len(data), (data, ordered)
 
     kept = _kept_steps(reference, keep[0]) if keep is not None and reference else None
@@ -467,6 +489,7 @@ def decode(
     limits: Limits = DEFAULT_LIMITS,
     expect: Mapping[str, object] | None = None,
     threads: int | None = None,
+    temporal_reference: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode every tensor of a stream, in stream order (same names, shapes and dtypes).
 
@@ -485,6 +508,11 @@ def decode(
         (:class:`SchemaError` otherwise).
     threads
         The tensors are decoded in this many threads (as for :func:`encode`; ``None``: by size).
+    temporal_reference
+        The mapping the stream was encoded with (``encode(..., temporal_reference=...)``), needed
+        by a stream that names one (flag bit 3) and ignored otherwise; without it, or with another
+        (the digests differ), :class:`TemporalReferenceError` is raised before any payload is
+        decoded.
 
     Raises :class:`FormatError` for any malformed, truncated, corrupted, unsupported or over-limit
     stream.
@@ -499,11 +527,14 @@ def decode(
         raise
     if expect is not None:
         _check_schema(info, expect)
+    reference = _check_temporal(info, temporal_reference)
     workers = _thread_count(threads, sum(t.numel for t in info.tensors))
     workers = _check_memory(data, info.tensors, limits, workers)
     bs.check_payload_crc(data, info)
     view = memoryview(data).cast("B")
-    arrays = _map_tensors(lambda t: _decode_one(view, t), info.tensors, [t.numel for t in info.tensors], workers)
+    arrays = _map_tensors(
+        lambda t: _decode_one(view, t, reference), info.tensors, [t.numel for t in info.tensors], workers
+    )
     return {t.name: a for t, a in zip(info.tensors, arrays, strict=True)}
 
 
@@ -513,15 +544,36 @@ def decode_tensor(
     *,
     limits: Limits = DEFAULT_LIMITS,
     expect: Mapping[str, object] | None = None,
+    temporal_reference: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decode only tensor ``name`` (within ``limits``, its memory budget included); other payloads
     are not decoded (a schema-bound stream, which needs ``expect``, has one CRC over all payloads:
-    that is checked). ``KeyError`` if it is absent."""
+    that is checked). ``KeyError`` if it is absent. ``temporal_reference``: as for :func:`decode`."""
     info = bs.read_table(data, limits, expect)
     t = info.tensor(name)
+    reference = _check_temporal(info, temporal_reference)
     _check_memory(data, [t], limits)
     bs.check_payload_crc(data, info)
-    return _decode_one(memoryview(data).cast("B"), t)
+    return _decode_one(memoryview(data).cast("B"), t, reference)
+
+
+def _check_temporal(info: StreamInfo, reference: Mapping[str, np.ndarray] | None) -> Mapping | None:
+    """The temporal reference a stream names (flag bit 3), checked against its digest; ``None`` if
+    it names none. :class:`TemporalReferenceError` if it is missing or another."""
+    if info.temporal_digest is None:
+        return None
+    if reference is None:
+        raise TemporalReferenceError(
+            "the stream is coded with temporal contexts: decoding needs its temporal reference "
+            f"(digest {info.temporal_digest.hex()}; pass temporal_reference=...)"
+        )
+    if not isinstance(reference, Mapping):
+        raise TypeError(f"temporal_reference must be a mapping name -> array, got {type(reference).__name__}")
+    if temporal_digest(reference) != info.temporal_digest:
+        raise TemporalReferenceError(
+            f"the stream's temporal reference (digest {info.temporal_digest.hex()}) is not the one given"
+        )
+    return reference
 
 
 def read_fingerprint(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> bytes | None:
@@ -613,6 +665,7 @@ class _Options:
     row_refs: bool = False
     float_lossless: bool = False  # exact tensors coded by nnc_fl._floatcoder instead of raw
     grid_multiples: bool = False  # steps on a grid: any integer multiple (rate control), not a power of two
+    temporal: Mapping[str, np.ndarray] | None = None  # the temporal reference (tools bit 5), if any
 
 
 @dataclass(frozen=True)
@@ -699,15 +752,19 @@ def _code_tensor(
     else:
         if opts.rate_search:  # on the rounded levels, before any RD lowering: one coding pass only
             tools = int(np.argmin(rate_costs(levels[: _search_span(levels.size, cols)], cols, False)))
+        tref = _temporal_classes(name, opts.temporal, arr, s) if mode == bs.MODE_QUANT and opts.temporal else None
+        if tref is not None:
+            tools |= bs.TOOL_TEMPORAL
         if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
-            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools)
+            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools & bs.TOOLS_RATE_MASK, False, tref)
             if not levels.any():
                 return _zero(name, arr), None
         else:
             # levels past the flags: their Exp-Golomb prefixes in contexts where that is estimated to
             # pay (to a few bits of the coded sizes: one coding pass instead of trying both)
-            egctx = top > GT_FLAGS and eg_context_gain(levels, tools) > 0
-            payload = encode_levels(levels, cols, tools, egctx)
+            rate = tools & bs.TOOLS_RATE_MASK
+            egctx = top > GT_FLAGS and eg_context_gain(levels, rate) > 0
+            payload = encode_levels(levels, cols, rate, egctx, tref)
             if egctx:
                 tools |= bs.TOOL_EG_CTX
         payload = payload.tobytes()
@@ -718,10 +775,35 @@ def _code_tensor(
             rate = tools & bs.TOOLS_RATE_MASK
             with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
             if len(with_refs) < len(payload):
-                payload, tools = with_refs, (tools & ~bs.TOOL_EG_CTX) | bs.TOOL_ROW_REFS
+                payload, tools = with_refs, (tools & ~(bs.TOOL_EG_CTX | bs.TOOL_TEMPORAL)) | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
         return _raw(name, arr), None  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload), levels
+
+
+def _temporal_classes(name: str, reference: Mapping, arr: np.ndarray, step: float) -> np.ndarray | None:
+    """Tools bit 5: the int8 reference classes of quantised tensor ``arr`` (float32/64) at ``step``
+    (as the table carries it) from ``reference[name]``, or ``None`` where the tool does not apply
+    (no such reference, another dtype, or every class 0: the contexts would be the usual ones).
+    ``ValueError`` for a reference of another shape or dtype, or one holding NaN/Inf."""
+    if name not in reference or arr.dtype.itemsize < 4:
+        return None
+    ref = np.asarray(reference[name])
+    if ref.shape != arr.shape or ref.dtype.kind != "f" or ref.dtype.itemsize < 4:
+        raise ValueError(
+            f"temporal reference of tensor {name!r}: a float32/64 array of shape {arr.shape} is needed, "
+            f"got {ref.dtype.name} {ref.shape}"
+        )
+    tref = _classes(name, ref, step)
+    return tref if tref.any() else None
+
+
+def _classes(name: str, ref: np.ndarray, step: float) -> np.ndarray:
+    """``temporal_classes`` of a float32/64 reference at the float32 ``step``, refusing NaN/Inf."""
+    flat = ref.reshape(-1)
+    if not np.isfinite(flat).all():
+        raise ValueError(f"temporal reference of tensor {name!r} holds NaN or Inf values")
+    return temporal_classes(flat, float(np.float32(step)), np.empty(flat.size, np.int8))
 
 
 #: The rate-pair search looks at the first whole rows of at least this many elements of a tensor.
@@ -755,13 +837,25 @@ def _check_status(t: TensorInfo, status: int) -> None:
         raise FormatError(f"tensor {t.name!r}: payload ends before all {t.numel} elements are coded")
 
 
+def _reference_classes(t: TensorInfo, reference: Mapping) -> np.ndarray:
+    """The reference classes of tensor ``t`` (tools bit 5) from the checked temporal reference."""
+    ref = np.asarray(reference[t.name]) if t.name in reference else None
+    if ref is None or ref.shape != t.shape or ref.dtype.kind != "f" or ref.dtype.itemsize < 4:
+        raise FormatError(f"tensor {t.name!r}: temporal contexts, but the reference has no float32/64 tensor "
+                          f"of shape {t.shape} by that name")
+    try:
+        return _classes(t.name, ref, t.step)
+    except ValueError as exc:
+        raise FormatError(str(exc)) from None
+
+
 def _check_range(t: TensorInfo, top: int, native: np.dtype) -> None:
     """Refuse a quantised tensor whose largest level magnitude ``top`` reconstructs beyond its dtype."""
     if float(top) * t.step > float(np.finfo(native).max):
         raise FormatError(f"tensor {t.name!r}: a reconstruction overflows {native.name}")
 
 
-def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
+def _decode_one(view: memoryview, t: TensorInfo, reference: Mapping | None = None) -> np.ndarray:
     native = t.dtype.newbyteorder("=")
     if t.mode == bs.MODE_ZERO:
         return np.zeros(t.shape, native)
@@ -787,7 +881,9 @@ def _decode_one(view: memoryview, t: TensorInfo) -> np.ndarray:
         if t.tools & bs.TOOL_DQ:
             status, top = decode_values_dq(data, cols, rate, np.float64(t.step), values)
         else:
-            status, top = decode_values(data, cols, rate, bool(t.tools & bs.TOOL_EG_CTX), np.float64(t.step), values)
+            tref = _reference_classes(t, reference) if t.tools & bs.TOOL_TEMPORAL else None
+            egctx = bool(t.tools & bs.TOOL_EG_CTX)
+            status, top = decode_values(data, cols, rate, egctx, np.float64(t.step), values, tref)
         _check_status(t, status)
         _check_range(t, top, native)
         return values.reshape(t.shape)

@@ -24,13 +24,17 @@ import numpy as np
 
 from . import _zstdframe
 from .errors import FormatError, LimitError, SchemaError
+from .fingerprint import TEMPORAL_DIGEST_SIZE
 
 MAGIC = b"NNCF"
 VERSION = 1
 FLAG_FINGERPRINT = 0x01
 FLAG_ZSTD = 0x02  # payloads of ZSTD_MODES are each one zstd frame of the plain layout
 FLAG_SCHEMA = 0x04  # schema-bound table: names, dtypes and shapes referenced by a digest, not repeated
-_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_SCHEMA
+FLAG_TEMPORAL = 0x08  # the table names the temporal reference (tools bit 5) by its digest
+_KNOWN_FLAGS = FLAG_FINGERPRINT | FLAG_ZSTD | FLAG_SCHEMA | FLAG_TEMPORAL
+#: Bytes of the temporal reference's digest (nnc_fl.fingerprint.temporal_digest).
+TEMPORAL_DIGEST_BYTES = TEMPORAL_DIGEST_SIZE
 #: Bytes of the schema digest a schema-bound stream carries (see :func:`schema_digest`).
 SCHEMA_DIGEST_BYTES = 4
 MAX_FINGERPRINT_BYTES = 64
@@ -71,12 +75,14 @@ MAX_ZSTD_LEVEL = 22
 
 # tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
 # mode only), bit 3 row references, bit 4 context-coded Exp-Golomb prefixes (plain level coding
-# only: not with bits 2 or 3); the rest reserved for later tools
+# only: not with bits 2 or 3), bit 5 temporal contexts (quant mode, float32/64, not with bits 2 or
+# 3; the stream must have FLAG_TEMPORAL); the rest reserved for later tools
 TOOLS_RATE_MASK = 0x03
 TOOL_DQ = 0x04
 TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
 TOOL_EG_CTX = 0x10  # Exp-Golomb prefix bins in contexts (nnc_fl/_levels.py)
-_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX
+TOOL_TEMPORAL = 0x20  # contexts by the co-located value of a temporal reference (nnc_fl/_levels.py)
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX | TOOL_TEMPORAL
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -143,6 +149,7 @@ class Limits:
             # table entry: name, dtype, rank, <= 10 bytes per dimension, mode, step, tools, length, CRC
             max_header_bytes=64
             + MAX_FINGERPRINT_BYTES
+            + TEMPORAL_DIGEST_BYTES
             + sum(n + 10 * len(s) + 32 for n, s in zip(names, shapes, strict=True)),
             max_tensors=len(shapes),
             max_name_bytes=max(names, default=0),
@@ -158,7 +165,10 @@ class Limits:
         need, whatever its names, ranks and dtypes (within the defaults for those)."""
         d = cls()
         return cls(
-            max_header_bytes=64 + MAX_FINGERPRINT_BYTES + tensors * (d.max_name_bytes + 10 * d.max_ndim + 32),
+            max_header_bytes=64
+            + MAX_FINGERPRINT_BYTES
+            + TEMPORAL_DIGEST_BYTES
+            + tensors * (d.max_name_bytes + 10 * d.max_ndim + 32),
             max_tensors=tensors,
             max_name_bytes=d.max_name_bytes,
             max_ndim=d.max_ndim,
@@ -217,6 +227,8 @@ class StreamInfo:
     #: tensor CRCs in the self-contained table).
     payload_crc: int | None = None
     schema_bound: bool = False
+    #: Flag bit 3: the digest of the temporal reference the stream's tools-bit-5 tensors need.
+    temporal_digest: bytes | None = None
 
     def tensor(self, name: str) -> TensorInfo:
         """The table row of tensor ``name`` (``KeyError`` if absent)."""
@@ -252,6 +264,8 @@ class StreamInfo:
             head += ", zstd payloads"
         if self.schema_bound:
             head += ", schema-bound"
+        if self.temporal_digest is not None:
+            head += f", temporal reference {self.temporal_digest.hex()}"
         cols = ("name", "dtype", "shape", "mode", "step", "bytes", "bits/elem")
         rows = [
             (
@@ -441,6 +455,7 @@ def write_stream(
     limits: Limits = DEFAULT_LIMITS,
     zstd_level: int | None = None,
     schema_bound: bool = False,
+    temporal_digest: bytes | None = None,
 ) -> bytes:
     """Serialise ``records`` (in order) with an optional base-model ``fingerprint``.
 
@@ -450,7 +465,9 @@ def write_stream(
     gets flag bit 2: the table references the records' names, dtypes and shapes by their
     :func:`schema_digest` instead of repeating them (decoding then needs the schema), steps are
     bfloat16 (every quant record's step must be one: :func:`bf16_round`) and one CRC-32 covers all
-    payloads. Raises ``ValueError`` for a stream a decoder with the same ``limits`` would refuse.
+    payloads. ``temporal_digest`` (:data:`TEMPORAL_DIGEST_BYTES` bytes) names the temporal reference
+    of the records with tools bit 5 (flag bit 3; required if any has it). Raises ``ValueError`` for
+    a stream a decoder with the same ``limits`` would refuse.
     """
     check_writable(records, limits)
     flags = 0
@@ -462,8 +479,16 @@ def write_stream(
         flags |= FLAG_FINGERPRINT
         table.append(len(fingerprint))
         table += fingerprint
+    if temporal_digest is not None:
+        temporal_digest = bytes(temporal_digest)
+        if len(temporal_digest) != TEMPORAL_DIGEST_BYTES:
+            raise ValueError(f"temporal digest must be {TEMPORAL_DIGEST_BYTES} bytes, got {len(temporal_digest)}")
+        flags |= FLAG_TEMPORAL
+        table += temporal_digest
     for r in records:
         _check_record(r)
+        if r.tools & TOOL_TEMPORAL and temporal_digest is None:
+            raise ValueError(f"tensor {r.name!r} has temporal contexts: the stream needs the reference's digest")
     payloads = [r.payload for r in records]
     if zstd_level is not None:
         if isinstance(zstd_level, bool) or not isinstance(zstd_level, int) or not 1 <= zstd_level <= MAX_ZSTD_LEVEL:
@@ -596,6 +621,7 @@ def read_table(
     view, table_end, r, fingerprint = _open_header(data, limits)
     total, version, zstd = len(view), view[4], bool(view[5] & FLAG_ZSTD)
     bound = bool(view[5] & FLAG_SCHEMA)
+    temporal = r.take(TEMPORAL_DIGEST_BYTES, "temporal digest") if view[5] & FLAG_TEMPORAL else None
     if bound:
         if schema is None:
             raise SchemaError(
@@ -621,7 +647,7 @@ def read_table(
             _check_identity(f"tensor {name!r}", len(name.encode("utf-8")), len(shape), math.prod(shape), limits)
         else:
             name, dtype, shape = _read_identity(r, i, limits)
-        t = _read_coding(r, name, dtype, shape, offset, zstd, bound)
+        t = _read_coding(r, name, dtype, shape, offset, zstd, bound, temporal is not None)
         if t.name in index:
             raise FormatError(f"duplicate tensor name {t.name!r}")
         total_elements += t.numel
@@ -640,7 +666,7 @@ def read_table(
         raise FormatError(f"payloads do not tile the stream: it is {how}")
     return StreamInfo(
         version, fingerprint, tuple(tensors), table_end + 4, total, index, zstd=zstd, payload_crc=payload_crc,
-        schema_bound=bound,
+        schema_bound=bound, temporal_digest=temporal,
     )
 
 
@@ -681,7 +707,14 @@ def _read_identity(r: _Reader, i: int, limits: Limits) -> tuple[str, np.dtype, t
 
 
 def _read_coding(
-    r: _Reader, name: str, dtype: np.dtype, shape: tuple[int, ...], offset: int, zstd_flag: bool, bound: bool
+    r: _Reader,
+    name: str,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    offset: int,
+    zstd_flag: bool,
+    bound: bool,
+    temporal: bool = False,
 ) -> TensorInfo:
     what = f"tensor {name!r}"
     numel = math.prod(shape)
@@ -718,6 +751,12 @@ def _read_coding(
         if tools & TOOL_EG_CTX and tools & (TOOL_DQ | TOOL_ROW_REFS):
             raise FormatError(f"{what}: context-coded Exp-Golomb prefixes with dependent quantisation "
                               "or row references")
+        if tools & TOOL_TEMPORAL:
+            if mode != MODE_QUANT or dtype.itemsize < 4 or tools & (TOOL_DQ | TOOL_ROW_REFS):
+                raise FormatError(f"{what}: temporal contexts on a tensor that is not a plain quantised "
+                                  "float32/64 tensor")
+            if not temporal:
+                raise FormatError(f"{what}: temporal contexts in a stream that names no temporal reference")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)

@@ -15,3 +15,8 @@ class LimitError(FormatError):
 class SchemaError(FormatError):
     """A well-formed stream whose tensor table is not the one the caller expected (names, shapes,
     dtypes); raised before any payload is decoded."""
+
+
+class TemporalReferenceError(FormatError):
+    """A stream coded with temporal contexts (tools bit 5) decoded without its temporal reference, or
+    with another one (the digests differ); raised before any payload is decoded."""

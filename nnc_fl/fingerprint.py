@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 
 FINGERPRINT_SIZE = 32
+#: Bytes of a temporal reference's digest (its fingerprint's first bytes; nnc_fl.bitstream).
+TEMPORAL_DIGEST_SIZE = 8
 
 
 def fingerprint(tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -25,3 +27,9 @@ def fingerprint(tensors: Mapping[str, np.ndarray]) -> bytes:
         h.update(meta)
         h.update(np.ascontiguousarray(le).tobytes())
     return h.digest()
+
+
+def temporal_digest(reference: Mapping[str, np.ndarray]) -> bytes:
+    """The digest a stream with temporal contexts carries to name its reference: the first
+    :data:`TEMPORAL_DIGEST_SIZE` bytes of :func:`fingerprint` (names, order, dtypes, shapes, bits)."""
+    return fingerprint(reference)[:TEMPORAL_DIGEST_SIZE]

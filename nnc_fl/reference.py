@@ -25,6 +25,12 @@ N_CONTEXTS = 72
 EG_CTX = 72
 EG_CONTEXTS = 16
 N_CONTEXTS_EG = 88
+#: Temporal contexts (tools bit 5): for a reference class t != 0, blocks of 27 sig contexts (by |t|),
+#: 9 sign contexts (by the sign of t) and 36 greater-than contexts (by |t|) after the 88 above.
+T_SIG_CTX = 88
+T_SIGN_CTX = 142
+T_GT_CTX = 160
+N_CONTEXTS_T = 232
 #: Column activity classes: 0 (none), below ACT_HIGH, at or above ACT_HIGH.
 ACT_HIGH = 96
 #: Largest level magnitude; Exp-Golomb prefixes of a valid payload are at most MAX_EG_PREFIX bins.
@@ -211,6 +217,23 @@ def _contexts(levels: Sequence[int], i: int, cols: int, activity: list[int]) -> 
     return SIG_CTX + 9 * c + 3 * a + b, SIGN_CTX + 3 * sign(left) + sign(up), min(a + b, 2)
 
 
+def temporal_class(ref: float, step: float) -> int:
+    """Reference class of a co-located reference value: ``round(ref / step)`` (ties to even) in [-2, 2]."""
+    return max(-2, min(2, round(ref / step)))
+
+
+def _temporal(c_sig: int, c_sign: int, g: int, t: int) -> tuple[int, int, int]:
+    """The contexts of a level whose reference class is ``t`` (``g`` becomes the gt context offset)."""
+    if t == 0:
+        return c_sig, c_sign, g
+    a = abs(t)
+    return (
+        T_SIG_CTX + 27 * (a - 1) + c_sig - SIG_CTX,
+        T_SIGN_CTX + 9 * (t < 0) + c_sign - SIGN_CTX,
+        g + T_GT_CTX - GT_CTX + 36 * (a - 1),
+    )
+
+
 def _update_activity(activity: list[int], col: int, q: int) -> None:
     activity[col] = (activity[col] * 15 + 64 * min(abs(q), 2)) >> 4
 
@@ -222,13 +245,17 @@ def encode_levels(
     dq: bool = False,
     refs: Sequence[int] | None = None,
     egctx: bool = False,
+    tref: Sequence[int] | None = None,
 ) -> bytes:
     """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
     (``levels`` are then the quantisation indices); with ``refs`` (per row, the distance to the
     referenced row or 0), of ``nnc_fl._rowref.encode_rows``; with ``egctx`` (plain coding only),
-    the Exp-Golomb prefix bins in contexts."""
-    assert not (egctx and (dq or refs is not None))
+    the Exp-Golomb prefix bins in contexts; with ``tref`` (plain coding only; per level its reference
+    class, :func:`temporal_class`), temporal contexts."""
+    assert not ((egctx or tref is not None) and (dq or refs is not None))
     n_ctx = N_CONTEXTS_ROWS if refs is not None else (N_CONTEXTS_DQ if dq else N_CONTEXTS_EG)
+    if tref is not None:
+        n_ctx = N_CONTEXTS_T
     model, enc = _Model(rate_index, n_ctx), RangeEncoder()
     levels = [int(v) for v in levels]
     activity = [0] * cols
@@ -244,6 +271,8 @@ def encode_levels(
             if d:
                 enc.bypass(d - 1, (row - 1).bit_length())
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        if tref is not None:
+            c_sig, c_sign, g = _temporal(c_sig, c_sign, g, int(tref[i]))
         if dq:
             c_sig += dq_sig_base(state)
             state = DQ_TRANS[state][q & 1]
@@ -290,13 +319,17 @@ def decode_levels(
     dq: bool = False,
     rows: bool = False,
     egctx: bool = False,
+    tref: Sequence[int] | None = None,
 ) -> list[int]:
     """Reference of ``nnc_fl._levels.decode_levels`` (with ``dq``: ``nnc_fl._dq.decode_levels_dq``,
-    returning reconstruction levels; with ``rows``: ``nnc_fl._rowref.decode_rows``) for valid payloads.
+    returning reconstruction levels; with ``rows``: ``nnc_fl._rowref.decode_rows``; ``egctx`` and
+    ``tref`` as for :func:`encode_levels`) for valid payloads.
 
     If ``stats`` is given, ``stats["bytes_read"]`` receives how many bytes the decoder consumed.
     """
     n_ctx = N_CONTEXTS_ROWS if rows else (N_CONTEXTS_DQ if dq else N_CONTEXTS_EG)
+    if tref is not None:
+        n_ctx = N_CONTEXTS_T
     model, dec = _Model(rate_index, n_ctx), RangeDecoder(data)
     levels: list[int] = []  # the coded integers: levels, or indices with dq
     out: list[int] = []
@@ -314,6 +347,8 @@ def decode_levels(
             else:
                 model.update(REF_CTX, 0)
         c_sig, c_sign, g = _contexts(levels, i, cols, activity)
+        if tref is not None:
+            c_sig, c_sign, g = _temporal(c_sig, c_sign, g, int(tref[i]))
         quantiser_state = state
         if dq:
             c_sig += dq_sig_base(state)

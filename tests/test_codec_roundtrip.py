@@ -411,6 +411,75 @@ def test_row_references_code_repeated_units_cheaper_and_round_trip():
     assert nnc_fl.codecs.make_codec("nnc", row_refs=True).params() == {"row_refs": True}
 
 
+# --- temporal contexts (temporal_reference=...) ------------------------------------------------------
+
+
+def _consecutive_updates(seed=21):
+    """Two updates of a small model that agree in sign and size where the model keeps moving."""
+    rng = np.random.default_rng(seed)
+    drift = {"w": rng.laplace(size=(64, 96)) * 0.01, "b": rng.normal(size=64) * 0.01}
+    prev = {k: (v + rng.normal(size=v.shape) * 0.004).astype(np.float32) for k, v in drift.items()}
+    cur = {k: (v + rng.normal(size=v.shape) * 0.004).astype(np.float32) for k, v in drift.items()}
+    cur["h"] = (rng.normal(size=(8, 8)) * 0.01).astype(np.float16)  # float16: coded without the tool
+    cur["n"] = np.arange(5, dtype=np.int64)
+    return prev, cur
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"rd_lambda": 0.02}, {"rate_search": True}, {"schema_bound": True}, {"target_bytes": 3000}]
+)
+def test_temporal_contexts_code_consecutive_updates_smaller_and_round_trip(options):
+    prev, cur = _consecutive_updates()
+    kw = {"rel_step": 1.0, "rel_to": "update", **options}
+    expect = cur if options.get("schema_bound") else None
+    plain = nnc_fl.encode(cur, **kw)
+    data, decoded = nnc_fl.encode(cur, temporal_reference=prev, return_decoded=True, **kw)
+    info = nnc_fl.inspect(data, expect=expect)
+    assert info.temporal_digest == nnc_fl.temporal_digest(prev)
+    assert info.tensor("w").tools & bs.TOOL_TEMPORAL and info.tensor("b").tools & bs.TOOL_TEMPORAL
+    assert not info.tensor("h").tools & bs.TOOL_TEMPORAL  # no reference, and float16
+    before = nnc_fl.inspect(plain, expect=expect).tensor("w")
+    if "target_bytes" in options:  # the same budget buys a finer step
+        assert info.tensor("w").step < before.step
+    else:
+        assert info.tensor("w").length < 0.95 * before.length
+    out = nnc_fl.decode(data, temporal_reference=prev, expect=expect)
+    assert all(out[k].tobytes() == decoded[k].tobytes() for k in cur)
+    assert nnc_fl.decode_tensor(data, "w", temporal_reference=prev, expect=expect).tobytes() == out["w"].tobytes()
+    if not options:  # plain rounding: the same levels either way, fewer bytes
+        assert all(out[k].tobytes() == nnc_fl.decode(plain)[k].tobytes() for k in cur)
+
+
+def test_temporal_reference_is_used_only_where_it_applies():
+    prev, cur = _consecutive_updates()
+    # dependent quantisation and row references code without it; the stream then names no reference
+    for kw in ({"dq": True}, {}):
+        data = nnc_fl.encode(cur, step=0.004, temporal_reference={} if not kw else prev, **kw)
+        assert nnc_fl.inspect(data).temporal_digest is None
+        assert nnc_fl.decode(data)["w"].shape == (64, 96)
+    # a reference far below the step gives class 0 everywhere: the usual contexts, no tool, no digest
+    tiny = {k: v * np.float32(1e-6) for k, v in prev.items()}
+    data = nnc_fl.encode(cur, step=0.004, temporal_reference=tiny)
+    assert nnc_fl.inspect(data).temporal_digest is None
+    assert data == nnc_fl.encode(cur, step=0.004)
+
+
+@pytest.mark.parametrize(
+    "reference, error, match",
+    [
+        ({"w": np.zeros((64, 95), np.float32)}, ValueError, "shape"),
+        ({"w": np.zeros((64, 96), np.float16)}, ValueError, "float32/64"),
+        ({"w": np.zeros((64, 96), np.int32)}, ValueError, "float32/64"),
+        ({"w": np.full((64, 96), np.inf, np.float32)}, ValueError, "NaN or Inf"),
+        ([("w", 1)], TypeError, "temporal_reference must be a mapping"),
+    ],
+)
+def test_temporal_reference_errors_name_the_tensor(reference, error, match):
+    _, cur = _consecutive_updates()
+    with pytest.raises(error, match=match):
+        nnc_fl.encode(cur, step=0.004, temporal_reference=reference)
+
+
 # --- lossless floats in mode float-lossless (float_lossless=True) -----------------------------------
 
 

@@ -174,6 +174,26 @@ def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b
             "dependent quantisation on an exactly coded",
         ),
         (_rebuild(b"\x80\x00", b""), "non-minimal varint"),
+        (  # temporal contexts (tools bit 5) need a stream that names its reference (flag bit 3)
+            _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x20\x00" + b"\0" * 4), b""),
+            "names no temporal reference",
+        ),
+        (  # ... and a plain quantised float32/64 tensor: not DQ, not int, not float16
+            _rebuild(b"\x11" * 8 + _one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x24\x00"
+                                                 + b"\0" * 4), b"", flags=bs.FLAG_TEMPORAL),
+            "temporal contexts on a tensor that is not a plain quantised",
+        ),
+        (
+            _rebuild(b"\x11" * 8 + _one_entry_table(dtype=6, mode=bs.MODE_INT, extra=b"\x20\x00" + b"\0" * 4), b"",
+                     flags=bs.FLAG_TEMPORAL),
+            "temporal contexts on a tensor that is not a plain quantised",
+        ),
+        (
+            _rebuild(b"\x11" * 8 + _one_entry_table(dtype=10, mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5)
+                                                 + b"\x20\x00" + b"\0" * 4), b"", flags=bs.FLAG_TEMPORAL),
+            "temporal contexts on a tensor that is not a plain quantised",
+        ),
+        (_rebuild(b"\x11" * 5, b"", flags=bs.FLAG_TEMPORAL), "truncated while reading temporal digest"),
     ],
 )
 def test_named_rejections(stream, reason):
@@ -344,3 +364,59 @@ def test_float_lossless_hand_made_payloads_decode():
     # coded part decode as likely bins; with top exponent 147 = 20 + 127 those are valid values)
     with pytest.raises(FormatError, match="ends before all 1048576"):
         nnc_fl.decode(_float_entry(b"\x17\x00\x93\x00" + b"\0" * 48, shape=(1 << 20,)))
+
+
+# --- temporal contexts (tools bit 5) ---------------------------------------------------------------
+
+_TEMPORAL_REF = {"x": np.linspace(-0.02, 0.03, 150, dtype=np.float32).reshape(3, 50)}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    bs._put_varint(out, value)
+    return bytes(out)
+
+
+def _temporal_stream(payload: bytes, name: bytes = b"x", tools: int = 0x20) -> bytes:
+    table = nnc_fl.temporal_digest(_TEMPORAL_REF) + _one_entry_table(
+        name=name, shape=(3, 50), mode=bs.MODE_QUANT,
+        extra=struct.pack("<f", 0.01) + bytes([tools]) + _varint(len(payload))
+        + struct.pack("<I", zlib.crc32(payload)),
+    )
+    return _rebuild(table, payload, flags=bs.FLAG_TEMPORAL)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 3))
+def test_hostile_temporal_payloads_decode_or_fail_cleanly(payload, rate):
+    data = _temporal_stream(payload, tools=0x20 | rate)
+    with pytest.raises(nnc_fl.TemporalReferenceError, match="needs its temporal reference"):
+        nnc_fl.decode(data)
+    try:
+        out = nnc_fl.decode(data, temporal_reference=_TEMPORAL_REF)
+    except FormatError:
+        return
+    assert out["x"].shape == (3, 50) and np.isfinite(out["x"]).all()
+
+
+def test_temporal_streams_name_their_reference_and_refuse_others():
+    data = _temporal_stream(b"\x00" * 8)
+    assert nnc_fl.inspect(data).temporal_digest == nnc_fl.temporal_digest(_TEMPORAL_REF)
+    assert "temporal reference" in str(nnc_fl.inspect(data))
+    other = {"x": _TEMPORAL_REF["x"] + np.float32(1e-3)}
+    for call in (nnc_fl.decode, lambda d, **kw: nnc_fl.decode_tensor(d, "x", **kw)):
+        with pytest.raises(nnc_fl.TemporalReferenceError, match="is not the one given"):
+            call(data, temporal_reference=other)
+        with pytest.raises(TypeError, match="temporal_reference must be a mapping"):
+            call(data, temporal_reference=[1, 2])
+    # a stream whose reference lacks the tensor it marks (an encoder would never write it)
+    with pytest.raises(FormatError, match="the reference has no float32/64 tensor"):
+        nnc_fl.decode(_temporal_stream(b"\x00" * 8, name=b"y"), temporal_reference=_TEMPORAL_REF)
+    # NaN in the decoder's own reference is refused, not turned into classes
+    bad = {"y": np.full((3, 50), np.nan, np.float32)}
+    stream = bs.write_stream(
+        [bs.TensorRecord("y", np.dtype("<f4"), (3, 50), bs.MODE_QUANT, 0.01, 0x20, b"\x00" * 8)],
+        temporal_digest=nnc_fl.temporal_digest(bad),
+    )
+    with pytest.raises(FormatError, match="NaN or Inf"):
+        nnc_fl.decode(stream, temporal_reference=bad)

@@ -37,6 +37,7 @@ from nnc_fl._levels import (
     eg_context_gain,
     encode_levels,
     encode_levels_rd,
+    temporal_classes,
 )
 from nnc_fl._probability import RATE_PAIRS
 from nnc_fl._quantise import dequantise, grid_levels_or, max_magnitude, on_grid, quantise, sum_squares
@@ -295,6 +296,12 @@ def _kernel_outputs_digest():
         levels, status = quantise(x, 0.01, MAX_LEVEL)
         payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0, lam > 0.1)
         h.update(levels.tobytes() + payload.tobytes() + dequantise(levels, 0.01).tobytes() + bytes([status]))
+        tref = temporal_classes(x * 0.8 + 0.004, 0.01, np.empty(x.size, np.int8))
+        levels, status = quantise(x, 0.01, MAX_LEVEL)
+        payload = encode_levels_rd(levels, x, 0.01, lam, 60, 0, False, tref)
+        values = np.empty(x.size)
+        status, top = decode_values(payload, 60, 0, False, 0.01, values, tref)
+        h.update(tref.tobytes() + payload.tobytes() + values.tobytes() + bytes([status, min(int(top), 255)]))
     for _ in range(60):
         junk = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8)
         decoded, status = decode_levels(junk, 200, 20, int(rng.integers(0, len(RATE_PAIRS))), bool(_ % 2))
@@ -589,6 +596,75 @@ def test_row_reference_decoder_reports_bad_references_and_levels():
     payload = encode_rows(ks, np.zeros(10, np.int64), 100, 0, False)
     _, status = decode_rows(payload[: len(payload) // 3], ks.size, 100, 0, False)
     assert status != OK
+
+
+# --- temporal contexts (tools bit 5) --------------------------------------------------------------
+
+
+def _reference_classes(rng, levels):
+    """Reference classes that agree with ``levels`` more often than not, as consecutive updates do."""
+    t = np.clip(np.sign(levels) * rng.integers(0, 3, size=levels.size), -2, 2)
+    flip = rng.random(levels.size) < 0.3
+    t[flip] = rng.integers(-2, 3, size=int(flip.sum()))
+    return t.astype(np.int8)
+
+
+@pytest.mark.parametrize("egctx", [False, True])
+@pytest.mark.parametrize("kind", ["laplace", "sparse", "large", "extreme", "wide"])
+@pytest.mark.parametrize("rate_index", [0, 3])
+def test_temporal_kernel_matches_reference_bit_for_bit(kind, rate_index, egctx):
+    rng = np.random.default_rng(rate_index * 5 + len(kind))
+    for n, cols in [(1, 1), (60, 12), (333, 37)]:
+        levels = _levels(rng, n, kind)
+        tref = _reference_classes(rng, levels)
+        fast = encode_levels(levels, cols, rate_index, egctx, tref).tobytes()
+        slow = reference.encode_levels(levels.tolist(), cols, rate_index, egctx=egctx, tref=tref.tolist())
+        assert fast == slow
+        assert reference.decode_levels(slow, n, cols, rate_index, egctx=egctx, tref=tref.tolist()) == levels.tolist()
+        decoded, status = decode_levels(np.frombuffer(fast, np.uint8), n, cols, rate_index, egctx, tref)
+        assert status == OK
+        np.testing.assert_array_equal(decoded, levels)
+        values = np.empty(n)
+        status, top = decode_values(np.frombuffer(fast, np.uint8), cols, rate_index, egctx, 0.25, values, tref)
+        assert status == OK and top == np.abs(levels).max()
+        assert values.tobytes() == dequantise(levels, 0.25).tobytes()
+
+
+def test_temporal_contexts_pay_when_the_reference_predicts_and_cost_nothing_when_it_is_zero():
+    rng = np.random.default_rng(5)
+    levels = _levels(rng, 20000, "sparse")
+    plain = encode_levels(levels, 100, 0, False).tobytes()
+    assert len(encode_levels(levels, 100, 0, False, _reference_classes(rng, levels))) < 0.95 * len(plain)
+    # class 0 everywhere keeps the usual contexts: the same bytes
+    assert encode_levels(levels, 100, 0, False, np.zeros(levels.size, np.int8)).tobytes() == plain
+    # a decoder given other classes does not get the levels back (the stream names its reference;
+    # negated classes would only relabel the sign contexts, so the other classes are shifted ones)
+    tref = _reference_classes(rng, levels)
+    payload = encode_levels(levels, 100, 0, False, tref)
+    decoded, _ = decode_levels(payload, levels.size, 100, 0, False, np.roll(tref, 1))
+    assert not np.array_equal(decoded, levels)
+
+
+def test_temporal_classes_round_half_to_even_and_clip():
+    ref = np.array([0.0, -0.0, 0.49, 0.5, 0.51, 1.5, 2.5, -2.5, -0.5, 3.0, -1e30, 1e-300, 7.0], np.float64)
+    step = 1.0
+    expected = [0, 0, 0, 0, 1, 2, 2, -2, 0, 2, -2, 0, 2]
+    assert temporal_classes(ref, step, np.empty(ref.size, np.int8)).tolist() == expected
+    assert [reference.temporal_class(v, step) for v in ref] == expected
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=5000) * 0.03).astype(np.float32)
+    got = temporal_classes(x, 0.0125, np.empty(x.size, np.int8))
+    assert got.tolist() == [reference.temporal_class(float(v), 0.0125) for v in x]
+
+
+def test_golden_temporal_payload():
+    tref = np.array([0, 1, -1, 2, -2, 0, 1, 1] * 8, np.int8)
+    payload = encode_levels(GOLDEN_LEVELS, 4, 0, False, tref).tobytes()
+    assert hashlib.sha256(payload).hexdigest() == GOLDEN_TEMPORAL
+    assert reference.encode_levels(GOLDEN_LEVELS.tolist(), 4, 0, tref=tref.tolist()) == payload
+
+
+GOLDEN_TEMPORAL = "781596468146c5675408156dfbf58622107c4002b3b371f1fc094cc833a4e8b7"
 
 
 def test_golden_row_reference_payload():
