@@ -6,8 +6,12 @@ deployment alike). A ``RecordDict`` can hold only ``ArrayRecord``, ``MetricRecor
 
 - ``nnc-fl.base`` (``ArrayRecord``): the global model ``G_v`` it holds, bit-exact;
 - ``nnc-fl.residual`` (``ArrayRecord``): the error-feedback residual of its floating tensors;
+- ``nnc-fl.increment`` (``ArrayRecord``): the decoded increment ``G_v - G_{v-1}`` when the node
+  reached ``G_v`` by a chain of increments (the temporal reference of codecs with temporal
+  contexts: the next increment is coded against it, and so is the node's update);
 - ``nnc-fl.meta`` (``ConfigRecord``): ``version`` (int) and ``fingerprint`` (32 bytes) of ``G_v``,
-  and ``residual_version`` (int): the version the residual was made against.
+  ``residual_version`` (int): the version the residual was made against, and
+  ``increment_version`` (int): the version the increment leads to.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from nnc_fl import DEFAULT_LIMITS, FormatError, Limits, protocol
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.fingerprint import fingerprint
-from nnc_fl.updates import CodedUpdate, apply_delta, cast_like, code_update, model_delta, usable_residual
+from nnc_fl.updates import (
+    CodedUpdate,
+    apply_delta,
+    cast_like,
+    code_update,
+    model_delta,
+    usable_residual,
+    with_reference,
+)
 from nnc_fl.validation import UpdateRejected, check_schema
 
 BASE_KEY = "nnc-fl.base"
 RESIDUAL_KEY = "nnc-fl.residual"
+INCREMENT_KEY = "nnc-fl.increment"
 META_KEY = "nnc-fl.meta"
 
 
@@ -47,6 +60,8 @@ class NodeState:
         self.base: dict[str, np.ndarray] = {}
         self.residual: dict[str, np.ndarray] = {}
         self.residual_version: int | None = None
+        self.increment: dict[str, np.ndarray] = {}
+        self.increment_version: int | None = None
         self._stored = False  # whether context.state holds the model described here
         meta, base = state.get(META_KEY), state.get(BASE_KEY)
         if not isinstance(meta, ConfigRecord) or not isinstance(base, ArrayRecord):
@@ -60,6 +75,9 @@ class NodeState:
         self.residual = protocol.tensors_of(residual) if isinstance(residual, ArrayRecord) else {}
         residual_version = meta.get("residual_version")
         self.residual_version = residual_version if isinstance(residual_version, int) else None
+        increment, increment_version = state.get(INCREMENT_KEY), meta.get("increment_version")
+        if isinstance(increment, ArrayRecord) and isinstance(increment_version, int):
+            self.increment, self.increment_version = protocol.tensors_of(increment), increment_version
 
     def holds_nothing(self) -> bool:
         """Whether the node holds no model yet."""
@@ -76,7 +94,27 @@ class NodeState:
         meta = {"version": int(self.version), "fingerprint": bytes(self.fingerprint)}
         if self.residual_version is not None:
             meta["residual_version"] = int(self.residual_version)
+        if self.increment_version is not None:
+            meta["increment_version"] = int(self.increment_version)
         self._state[META_KEY] = ConfigRecord(meta)
+
+    def _keep_increment(self, increment: Mapping[str, np.ndarray] | None, version: int | None) -> None:
+        """Remember the decoded increment that leads to ``version`` (``None``: hold none)."""
+        if increment is None:
+            if self.increment_version is None:
+                return
+            self.increment, self.increment_version = {}, None
+            if INCREMENT_KEY in self._state:
+                del self._state[INCREMENT_KEY]
+            return
+        self.increment, self.increment_version = dict(increment), version
+        self._state[INCREMENT_KEY] = protocol.to_record(increment, ArrayRecord, Array)
+
+    def temporal_reference(self) -> dict[str, np.ndarray] | None:
+        """The decoded increment that led to the model held (``None`` if the node got it otherwise)."""
+        if self.increment_version is None or self.increment_version != self.version:
+            return None
+        return self.increment
 
     def adopt_shared(
         self, down: protocol.Downlink, shared_model: Callable[[], Mapping[str, np.ndarray] | None]
@@ -132,12 +170,16 @@ class NodeState:
             codec = protocol.CodecSpec.from_wire(down.payload_codec, down.payload_codec_params).make()
             t0 = time.perf_counter()
             payloads = protocol.payloads_of(record, down.chain_length)
+            increment = None
             if down.kind == protocol.DELTA:  # a chain of increments, applied in order
-                model = self.base
+                model, reference = self.base, self.temporal_reference()
                 for data in payloads:
-                    decoded = codec.decode(data, expect=model)
+                    decoded = codec.decode(data, expect=model, **with_reference(codec, reference))
                     check_schema(decoded, model)
                     model = apply_delta(model, decoded)
+                    reference = decoded  # (an increment is the temporal reference of the next one)
+                if len(payloads) == down.version - down.base[0]:  # increments, not a catch-up
+                    increment = decoded
             else:
                 limits = Limits.for_size(down.tensors, down.elements).covering(DEFAULT_LIMITS)
                 model = dict(codec.decode(payloads[0], limits=limits))
@@ -147,6 +189,8 @@ class NodeState:
         if fingerprint(model) != down.fingerprint:
             raise Resync(f"fingerprint of the rebuilt model v{down.version} differs from the server's")
         self.hold(down.version, down.fingerprint, model)
+        self._keep_increment(increment, down.version)
+        self._write_meta()
         return model, seconds
 
     # -- send ------------------------------------------------------------------------------------
@@ -189,6 +233,8 @@ class NodeState:
         delta = model_delta(cast_like(trained, self.base), self.base)
         binding = protocol.binding(self.fingerprint, nonce)
         residual = {} if residual_in_model else self.live_residual(residual_max_age)
-        coded = code_update(delta, codec, residual=residual, fingerprint=binding)
+        coded = code_update(
+            delta, codec, residual=residual, fingerprint=binding, temporal_reference=self.temporal_reference()
+        )
         self.keep_residual(coded.residual)
         return coded

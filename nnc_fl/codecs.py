@@ -49,7 +49,9 @@ class UpdateCodec(Protocol):
 
     A codec may also offer ``encode_decoded(tensors, **same keywords as encode) -> (bytes,
     decoded)``, returning with the stream what :meth:`decode` gives for it; the wrappers then
-    skip decoding their own streams (see :func:`nnc_fl.updates.code_update`).
+    skip decoding their own streams (see :func:`nnc_fl.updates.code_update`). A codec with a true
+    ``temporal`` attribute takes ``temporal_reference=`` (the previous update both ends hold) in
+    ``encode``, ``encode_decoded`` and ``decode`` (see :class:`NNCCodec`).
     """
 
     #: Registry name; sent to clients so they build the same codec.
@@ -230,7 +232,10 @@ class NNCCodec:
 
     ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
     per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
-    :func:`nnc_fl.encode`).
+    :func:`nnc_fl.encode`). ``temporal=True`` codes lossy streams with temporal contexts where
+    the caller passes ``temporal_reference=`` (the Flower wrappers pass the last global
+    increment, which server and clients hold alike; FORMAT.md, tools bit 5); ``decode`` takes
+    the reference whatever the setting.
     ``schema_bound=True`` writes lossy updates with the compact schema-bound table (FORMAT.md, flag
     bit 2), which decoders read with ``decode(data, expect=base_model)``; keyframes
     (``exact=True``) stay self-contained. The codec remembers the schema of the last stream it
@@ -271,6 +276,7 @@ class NNCCodec:
         target_bytes: int | None = None,
         target_fraction: float | None = None,
         keep_within: float = 0.0,
+        temporal: bool = False,
     ):
         check_step_choice(step, qp, rel_step)
         if target_bytes is not None and target_fraction is not None:
@@ -293,6 +299,7 @@ class NNCCodec:
         self.row_refs = _flag(row_refs, "row_refs")
         self.float_lossless = _flag(float_lossless, "float_lossless")
         self.keep_within = check_keep_within(keep_within, allow_off=True)
+        self.temporal = _flag(temporal, "temporal")
         self._last_schema: dict[str, np.ndarray] | None = None
 
     #: Encodes on an anchor grid (``encode(..., grid=...)``): see :func:`nnc_fl.encode`.
@@ -313,23 +320,28 @@ class NNCCodec:
                     break
         return lossless, steps
 
-    def encode(self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None) -> bytes:
+    def encode(
+        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None,
+        temporal_reference=None,
+    ) -> bytes:
         """As :meth:`UpdateCodec.encode`; with ``grid`` (name -> power of two), the steps of those
         tensors are power-of-two multiples of their grid step, and ``exact=True`` codes a model
         that lies on the grid at exactly the grid step (its integer levels) instead of raw. With a
         budget, ``keep_steps`` (name -> step, e.g. the previous stream's) are tried first and kept
         while the stream at them lies within ``keep_within`` below the budget (see
-        :func:`nnc_fl.encode`); without a budget or with ``keep_within=0`` they are not used."""
-        return self._encode(tensors, fingerprint, exact, limits, grid, False, keep_steps)
+        :func:`nnc_fl.encode`); without a budget or with ``keep_within=0`` they are not used.
+        ``temporal_reference``: used by a ``temporal`` codec for lossy streams (not keyframes)."""
+        return self._encode(tensors, fingerprint, exact, limits, grid, False, keep_steps, temporal_reference)
 
     def encode_decoded(
-        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None
+        self, tensors, *, fingerprint=None, exact=False, limits=None, grid=None, keep_steps=None,
+        temporal_reference=None,
     ) -> tuple[bytes, dict[str, np.ndarray]]:
         """As :meth:`encode`, and what :meth:`decode` returns for the stream, built from the
         encoder's levels without decoding it (``nnc_fl.encode(..., return_decoded=True)``)."""
-        return self._encode(tensors, fingerprint, exact, limits, grid, True, keep_steps)
+        return self._encode(tensors, fingerprint, exact, limits, grid, True, keep_steps, temporal_reference)
 
-    def _encode(self, tensors, fingerprint, exact, limits, grid, return_decoded, keep_steps=None):
+    def _encode(self, tensors, fingerprint, exact, limits, grid, return_decoded, keep_steps=None, reference=None):
         lossless, overrides = self._policy(tensors)
         step = self.step
         if overrides:
@@ -376,14 +388,15 @@ class NNCCodec:
             target_bytes=target,
             keep_steps=keep_steps if target is not None and self.keep_within > 0 else None,
             keep_within=self.keep_within or KEEP_WITHIN,
+            temporal_reference=reference if self.temporal else None,
         )
 
-    def decode(self, data: bytes, *, expect=None, limits=None) -> dict[str, np.ndarray]:
+    def decode(self, data: bytes, *, expect=None, limits=None, temporal_reference=None) -> dict[str, np.ndarray]:
         if expect is None and self._last_schema is not None and is_schema_bound(data):
             # own stream decoded again (error feedback): the schema is the one just encoded; the
             # digest check still refuses any stream of another schema
-            return decode(data, expect=self._last_schema)
-        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS)
+            return decode(data, expect=self._last_schema, temporal_reference=temporal_reference)
+        return decode(data, expect=expect, limits=limits or DEFAULT_LIMITS, temporal_reference=temporal_reference)
 
     def fingerprint_of(self, data: bytes) -> bytes | None:
         return read_fingerprint(data)
@@ -422,6 +435,8 @@ class NNCCodec:
             out["target_fraction"] = self.target_fraction
         if self.keep_within:
             out["keep_within"] = self.keep_within
+        if self.temporal:
+            out["temporal"] = True
         return out
 
     def __repr__(self) -> str:

@@ -127,6 +127,17 @@ def _all_finite(x: np.ndarray) -> bool:
     return bool(np.isfinite(x).all())
 
 
+def temporal_codec(codec: UpdateCodec) -> bool:
+    """Whether ``codec`` codes with temporal contexts (takes ``temporal_reference=``)."""
+    return bool(getattr(codec, "temporal", False))
+
+
+def with_reference(codec: UpdateCodec, reference: Tensors | None) -> dict:
+    """The keyword that hands ``reference`` to ``codec.decode`` (none for a codec without temporal
+    contexts, or without a reference: a stream that needs one then fails to decode)."""
+    return {"temporal_reference": reference} if reference is not None and hasattr(codec, "temporal") else {}
+
+
 @dataclass(frozen=True)
 class CodedUpdate:
     """A coded delta, what every receiver decodes from it, and the error left for next time."""
@@ -148,6 +159,7 @@ def code_update(
     limits: Limits | None = None,
     grid: Mapping[str, float] | None = None,
     keep_steps: Mapping[str, float] | None = None,
+    temporal_reference: Tensors | None = None,
 ) -> CodedUpdate:
     """Code ``delta`` plus the usable part of ``residual`` (error feedback) with ``codec``.
 
@@ -158,7 +170,9 @@ def code_update(
     ``delta``'s schema) are the ones the stream's decoders use; ``grid`` is passed to a codec that
     supports anchor grids (see :meth:`nnc_fl.codecs.NNCCodec.encode`), as is ``keep_steps`` (the
     steps of a previous stream, tried first under a budget) to one that takes them: the caller
-    gives either only to such a codec. Raises ``ValueError`` if the
+    gives either only to such a codec. ``temporal_reference`` (the previous update both ends hold)
+    goes to a codec with temporal contexts (:func:`temporal_codec`), and is ignored by others.
+    Raises ``ValueError`` if the
     codec's own stream does not decode to the same tensor names (a codec bug, never peer input).
     """
     delta = dict(delta)
@@ -171,6 +185,8 @@ def code_update(
     extra = {"grid": grid} if grid else {}
     if keep_steps:
         extra["keep_steps"] = keep_steps
+    if temporal_reference is not None and temporal_codec(codec):
+        extra["temporal_reference"] = temporal_reference
     joint = getattr(codec, "encode_decoded", None)
     if joint is not None:  # the codec knows its reconstruction: no decoding pass
         data, decoded = joint(delta, fingerprint=fingerprint, exact=exact, limits=limits, **extra)
@@ -178,7 +194,7 @@ def code_update(
     else:
         data = codec.encode(delta, fingerprint=fingerprint, exact=exact, limits=limits, **extra)
         t1 = time.perf_counter()
-        decoded = dict(codec.decode(data, limits=limits))
+        decoded = dict(codec.decode(data, limits=limits, **with_reference(codec, extra.get("temporal_reference"))))
         t2 = time.perf_counter()
     if set(decoded) != set(delta):
         raise ValueError(f"codec {codec.name!r} did not round-trip the tensor names")
@@ -195,5 +211,7 @@ __all__ = [
     "limits_for",
     "model_delta",
     "quantisation_residual",
+    "temporal_codec",
     "usable_residual",
+    "with_reference",
 ]

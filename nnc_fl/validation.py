@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .codecs import UpdateCodec, name_matches
-from .errors import SchemaError
+from .errors import SchemaError, TemporalReferenceError
+from .updates import with_reference
 
 #: Why an update can be refused, in the order the server checks: the reply's protocol record, its
 #: authentication tag, the model and round it is bound to, the stream's tensor table, the payloads,
@@ -55,18 +56,27 @@ class UpdateRejected(ValueError):
 
 
 def decode_update(
-    codec: UpdateCodec, data: bytes, expect: Mapping[str, np.ndarray] | None = None
+    codec: UpdateCodec,
+    data: bytes,
+    expect: Mapping[str, np.ndarray] | None = None,
+    temporal_reference: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode an uploaded stream, turning a table that does not describe ``expect`` into a
-    ``schema`` rejection (before any payload is decoded) and any decoder failure into ``format``.
+    ``schema`` rejection (before any payload is decoded), a stream coded against another temporal
+    reference than ``temporal_reference`` (the last global increment) into ``base``, and any
+    decoder failure into ``format``.
 
     A codec should raise only :class:`nnc_fl.FormatError`; any other exception a hostile stream
     provokes is refused the same way so that it cannot stop the server.
     """
+    kw = {} if expect is None else {"expect": expect}
+    kw.update(with_reference(codec, temporal_reference))
     try:
-        tensors = codec.decode(data) if expect is None else codec.decode(data, expect=expect)
+        tensors = codec.decode(data, **kw)
     except SchemaError as exc:
         raise UpdateRejected("schema", str(exc)) from exc
+    except TemporalReferenceError as exc:
+        raise UpdateRejected("base", str(exc)) from exc
     except Exception as exc:  # hostile input must never escape as a crash
         raise UpdateRejected("format", f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(tensors, Mapping):

@@ -26,10 +26,19 @@ from logging import WARNING
 import numpy as np
 from flwr.supercore import log
 
+from nnc_fl import encode as nnc_encode
 from nnc_fl import inspect, protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
-from nnc_fl.updates import CodedUpdate, apply_delta, code_update, limits_for, model_delta, quantisation_residual
+from nnc_fl.updates import (
+    CodedUpdate,
+    apply_delta,
+    code_update,
+    limits_for,
+    model_delta,
+    quantisation_residual,
+    temporal_codec,
+)
 
 from .settings import DownlinkSettings
 
@@ -119,6 +128,14 @@ class ServerModel:
     power-of-two multiple of its grid that all its values share (:func:`nnc_fl.steps.coarsest_grid`);
     with ``initial_grid`` the first model is rounded onto a coarser one, which the increments keep
     while their steps are multiples of it (see :class:`strategies.settings.DownlinkSettings`).
+
+    **Temporal contexts.** With a codec that has them (``temporal=True``), each increment is coded
+    with the one before as its temporal reference (:attr:`last_increment`, decoded; clients code
+    their updates against it too). A node decodes such an increment only if it holds the one
+    before: the server counts a node as holding the increment of its version when the last model
+    it sent that node was a chain of increments (not a keyframe or a catch-up) and the node
+    confirmed it. For the other nodes each temporal increment has a plain twin: the same decoded
+    values coded without the reference (:meth:`_plain_twin`), used as the first link of their chain.
     """
 
     def __init__(self, settings: DownlinkSettings | None = None) -> None:
@@ -146,6 +163,16 @@ class ServerModel:
         self._off_grid: dict[int, dict[str, np.ndarray]] = {}
         self._sums: dict[int, dict[str, np.ndarray]] = {}
         self._catch_ups: dict[int, Payload | None] = {}
+        #: the decoded G_v - G_{v-1} (None after adopt): the temporal reference of the next
+        #: increment and of the clients' updates against G_v
+        self.last_increment: dict[str, np.ndarray] | None = None
+        #: version u -> increment u coded without temporal contexts (None: no exact twin), for the
+        #: temporal increments among ``increments``
+        self._plain: dict[int, Payload | None] = {}
+        #: nodes known to hold the decoded increment of their version; per node, whether the model
+        #: last sent to it was a chain of increments (None: nothing sent, or no change)
+        self._holds_increment: set[int] = set()
+        self._sent_chain: dict[int, bool | None] = {}
 
     @property
     def raw_bytes(self) -> int:
@@ -181,6 +208,8 @@ class ServerModel:
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
         self.increments.clear()
+        self._plain.clear()
+        self.last_increment = None
         self._fingerprints = {self.version: self.fingerprint}
         self._residual = {}
         self._steps = {}
@@ -211,6 +240,7 @@ class ServerModel:
         s = self.settings
         codec = spec.make()
         keeps = getattr(codec, "keep_within", 0) > 0  # a budgeted increment may keep the last one's steps
+        reference = self.last_increment if temporal_codec(codec) and not s.exact else None
         coded = code_update(
             model_delta(target, self.tensors),
             codec,
@@ -219,7 +249,9 @@ class ServerModel:
             exact=s.exact,
             grid=self.grid or None,
             keep_steps=self._steps if keeps else None,
+            temporal_reference=reference,
         )
+        temporal = reference is not None and inspect(coded.data, expect=self.tensors).temporal_digest is not None
         self._steps = (
             {t.name: t.step for t in inspect(coded.data, expect=self.tensors).tensors if t.step is not None}
             if keeps else {}
@@ -233,9 +265,13 @@ class ServerModel:
         self.version += 1
         self.fingerprint = fingerprint(self.tensors)
         self.increments[self.version] = Payload(coded.data, spec, self.raw_bytes)
+        if temporal:
+            self._plain[self.version] = self._plain_twin(coded, spec, codec)
+        self.last_increment = coded.decoded
         self._fingerprints[self.version] = self.fingerprint
         for old in [u for u in self.increments if u <= self.version - s.max_chain]:
             del self.increments[old]
+            self._plain.pop(old, None)
         for old in [u for u in self._fingerprints if u < self.version - s.max_chain]:
             del self._fingerprints[old]
         for old in [u for u in self._off_grid if u < self.version - s.max_chain]:
@@ -245,6 +281,22 @@ class ServerModel:
         self._sums.clear()
         self._catch_ups.clear()
         return coded
+
+    def _plain_twin(self, coded: CodedUpdate, spec: CodecSpec, codec) -> Payload | None:
+        """The increment ``coded`` (temporal) coded again without a temporal reference: its
+        decoded values at its own steps, plain rounding (which gives back its levels), exact
+        tensors exactly; ``None`` unless it decodes to the same bits."""
+        info = inspect(coded.data, expect=self.tensors)
+        steps_ = {t.name: t.step for t in info.tensors if t.step is not None}
+        exact = [t.name for t in info.tensors if t.step is None]
+        data, decoded = nnc_encode(
+            coded.decoded, step=steps_, lossless=exact, fingerprint=info.fingerprint,
+            limits=limits_for(self.tensors), schema_bound=info.schema_bound, return_decoded=True,
+            float_lossless=bool(getattr(codec, "float_lossless", False)),
+        )
+        if any(decoded[n].tobytes() != coded.decoded[n].tobytes() for n in coded.decoded):
+            return None
+        return Payload(data, spec, self.raw_bytes)
 
     # -- catch-up increments ---------------------------------------------------------------------
 
@@ -274,7 +326,9 @@ class ServerModel:
             else {n: np.zeros(self.tensors[n].shape, np.float64) for n in self.grid}
         )
         for w in range(above, held, -1):
-            increment = self.increments[w]
+            increment = self._plain.get(w, self.increments[w])  # (no temporal reference needed)
+            if increment is None:
+                return None
             decoded = increment.spec.make().decode(increment.data, expect=self.tensors)
             for name in self.grid:
                 total[name] += decoded[name]
@@ -322,21 +376,28 @@ class ServerModel:
 
     # -- what a node gets ------------------------------------------------------------------------
 
-    def _chain(self, held: int) -> list[Payload] | None:
+    def _chain(self, held: int, has_reference: bool) -> list[Payload] | None:
         """Increments ``held+1 .. v`` if they share one codec spec (a node decodes a chain with one
-        codec), else None."""
+        codec), else None; the first is the plain twin of a temporal one unless the node holds
+        increment ``held`` (``has_reference``), and None if it has no twin."""
         chain = [self.increments[u] for u in range(held + 1, self.version + 1)]
+        if held + 1 in self._plain and not has_reference:
+            chain[0] = self._plain[held + 1]
+            if chain[0] is None:
+                return None
         return chain if len({p.spec for p in chain}) == 1 else None
 
     #: A delta costing more than this share of the model is compared with the keyframe's size.
     KEYFRAME_CHECK_SHARE = 1 / 16
 
-    def _cheapest_delta(self, held: int, spec: CodecSpec) -> tuple[list[Payload] | None, float]:
+    def _cheapest_delta(
+        self, held: int, spec: CodecSpec, has_reference: bool = False
+    ) -> tuple[list[Payload] | None, float]:
         """The cheapest exact way from ``G_held`` to ``G_v`` by increments (the chain or a
         catch-up), or ``None`` if a keyframe is cheaper; plus the seconds spent coding."""
         t0 = time.perf_counter()
         options = []
-        chain = self._chain(held)
+        chain = self._chain(held, has_reference)
         if chain is not None:
             options.append(chain)
         if self.version - held >= 2 and self.settings.catch_up:
@@ -379,7 +440,8 @@ class ServerModel:
         """
         held = self.node_versions.get(node_id, self.shared_version)
         kind = choose_downlink(held, self.version, min(self.increments) if self.increments else None)
-        chain, seconds = self._cheapest_delta(held, spec) if kind == protocol.DELTA else (None, 0.0)
+        has_reference = node_id in self._holds_increment
+        chain, seconds = self._cheapest_delta(held, spec, has_reference) if kind == protocol.DELTA else (None, 0.0)
         if kind == protocol.DELTA and chain is None:
             kind = protocol.KEYFRAME
         payloads: list[Payload] = []
@@ -391,6 +453,9 @@ class ServerModel:
             payloads, base_v, base_fp = chain, held, self._fingerprints[held]
         else:
             base_v, base_fp = self.version, self.fingerprint
+        # a chain of increments leaves the node holding increment v (a catch-up or keyframe does not)
+        chain_sent = kind == protocol.DELTA and len(payloads) == self.version - base_v
+        self._sent_chain[node_id] = None if kind == protocol.SAME else chain_sent
         pspec = payloads[0].spec if payloads else spec
         down = protocol.Downlink(
             kind=kind,
@@ -419,17 +484,25 @@ class ServerModel:
         then gets no payload for; otherwise its state counts as unknown (keyframe next)."""
         holds = (version, fingerprint_) == (self.version, self.fingerprint)
         self.node_versions[node_id] = self.version if holds else None
+        chain = self._sent_chain.pop(node_id, None)
+        if not holds or chain is False:
+            self._holds_increment.discard(node_id)
+        elif chain:
+            self._holds_increment.add(node_id)
         return holds
 
     def lost(self, node_id: int) -> None:
         """The node's model is unknown (it asked for a resync, failed, or sent a wrong base)."""
         self.node_versions[node_id] = None
+        self._holds_increment.discard(node_id)
+        self._sent_chain.pop(node_id, None)
 
     def forget_absent(self, present: Iterable[int]) -> None:
         """Drop what is known of nodes that are no longer connected (they get a keyframe if they return)."""
         present = set(present)
         for node in [n for n in self.node_versions if n not in present]:
             del self.node_versions[node]
+            self._holds_increment.discard(node)
 
     def went_silent(self, answered: Iterable[int]) -> None:
         """Nodes sent a model that did not reply may or may not have applied it: keyframe next."""

@@ -237,7 +237,7 @@ class UplinkChecks:
         """Decode a prechecked stream against the model's schema and check its values."""
         try:
             t0 = time.perf_counter()
-            delta = decode_update(codec, out.data, expect=model.tensors)
+            delta = decode_update(codec, out.data, expect=model.tensors, temporal_reference=model.last_increment)
             out.decode_s = time.perf_counter() - t0
             check_schema(delta, model.tensors)
             check_finite(delta)
