@@ -283,3 +283,69 @@ def test_budgeted_increments_keep_their_steps_so_catch_ups_stay_cheap():
     assert kept[0]["conv.weight"] == 7 * grid["conv.weight"]  # ... an odd multiple of the grid here
     assert kept_catch_up < 0.5 * kept_chain
     assert kept_catch_up < 0.8 * searched_catch_up
+
+
+# -- temporal contexts: increments coded against the one before, plain twins for the others -------
+
+
+def _rebuild_temporal(base, reference, down, payloads):
+    """As clients.state does: each increment decoded with the one before as its temporal reference."""
+    codec = CodecSpec.from_wire(down.payload_codec, down.payload_codec_params).make()
+    model = base
+    for payload in payloads:
+        decoded = codec.decode(payload.data, expect=model, temporal_reference=reference)
+        model, reference = apply_delta(model, decoded), decoded
+    return model, reference
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_temporal_increments_reach_nodes_with_and_without_the_reference(catch_up):
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "float_lossless": True, "schema_bound": True, "temporal": True})
+    rng = np.random.default_rng(6)
+    model = ServerModel(DownlinkSettings(catch_up=catch_up))
+    model.adopt(_bn_model(rng), spec)
+    nodes = {}  # node -> (model, the increment it holds or None)
+
+    def sync(node):
+        down, payloads, _ = model.downlink(node, spec, "arrays", model.version, bytes(16))
+        if down.kind == p.KEYFRAME:
+            nodes[node] = (model.tensors, None)
+        elif down.kind == p.DELTA:
+            rebuilt, increment = _rebuild_temporal(*nodes[node], down, payloads)
+            assert fingerprint(rebuilt) == model.fingerprint
+            nodes[node] = (rebuilt, increment if len(payloads) == down.version - down.base_version else None)
+        model.acknowledged(node, model.version, model.fingerprint)
+        return down, payloads
+
+    sync(1), sync(3)  # keyframes
+    _advance_rounds(model, spec, rng, 1)  # increment 2: nothing before it to reference
+    assert 2 not in model._plain
+    sync(1), sync(3)  # chain [2]: nodes 1 and 3 now hold increment 2
+    sync(2)  # keyframe at version 2: node 2 holds no increment
+    _advance_rounds(model, spec, rng, 1)  # increment 3: coded against increment 2, with a plain twin
+    digest = inspect(model.increments[3].data, expect=model.tensors).temporal_digest
+    assert digest is not None and model._plain[3] is not None
+    assert inspect(model._plain[3].data, expect=model.tensors).temporal_digest is None
+    _, to_1 = sync(1)
+    _, to_2 = sync(2)
+    sync(3)
+    assert to_1[0].data == model.increments[3].data and to_2[0].data == model._plain[3].data
+    assert len(to_2[0].data) > len(to_1[0].data)  # the reference pays
+    _advance_rounds(model, spec, rng, 2)  # node 3 misses two rounds: a chain (4 against its 3, then 5) or a catch-up
+    down, payloads = sync(3)
+    assert down.kind == p.DELTA and len(payloads) == (1 if catch_up else 2)
+    if not catch_up:
+        assert [x.data for x in payloads] == [model.increments[4].data, model.increments[5].data]
+
+
+def test_the_last_increment_is_the_uplink_reference_and_adopt_clears_it():
+    spec = CodecSpec("nnc", {"rel_step": 2.0, "temporal": True})
+    rng = np.random.default_rng(7)
+    model = ServerModel(DownlinkSettings())
+    model.adopt(_bn_model(rng), spec)
+    assert model.last_increment is None
+    before = dict(model.tensors)
+    _advance_rounds(model, spec, rng, 1)
+    assert fingerprint(apply_delta(before, model.last_increment)) == model.fingerprint
+    model.adopt(_bn_model(rng), spec)
+    assert model.last_increment is None and not model._plain and not model.increments

@@ -9,11 +9,13 @@ import random
 import numpy as np
 import pytest
 from conftest import LocalGrid, run_federation
-from flwr.app import RecordDict
+from flwr.app import Array, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Krum, Strategy
 
+import nnc_fl
 from nnc_fl import protocol
+from nnc_fl.api import is_schema_bound
 from nnc_fl.protocol import CodecSpec
 from nnc_fl.updates import cast_like
 from strategies import BANDWIDTH_FIELDS, CodecSettings, CompressedStrategy, DownlinkSettings, ValidationSettings
@@ -368,3 +370,84 @@ def test_node_without_the_shared_model_resyncs_and_gets_a_keyframe(initial_array
     assert rows[0]["resyncs"] == 2 and rows[0]["accepted"] == 2 and rows[0]["down_bytes"] == 0
     assert sum(r["resyncs"] for r in rows) == 2 and sum(r["keyframes"] + r["eval_keyframes"] for r in rows) == 2
     assert rows[-1]["accepted"] == 4
+
+
+# -- temporal contexts (NNCCodec(temporal=True)) --------------------------------------------------
+
+
+def _temporal_streams(messages) -> tuple[int, int]:
+    """(streams naming a temporal reference, streams naming none) among the payloads of ``messages``."""
+    temporal = plain = 0
+    for m in messages:
+        for record in m.content.array_records.values():
+            for name in record:
+                if name.startswith(protocol.PAYLOAD_KEY):
+                    data = protocol.unpack_payload(record[name])
+                    if is_schema_bound(data):
+                        continue  # (needs the schema; the tests below use self-contained tables)
+                    if nnc_fl.inspect(data).temporal_digest is None:
+                        plain += 1
+                    else:
+                        temporal += 1
+    return temporal, plain
+
+
+def test_temporal_contexts_keep_every_node_in_sync(make_grid, initial_arrays):
+    # nodes skip rounds (chains, catch-ups, keyframes): each gets increments it can decode -- the
+    # temporal ones when it holds the increment before, plain twins otherwise -- and codes its update
+    # against the increment it holds; run_federation checks every node's model bit for bit
+    random.seed(5)
+    grid = make_grid(6)
+    up = [0, 0]  # uplink streams naming a temporal reference, naming none (counted as they leave)
+
+    def count(reply):
+        for i, n in enumerate(_temporal_streams([reply])):
+            up[i] += n
+        return reply
+
+    grid.tamper.update(dict.fromkeys(grid.contexts, count))
+    inner = FedAvg(fraction_train=0.5, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=6)
+    strategy = CompressedStrategy(
+        inner, codec_params={"rel_step": 1.0, "temporal": True}, validation=ValidationSettings(direction_spread=None)
+    )
+    run_federation(strategy, grid, initial_arrays, 8)
+    rows = strategy.bandwidth
+    assert all(r["accepted"] == r["clients"] and r["resyncs"] == 0 and r["rejected"] == 0 for r in rows)
+    down_temporal, down_plain = _temporal_streams(m for m in grid.sent if m.metadata.message_type == "train")
+    up_temporal, up_plain = up
+    assert down_temporal > 0 and up_temporal > 0  # the tool is used on both links ...
+    assert down_plain > 0 and up_plain > 0  # ... and left out where a node lacks the reference
+    model = strategy.model
+    assert model.last_increment is not None and set(model._plain) <= set(model.increments)
+
+
+def test_temporal_streams_against_another_reference_are_refused_as_base(make_grid, initial_arrays):
+    grid = make_grid(3)
+    strategy = CompressedStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3), codec_params={"rel_step": 1.0, "temporal": True}
+    )
+    recoded = []
+
+    def stale(reply):  # node 101's update, coded again against a reference the server does not hold
+        record = reply.content["arrays"]
+        data = protocol.unpack_payload(record[protocol.PAYLOAD_KEY])
+        info = nnc_fl.inspect(data)
+        if info.temporal_digest is None:
+            return reply
+        held = protocol.tensors_of(grid.contexts[101].state["nnc-fl.increment"])
+        decoded = nnc_fl.decode(data, temporal_reference=held)
+        other = {k: v + np.float32(0.5) if v.dtype.kind == "f" else v for k, v in held.items()}
+        again = nnc_fl.encode(
+            decoded, step={t.name: t.step for t in info.tensors if t.step is not None},
+            lossless=[t.name for t in info.tensors if t.step is None], fingerprint=info.fingerprint,
+            temporal_reference=other,
+        )
+        record[protocol.PAYLOAD_KEY] = Array(**protocol.pack_payload(again))
+        recoded.append(1)
+        return reply
+
+    grid.tamper[101] = stale
+    run_federation(strategy, grid, initial_arrays, 4)
+    rows = strategy.bandwidth
+    assert recoded and sum(r["rejected_base"] for r in rows) == len(recoded)
+    assert all(r["accepted"] + r["rejected_base"] == r["clients"] for r in rows)

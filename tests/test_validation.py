@@ -387,3 +387,18 @@ def test_node_tests_take_any_sequence_of_rounds(rounds, check):
         if check == "agreement":
             assert all(ref.dissents(n) in (True, False) for n in range(8))
             assert ref.dissenter(nodes) in (None, *nodes)
+
+
+def test_an_update_coded_against_another_temporal_reference_is_refused_as_base():
+    codec = make_codec("nnc", rel_step=1.0, temporal=True)
+    rng = np.random.default_rng(0)
+    held = {"w": rng.normal(size=(8, 16)).astype(np.float32)}
+    update = {"w": (held["w"] + rng.normal(size=(8, 16))).astype(np.float32)}
+    data = codec.encode(update, temporal_reference=held)
+    assert v.decode_update(codec, data, expect=update, temporal_reference=held)["w"].shape == (8, 16)
+    for other in (None, {"w": held["w"] * 2}):
+        with _rejected("base"):
+            v.decode_update(codec, data, expect=update, temporal_reference=other)
+    # a codec without temporal contexts is never handed a reference (its decode does not take one)
+    plain = make_codec("fp32")
+    assert v.decode_update(plain, plain.encode(update), temporal_reference=held)["w"].shape == (8, 16)
