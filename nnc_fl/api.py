@@ -35,7 +35,7 @@ from ._levels import (
     encode_levels_rd,
     temporal_classes,
 )
-from ._quantise import NOT_FINITE, OK, dequantise, max_magnitude, quantise
+from ._quantise import NOT_FINITE, OK, dequantise, max_magnitude, quantise, sum_squares
 from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
@@ -752,9 +752,11 @@ def _code_tensor(
     else:
         if opts.rate_search:  # on the rounded levels, before any RD lowering: one coding pass only
             tools = int(np.argmin(rate_costs(levels[: _search_span(levels.size, cols)], cols, False)))
-        tref = _temporal_classes(name, opts.temporal, arr, s) if mode == bs.MODE_QUANT and opts.temporal else None
-        if tref is not None:
-            tools |= bs.TOOL_TEMPORAL
+        tref = None
+        if mode == bs.MODE_QUANT and opts.temporal:
+            tref, shift = _temporal_classes(name, opts.temporal, arr, s)
+            if tref is not None:
+                tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)
         if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
             payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools & bs.TOOLS_RATE_MASK, False, tref)
             if not levels.any():
@@ -781,29 +783,55 @@ def _code_tensor(
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload), levels
 
 
-def _temporal_classes(name: str, reference: Mapping, arr: np.ndarray, step: float) -> np.ndarray | None:
-    """Tools bit 5: the int8 reference classes of quantised tensor ``arr`` (float32/64) at ``step``
-    (as the table carries it) from ``reference[name]``, or ``None`` where the tool does not apply
-    (no such reference, another dtype, or every class 0: the contexts would be the usual ones).
-    ``ValueError`` for a reference of another shape or dtype, or one holding NaN/Inf."""
+#: Largest scale exponent of a temporal reference (tools bit 6).
+MAX_TEMPORAL_SHIFT = 1
+
+
+def _temporal_classes(
+    name: str, reference: Mapping, arr: np.ndarray, step: float
+) -> tuple[np.ndarray | None, int]:
+    """Tools bits 5-6: the int8 reference classes of quantised tensor ``arr`` (float32/64) at
+    ``step`` (as the table carries it) from ``reference[name]``, and the scale exponent ``s``; the
+    classes are ``None`` where the tool does not apply (no such reference, another dtype, or every
+    class 0: the contexts would be the usual ones). ``s`` (0 or 1) scales the reference to the
+    tensor's size: the power of two nearest the ratio of their RMS, at most 2 (an update of one
+    node is larger than the average of several it is compared with). ``ValueError`` for a reference of
+    another shape or dtype, or one holding NaN/Inf."""
     if name not in reference or arr.dtype.itemsize < 4:
-        return None
+        return None, 0
     ref = np.asarray(reference[name])
     if ref.shape != arr.shape or ref.dtype.kind != "f" or ref.dtype.itemsize < 4:
         raise ValueError(
             f"temporal reference of tensor {name!r}: a float32/64 array of shape {arr.shape} is needed, "
             f"got {ref.dtype.name} {ref.shape}"
         )
-    tref = _classes(name, ref, step)
-    return tref if tref.any() else None
+    flat = _finite_reference(name, ref)
+    ref_ss = float(sum_squares(flat))
+    if ref_ss == 0.0:
+        return None, 0
+    ratio = math.sqrt(float(sum_squares(arr.reshape(-1))) / ref_ss)  # (float64 sums may overflow: inf, 0)
+    if ratio == math.inf:
+        shift = MAX_TEMPORAL_SHIFT
+    else:
+        shift = 0 if ratio <= 1 else min(round(math.log2(ratio)), MAX_TEMPORAL_SHIFT)
+    tref = _classes(flat, step, shift)
+    return (tref if tref.any() else None), shift
 
 
-def _classes(name: str, ref: np.ndarray, step: float) -> np.ndarray:
-    """``temporal_classes`` of a float32/64 reference at the float32 ``step``, refusing NaN/Inf."""
+def _finite_reference(name: str, ref: np.ndarray) -> np.ndarray:
+    """``ref`` flattened, or ``ValueError`` if it holds NaN or Inf."""
     flat = ref.reshape(-1)
-    if not np.isfinite(flat).all():
+    # (float32 values have a finite float64 sum of squares exactly when they are all finite)
+    finite = math.isfinite(float(sum_squares(flat))) if flat.dtype.itemsize == 4 else bool(np.isfinite(flat).all())
+    if not finite:
         raise ValueError(f"temporal reference of tensor {name!r} holds NaN or Inf values")
-    return temporal_classes(flat, float(np.float32(step)), np.empty(flat.size, np.int8))
+    return flat
+
+
+def _classes(flat: np.ndarray, step: float, shift: int) -> np.ndarray:
+    """``temporal_classes`` of a finite float32/64 reference scaled by ``2**shift`` at the float32
+    ``step`` (the reference divided by ``step * 2**-shift``, exactly)."""
+    return temporal_classes(flat, float(np.float32(step)) * 2.0**-shift, np.empty(flat.size, np.int8))
 
 
 #: The rate-pair search looks at the first whole rows of at least this many elements of a tensor.
@@ -843,8 +871,9 @@ def _reference_classes(t: TensorInfo, reference: Mapping) -> np.ndarray:
     if ref is None or ref.shape != t.shape or ref.dtype.kind != "f" or ref.dtype.itemsize < 4:
         raise FormatError(f"tensor {t.name!r}: temporal contexts, but the reference has no float32/64 tensor "
                           f"of shape {t.shape} by that name")
+    shift = (t.tools & bs.TOOL_TEMPORAL_SCALE_MASK) >> bs.TOOL_TEMPORAL_SCALE_SHIFT
     try:
-        return _classes(t.name, ref, t.step)
+        return _classes(_finite_reference(t.name, ref), t.step, shift)
     except ValueError as exc:
         raise FormatError(str(exc)) from None
 

@@ -76,13 +76,17 @@ MAX_ZSTD_LEVEL = 22
 # tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
 # mode only), bit 3 row references, bit 4 context-coded Exp-Golomb prefixes (plain level coding
 # only: not with bits 2 or 3), bit 5 temporal contexts (quant mode, float32/64, not with bits 2 or
-# 3; the stream must have FLAG_TEMPORAL); the rest reserved for later tools
+# 3; the stream must have FLAG_TEMPORAL) and bit 6 the reference's scale (with bit 5 only); bit 7
+# reserved for later tools
 TOOLS_RATE_MASK = 0x03
 TOOL_DQ = 0x04
 TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
 TOOL_EG_CTX = 0x10  # Exp-Golomb prefix bins in contexts (nnc_fl/_levels.py)
 TOOL_TEMPORAL = 0x20  # contexts by the co-located value of a temporal reference (nnc_fl/_levels.py)
-_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX | TOOL_TEMPORAL
+#: With TOOL_TEMPORAL: the reference is scaled by 2**((tools & MASK) >> SHIFT) before its classes are taken.
+TOOL_TEMPORAL_SCALE_MASK = 0x40
+TOOL_TEMPORAL_SCALE_SHIFT = 6
+_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX | TOOL_TEMPORAL | TOOL_TEMPORAL_SCALE_MASK
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -757,6 +761,8 @@ def _read_coding(
                                   "float32/64 tensor")
             if not temporal:
                 raise FormatError(f"{what}: temporal contexts in a stream that names no temporal reference")
+        elif tools & TOOL_TEMPORAL_SCALE_MASK:
+            raise FormatError(f"{what}: a temporal reference scale without temporal contexts")
     length, crc = 0, None
     if mode != MODE_ZERO:
         length = r.varint(f"{what} payload length", 1 << 62)

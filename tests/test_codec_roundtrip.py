@@ -450,6 +450,19 @@ def test_temporal_contexts_code_consecutive_updates_smaller_and_round_trip(optio
         assert all(out[k].tobytes() == nnc_fl.decode(plain)[k].tobytes() for k in cur)
 
 
+def test_the_temporal_reference_is_scaled_to_the_tensor():
+    # the classes compare the tensor with its reference scaled by the power of two nearest their RMS
+    # ratio, at most 2 (tools bit 6): one node's update is larger than the average it is compared with
+    prev, cur = _consecutive_updates()
+    for factor, shift in ((1.0, 0), (0.3, 0), (1.3, 0), (2.2, 1), (3.0, 1)):
+        reference = {"w": prev["w"] / np.float32(factor)}
+        data = nnc_fl.encode(cur, step=0.004, temporal_reference=reference)
+        tools = nnc_fl.inspect(data).tensor("w").tools
+        assert tools & bs.TOOL_TEMPORAL and tools >> bs.TOOL_TEMPORAL_SCALE_SHIFT == shift, factor
+        out = nnc_fl.decode(data, temporal_reference=reference)
+        assert out["w"].tobytes() == nnc_fl.decode(nnc_fl.encode(cur, step=0.004))["w"].tobytes()
+
+
 def test_temporal_reference_is_used_only_where_it_applies():
     prev, cur = _consecutive_updates()
     # dependent quantisation and row references code without it; the stream then names no reference

@@ -194,6 +194,10 @@ def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b
             "temporal contexts on a tensor that is not a plain quantised",
         ),
         (_rebuild(b"\x11" * 5, b"", flags=bs.FLAG_TEMPORAL), "truncated while reading temporal digest"),
+        (  # tools bit 6 scales the temporal reference: meaningless without bit 5
+            _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x40\x00" + b"\0" * 4), b""),
+            "a temporal reference scale without temporal contexts",
+        ),
     ],
 )
 def test_named_rejections(stream, reason):
