@@ -291,6 +291,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench_speed import main as speed_main
 
         return speed_main(a.bench_args)
+    if a.temporal:
+        from .bench_temporal import main as temporal_main
+
+        return temporal_main(a.bench_args)
     from .bench_codec import main
 
     return main(a.bench_args)
@@ -363,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", add_help=False,
                        help="codec benchmark on real trained deltas (experiments.bench_codec); "
                        "'bench --round': plugin time per round on a ResNet-18-sized model (experiments.bench_round); "
-                       "'bench --speed': one-thread speed of each coding tool (experiments.bench_speed)")
+                       "'bench --speed': one-thread speed of each coding tool (experiments.bench_speed); "
+                       "'bench --temporal': temporal contexts on FedAvg rounds (experiments.bench_temporal)")
     p.add_argument("--round", action="store_true", help="the round benchmark (experiments.bench_round)")
     p.add_argument("--speed", action="store_true", help="the speed benchmark (experiments.bench_speed)")
+    p.add_argument("--temporal", action="store_true", help="temporal contexts (experiments.bench_temporal)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
 

@@ -752,23 +752,22 @@ def _code_tensor(
     else:
         if opts.rate_search:  # on the rounded levels, before any RD lowering: one coding pass only
             tools = int(np.argmin(rate_costs(levels[: _search_span(levels.size, cols)], cols, False)))
-        tref = None
+        x = flat if mode == bs.MODE_QUANT else None  # (the values, for rate-distortion rounding)
+        tref, shift = (None, 0)
         if mode == bs.MODE_QUANT and opts.temporal:
             tref, shift = _temporal_classes(name, opts.temporal, arr, s)
-            if tref is not None:
+        if tref is not None:  # coded both ways, the smaller kept: a reference that does not predict costs
+            plain_levels = levels.copy()  # (rate-distortion rounding may lower levels in place)
+            payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, tref)
+            plain = _code_levels(plain_levels, x, s, top, cols, tools & bs.TOOLS_RATE_MASK, opts, None)
+            if len(plain[0]) <= len(payload):
+                payload, levels, tools = plain
+            else:
                 tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)
-        if mode == bs.MODE_QUANT and opts.rd_lambda > 0:
-            payload = encode_levels_rd(levels, flat, s, opts.rd_lambda, cols, tools & bs.TOOLS_RATE_MASK, False, tref)
-            if not levels.any():
-                return _zero(name, arr), None
         else:
-            # levels past the flags: their Exp-Golomb prefixes in contexts where that is estimated to
-            # pay (to a few bits of the coded sizes: one coding pass instead of trying both)
-            rate = tools & bs.TOOLS_RATE_MASK
-            egctx = top > GT_FLAGS and eg_context_gain(levels, rate) > 0
-            payload = encode_levels(levels, cols, rate, egctx, tref)
-            if egctx:
-                tools |= bs.TOOL_EG_CTX
+            payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, None)
+        if not levels.any():
+            return _zero(name, arr), None
         payload = payload.tobytes()
     if opts.row_refs and arr.ndim >= 2 and shape[0] >= 2:
         coded = ks if tools & bs.TOOL_DQ else levels
@@ -777,7 +776,8 @@ def _code_tensor(
             rate = tools & bs.TOOLS_RATE_MASK
             with_refs = encode_rows(coded, refs, cols, rate, bool(tools & bs.TOOL_DQ)).tobytes()
             if len(with_refs) < len(payload):
-                payload, tools = with_refs, (tools & ~(bs.TOOL_EG_CTX | bs.TOOL_TEMPORAL)) | bs.TOOL_ROW_REFS
+                temporal = bs.TOOL_TEMPORAL | bs.TOOL_TEMPORAL_SCALE_MASK
+                payload, tools = with_refs, (tools & ~(bs.TOOL_EG_CTX | temporal)) | bs.TOOL_ROW_REFS
     if len(payload) >= arr.nbytes:
         return _raw(name, arr), None  # never larger than the raw values (and then exact)
     return bs.TensorRecord(name, dtype, shape, mode, s, tools, payload), levels
@@ -832,6 +832,21 @@ def _classes(flat: np.ndarray, step: float, shift: int) -> np.ndarray:
     """``temporal_classes`` of a finite float32/64 reference scaled by ``2**shift`` at the float32
     ``step`` (the reference divided by ``step * 2**-shift``, exactly)."""
     return temporal_classes(flat, float(np.float32(step)) * 2.0**-shift, np.empty(flat.size, np.int8))
+
+
+def _code_levels(levels, flat, step, top, cols, tools, opts: _Options, tref) -> tuple[np.ndarray, np.ndarray, int]:
+    """Plain level coding of one tensor: (payload, the levels coded -- lowered in place by
+    rate-distortion rounding where ``flat``, the values of a quant tensor, is given and
+    ``opts.rd_lambda`` > 0 --, tools with bit 4 where set); ``tref``: temporal reference classes,
+    or None."""
+    rate = tools & bs.TOOLS_RATE_MASK
+    if flat is not None and opts.rd_lambda > 0:
+        return encode_levels_rd(levels, flat, step, opts.rd_lambda, cols, rate, False, tref), levels, tools
+    # levels past the flags: their Exp-Golomb prefixes in contexts where that is estimated to pay
+    # (to a few bits of the coded sizes: one coding pass instead of trying both)
+    egctx = top > GT_FLAGS and eg_context_gain(levels, rate) > 0
+    payload = encode_levels(levels, cols, rate, egctx, tref)
+    return payload, levels, (tools | bs.TOOL_EG_CTX) if egctx else tools
 
 
 #: The rate-pair search looks at the first whole rows of at least this many elements of a tensor.
