@@ -756,11 +756,12 @@ def _code_tensor(
         tref, shift = (None, 0)
         if mode == bs.MODE_QUANT and opts.temporal:
             tref, shift = _temporal_classes(name, opts.temporal, arr, s)
-        if tref is not None:  # coded both ways, the smaller kept: a reference that does not predict costs
+        if tref is not None:  # coded both ways: a reference that does not predict costs bytes
             plain_levels = levels.copy()  # (rate-distortion rounding may lower levels in place)
             payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, tref)
             plain = _code_levels(plain_levels, x, s, top, cols, tools & bs.TOOLS_RATE_MASK, opts, None)
-            if len(plain[0]) <= len(payload):
+            # kept where it saves at least the digest it adds to the stream: never a larger stream
+            if len(plain[0]) < len(payload) + bs.TEMPORAL_DIGEST_BYTES:
                 payload, levels, tools = plain
             else:
                 tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)

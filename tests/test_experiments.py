@@ -1,5 +1,6 @@
 """End to end: tiny UC10 / UC14A federations through CompressedStrategy, outputs, determinism, CLI."""
 
+import argparse
 import json
 
 import numpy as np
@@ -337,3 +338,20 @@ def test_bench_speed_codes_each_configuration_at_the_rate_asked(capsys):
     assert all(abs(float(r[2]) - 1.0) <= 0.02 and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
     with pytest.raises(SystemExit):
         bench_speed.main(["--configs", "plain,nonsense"])
+
+
+def test_bench_temporal_codes_the_same_rounds_both_ways_and_never_larger(capsys):
+    from experiments import bench_temporal
+    from experiments.cli import main as cli_main
+
+    args = ["--source", "digits", "--n-train", "600", "--rounds", "3", "--clients", "4", "--per-round", "0"]
+    assert cli_main(["bench", "--temporal", *args]) == 0
+    out = capsys.readouterr().out
+    assert "increments" in out and len([line for line in out.splitlines() if line[:5].strip().isdigit()]) == 3
+    totals = bench_temporal.run(argparse.Namespace(
+        source="digits", n_train=600, rounds=3, clients=4, per_round=0, all_hold=False, model="cnn", seed=0))
+    assert totals["up_t"] <= totals["up"] and totals["inc_t"] <= totals["inc"]  # the tool never adds bytes
+    assert totals["inc_t"] < totals["inc"]  # consecutive increments of a training run agree: it pays
+    assert totals["up_ref"] > 0  # every node took part in every round, so each held the last increment
+    with pytest.raises(SystemExit):
+        bench_temporal.main(["--per-round", "9", "--clients", "4"])
