@@ -279,14 +279,15 @@ def encode(
 
     def one(item):
         name, value = item
-        return _encode_one(
-            name, value, step, qp, rel_step, name in lossless, limits, opts, grid.get(name), return_decoded
-        )
+        arr = _as_array(name, value, limits)
+        return arr, _code_tensor(name, arr, step, qp, rel_step, name in lossless, opts, grid.get(name))
 
-    coded = _map_tensors(one, items, sizes, workers)
-    data = _write([c.record for c in coded], fingerprint, limits, bool(schema_bound), opts)
+    results = _map_tensors(one, items, sizes, workers)
+    coded = _settle_temporal([c for _, c in results])
+    data = _write([record for record, _ in coded], fingerprint, limits, bool(schema_bound), opts)
     if return_decoded:
-        return data, {c.record.name: c.decoded for c in coded}
+        pairs = zip(results, coded, strict=True)
+        return data, {record.name: _reconstruction(record, arr, levels) for (arr, _), (record, levels) in pairs}
     return data
 
 
@@ -376,7 +377,7 @@ def _encode_to_budget(
             varying, sizes, workers,
         )
         done = {**fixed, **{name: c for (name, _), c in zip(varying, coded, strict=True)}}
-        ordered = [done[name] for name, _ in arrays]
+        ordered = _settle_temporal([done[name] for name, _ in arrays])
         data = _write([r for r, _ in ordered], fingerprint, limits, schema_bound, opts)
         return len(data), (data, ordered)
 
@@ -668,24 +669,6 @@ class _Options:
     temporal: Mapping[str, np.ndarray] | None = None  # the temporal reference (tools bit 5), if any
 
 
-@dataclass(frozen=True)
-class _Coded:
-    """One tensor's record, and what decoders reconstruct from it (with ``return_decoded``)."""
-
-    record: bs.TensorRecord
-    decoded: np.ndarray | None = None
-
-
-def _encode_one(
-    name, value, step, qp, rel_step, exact, limits, opts: _Options, grid=None, want_decoded=False
-) -> _Coded:
-    arr = _as_array(name, value, limits)
-    record, levels = _code_tensor(name, arr, step, qp, rel_step, exact, opts, grid)
-    if not want_decoded:
-        return _Coded(record)
-    return _Coded(record, _reconstruction(record, arr, levels))
-
-
 def _reconstruction(record: bs.TensorRecord, arr: np.ndarray, levels: np.ndarray | None) -> np.ndarray:
     """What :func:`_decode_one` returns for ``record`` (coded from ``arr``; ``levels``: the coded
     integers of modes quant and int), computed without decoding the payload."""
@@ -699,10 +682,44 @@ def _reconstruction(record: bs.TensorRecord, arr: np.ndarray, levels: np.ndarray
     return arr.astype(native, copy=True)  # raw and float-lossless: exact
 
 
-def _code_tensor(
+#: A tensor's record and its coded integers (modes quant and int, else ``None``), and, where the
+#: record uses temporal contexts, the same tensor coded without them (else ``None``).
+_CodedTensor = tuple[bs.TensorRecord, "np.ndarray | None", "tuple[bs.TensorRecord, np.ndarray | None] | None"]
+
+
+def _code_tensor(name, arr, step, qp, rel_step, exact, opts: _Options, grid) -> _CodedTensor:
+    """The record of tensor ``arr`` and its coded integers; where they use temporal contexts, also
+    the coding without them (:func:`_settle_temporal` chooses)."""
+    record, levels = _code_one_way(name, arr, step, qp, rel_step, exact, opts, grid)
+    if not record.tools & bs.TOOL_TEMPORAL:
+        return record, levels, None
+    return record, levels, _code_one_way(name, arr, step, qp, rel_step, exact, replace(opts, temporal=None), grid)
+
+
+#: Temporal contexts are used in a stream only if they save at least the bytes of the digest they add.
+TEMPORAL_MIN_SAVING = bs.TEMPORAL_DIGEST_BYTES
+
+
+def _settle_temporal(coded: list[_CodedTensor]) -> list[tuple[bs.TensorRecord, np.ndarray | None]]:
+    """The records and integers of a stream's tensors: with temporal contexts where they make the
+    tensor smaller (a reference that does not predict costs bytes), unless those save fewer bytes
+    in all than :data:`TEMPORAL_MIN_SAVING` (then every one without)."""
+    coded = [
+        (*plain, None) if plain is not None and len(plain[0].payload) <= len(record.payload)
+        else (record, levels, plain)
+        for record, levels, plain in coded
+    ]
+    saved = sum(len(plain[0].payload) - len(record.payload) for record, _, plain in coded if plain is not None)
+    if saved >= TEMPORAL_MIN_SAVING:
+        return [(record, levels) for record, levels, _ in coded]
+    return [plain if plain is not None else (record, levels) for record, levels, plain in coded]
+
+
+def _code_one_way(
     name, arr, step, qp, rel_step, exact, opts: _Options, grid
 ) -> tuple[bs.TensorRecord, np.ndarray | None]:
-    """The record of tensor ``arr``, and its coded integers in modes quant and int (else ``None``)."""
+    """The record of tensor ``arr``, and its coded integers in modes quant and int (else ``None``),
+    with temporal contexts where ``opts`` has a reference for it."""
     shape, dtype = arr.shape, arr.dtype
     if arr.size == 0:
         return bs.TensorRecord(name, dtype, shape, bs.MODE_ZERO), None
@@ -756,17 +773,9 @@ def _code_tensor(
         tref, shift = (None, 0)
         if mode == bs.MODE_QUANT and opts.temporal:
             tref, shift = _temporal_classes(name, opts.temporal, arr, s)
-        if tref is not None:  # coded both ways: a reference that does not predict costs bytes
-            plain_levels = levels.copy()  # (rate-distortion rounding may lower levels in place)
-            payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, tref)
-            plain = _code_levels(plain_levels, x, s, top, cols, tools & bs.TOOLS_RATE_MASK, opts, None)
-            # kept where it saves at least the digest it adds to the stream: never a larger stream
-            if len(plain[0]) < len(payload) + bs.TEMPORAL_DIGEST_BYTES:
-                payload, levels, tools = plain
-            else:
-                tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)
-        else:
-            payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, None)
+        payload, levels, tools = _code_levels(levels, x, s, top, cols, tools, opts, tref)
+        if tref is not None:
+            tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)
         if not levels.any():
             return _zero(name, arr), None
         payload = payload.tobytes()

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nnc_fl
 from nnc_fl import FormatError
 from nnc_fl import references as refs
 from nnc_fl import validation as v
@@ -392,13 +393,14 @@ def test_node_tests_take_any_sequence_of_rounds(rounds, check):
 def test_an_update_coded_against_another_temporal_reference_is_refused_as_base():
     codec = make_codec("nnc", rel_step=1.0, temporal=True)
     rng = np.random.default_rng(0)
-    held = {"w": rng.normal(size=(8, 16)).astype(np.float32)}
-    update = {"w": (held["w"] + rng.normal(size=(8, 16))).astype(np.float32)}
+    held = {"w": rng.normal(size=(64, 64)).astype(np.float32)}
+    update = {"w": (held["w"] + 0.3 * rng.normal(size=(64, 64))).astype(np.float32)}
     data = codec.encode(update, temporal_reference=held)
-    assert v.decode_update(codec, data, expect=update, temporal_reference=held)["w"].shape == (8, 16)
+    assert nnc_fl.inspect(data).temporal_digest is not None
+    assert v.decode_update(codec, data, expect=update, temporal_reference=held)["w"].shape == (64, 64)
     for other in (None, {"w": held["w"] * 2}):
         with _rejected("base"):
             v.decode_update(codec, data, expect=update, temporal_reference=other)
     # a codec without temporal contexts is never handed a reference (its decode does not take one)
     plain = make_codec("fp32")
-    assert v.decode_update(plain, plain.encode(update), temporal_reference=held)["w"].shape == (8, 16)
+    assert v.decode_update(plain, plain.encode(update), temporal_reference=held)["w"].shape == (64, 64)
