@@ -8,7 +8,8 @@ tensors, 0-d, empty and 2-4-d tensors, coded with the nnc codec (several steps, 
 ``rd_lambda``, lossless), with the baseline codecs of :mod:`experiments.baselines` (modes raw+zstd,
 f16, int8+zstd, sparse+zstd, ternary) and with :func:`nnc_fl.bitstream.write_stream` for the other
 combinations (f16+zstd, int8, sparse and ternary without zstd, ternary+zstd, every mode in one
-stream), with and without fingerprints (1, 32, 48 and 64 bytes).
+stream, temporal contexts against a reference that every target is then given), with and without
+fingerprints (1, 32, 48 and 64 bytes).
 
 **Mutations**, each applied to a random corpus stream (``kind:sub-kind`` in the report):
 
@@ -78,7 +79,7 @@ import zstandard
 import nnc_fl
 from nnc_fl import bitstream as bs
 from nnc_fl._floatcoder import encode_float_payload
-from nnc_fl._levels import encode_levels
+from nnc_fl._levels import encode_levels, temporal_classes
 from nnc_fl.errors import FormatError
 from nnc_fl.payloads import (
     golomb_parameter,
@@ -110,11 +111,13 @@ _KEEP_RECORDS = 40  # crash / hang / mismatch records kept (distinct signatures 
 
 @dataclass(frozen=True)
 class Seed:
-    """One valid corpus stream and the schema (name, shape, dtype) of its tensors."""
+    """One valid corpus stream and the schema (name, shape, dtype) of its tensors; for a stream with
+    temporal contexts, the reference every target decodes it (and its mutations) with."""
 
     name: str
     data: bytes
     schema: tuple[tuple[str, tuple[int, ...], str], ...]
+    reference: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def expect(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(s, np.dtype(d)) for n, s, d in self.schema}
@@ -182,16 +185,34 @@ def _cols(shape: tuple[int, ...], n: int) -> int:
     return n // shape[0] if len(shape) >= 2 and shape[0] else max(n, 1)
 
 
-def _coded_record(name: str, arr: np.ndarray, step: float, rate: int = 0) -> bs.TensorRecord:
-    """A quant (float) or int record of ``arr`` coded by the range coder."""
+def _coded_record(
+    name: str, arr: np.ndarray, step: float, rate: int = 0, reference: np.ndarray | None = None
+) -> bs.TensorRecord:
+    """A quant (float) or int record of ``arr`` coded by the range coder; with ``reference`` (a
+    float32/64 tensor of its shape), in temporal contexts (tools bit 5; bit 6 when ``rate`` is odd)."""
     flat = arr.reshape(-1)
     if arr.dtype.kind == "f":
         levels = np.rint(flat.astype(np.float64) / np.float32(step)).astype(np.int64)
         mode, s = bs.MODE_QUANT, float(np.float32(step))
     else:
         levels, mode, s = flat.astype(np.int64), bs.MODE_INT, None
-    payload = encode_levels(levels, _cols(arr.shape, arr.size), rate).tobytes()
-    return bs.TensorRecord(name, arr.dtype, arr.shape, mode, s, rate, payload)
+    tools, tref = rate, None
+    if reference is not None:
+        shift = rate & 1
+        tref = temporal_classes(reference.reshape(-1), s * 2.0**-shift, np.empty(arr.size, np.int8))
+        tools |= bs.TOOL_TEMPORAL | (shift << bs.TOOL_TEMPORAL_SCALE_SHIFT)
+    payload = encode_levels(levels, _cols(arr.shape, arr.size), rate, False, tref).tobytes()
+    return bs.TensorRecord(name, arr.dtype, arr.shape, mode, s, tools, payload)
+
+
+def _temporal_reference(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A temporal reference for a model's non-empty float32/64 tensors: a scaled, perturbed copy."""
+    rng = np.random.default_rng(77)
+    return {
+        k: (0.7 * v + rng.laplace(size=v.shape) * 0.002).astype(v.dtype)
+        for k, v in tensors.items()
+        if v.dtype.kind == "f" and v.dtype.itemsize >= 4 and v.size
+    }
 
 
 def _float_record(name: str, arr: np.ndarray, mode: int) -> bs.TensorRecord:
@@ -237,9 +258,9 @@ def build_corpus() -> list[Seed]:
     fps = [None, b"\x01", bytes(range(32)), bytes(range(100, 148)), b"\xff" * 64]
     out: list[Seed] = []
 
-    def add(name: str, data: bytes, tensors: Mapping[str, np.ndarray]) -> None:
-        nnc_fl.decode(data, expect=tensors)  # every corpus stream is valid for its schema
-        out.append(Seed(name, data, _schema(tensors)))
+    def add(name: str, data: bytes, tensors: Mapping[str, np.ndarray], reference=None) -> None:
+        nnc_fl.decode(data, expect=tensors, temporal_reference=reference)  # valid for its schema
+        out.append(Seed(name, data, _schema(tensors), reference))
 
     for m, (model, tensors) in enumerate(_models().items()):
         fp = lambda j, m=m: fps[(m + j) % len(fps)]  # noqa: E731 - varies the fingerprint per stream
@@ -282,6 +303,15 @@ def build_corpus() -> list[Seed]:
                     records.append(_plain_record(k, v, mode))
             data = bs.write_stream(records, fp(7 + (zstd or 0)), zstd_level=zstd)
             add(f"{model}/mixed{'+zstd' if zstd else ''}", data, tensors)
+        # temporal contexts (tools bits 5-6): every float32/64 tensor against a reference
+        reference = _temporal_reference(tensors)
+        records = [
+            _coded_record(k, v, 0.003, rate=j % 4, reference=reference[k]) if k in reference
+            else _plain_record(k, v, None)
+            for j, (k, v) in enumerate(tensors.items())
+        ]
+        digest = nnc_fl.temporal_digest(reference)
+        add(f"{model}/temporal", bs.write_stream(records, fp(9), temporal_digest=digest), tensors, reference)
     for seed in out:  # the fuzzer's own table parser and writer reproduce every corpus stream
         if parse(seed.data).serialise() != seed.data:
             raise AssertionError(f"table parser/writer do not round-trip {seed.name}")
@@ -340,12 +370,15 @@ class RawStream:
     table_tail: bytes = b""
     header_crc: int | None = None
     trailer: bytes = b""
+    temporal: bytes | None = None  # the temporal reference's digest (flag bit 3)
 
     def serialise(self) -> bytes:
         table = bytearray()
         if self.fingerprint is not None:
             table.append((len(self.fingerprint) if self.fp_len is None else self.fp_len) & 0xFF)
             table += self.fingerprint
+        if self.temporal is not None:
+            table += self.temporal
         table += _vb(len(self.entries) if self.count is None else self.count)
         for e in self.entries:
             table += _vb(len(e.name) if e.name_len is None else e.name_len) + e.name
@@ -365,6 +398,7 @@ class RawStream:
         flags = self.flags
         if flags is None:
             flags = (bs.FLAG_FINGERPRINT if self.fingerprint is not None else 0) | (bs.FLAG_ZSTD if self.zstd else 0)
+            flags |= bs.FLAG_TEMPORAL if self.temporal is not None else 0
         head = bytearray(self.magic) + bytes([self.version & 0xFF, flags & 0xFF])
         head += _vb(len(table) if self.table_len is None else self.table_len) + table
         head += struct.pack("<I", (zlib.crc32(head) if self.header_crc is None else self.header_crc) & 0xFFFFFFFF)
@@ -393,6 +427,10 @@ def parse(data: bytes) -> RawStream:
         n = data[pos]
         fingerprint = data[pos + 1 : pos + 1 + n]
         pos += 1 + n
+    temporal = None
+    if flags & bs.FLAG_TEMPORAL:
+        temporal = data[pos : pos + bs.TEMPORAL_DIGEST_BYTES]
+        pos += bs.TEMPORAL_DIGEST_BYTES
     count, pos = _read_varint(data, pos)
     entries = []
     offset = table_end + 4
@@ -421,7 +459,7 @@ def parse(data: bytes) -> RawStream:
             e.payload = data[offset : offset + length]
             offset += length
         entries.append(e)
-    return RawStream(entries, fingerprint, bool(flags & bs.FLAG_ZSTD))
+    return RawStream(entries, fingerprint, bool(flags & bs.FLAG_ZSTD), temporal=temporal)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1322,7 +1360,7 @@ def _allowances(info, hang_limit: float, min_rate: float) -> tuple[float, dict[s
 
 
 def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float, alarm: bool,
-                measure: bool = False, min_rate: float = MIN_RATE):
+                measure: bool = False, min_rate: float = MIN_RATE, reference: Mapping | None = None):
     """Every target on ``data``: ``{call: [CallResult]}``, a mismatch reason (or None) and, with
     ``measure`` for a stream that may need over :data:`HEAVY_BYTES`, ``(the largest peak RSS growth
     of one call in bytes, the largest allocation the table claims for one call)``. A call may spend
@@ -1346,7 +1384,7 @@ def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float
             growth[0] = max(growth[0], _proc_status_mb("VmHWM:") - base)
         return res
 
-    results["decode"] = [call(lambda: nnc_fl.decode(data), whole)]
+    results["decode"] = [call(lambda: nnc_fl.decode(data, temporal_reference=reference), whole)]
     results["fingerprint"] = [_call(lambda: nnc_fl.read_fingerprint(data), hang_limit, alarm)]
 
     def _inspect():
@@ -1360,9 +1398,12 @@ def run_targets(data: bytes, expect: Mapping[str, np.ndarray], hang_limit: float
     results["decode_tensor"] = []
     if ins.completed == "ok":
         for t in ins.value.tensors:
-            results["decode_tensor"].append(call(lambda name=t.name: (name, nnc_fl.decode_tensor(data, name)),
-                                                 each.get(t.name, hang_limit)))
-    results["decode_expect"] = [call(lambda: nnc_fl.decode(data, expect=expect), hang_limit)]
+            results["decode_tensor"].append(call(
+                lambda name=t.name: (name, nnc_fl.decode_tensor(data, name, temporal_reference=reference)),
+                each.get(t.name, hang_limit)))
+    results["decode_expect"] = [
+        call(lambda: nnc_fl.decode(data, expect=expect, temporal_reference=reference), hang_limit)
+    ]
     memory = (int(growth[0] * (1 << 20)), claim) if heavy else None
     return results, _consistency(data, results, expect), memory
 
@@ -1509,7 +1550,7 @@ class Fuzzer:
         tools byte can send a stream to the row-reference or DQ decoder the corpus does not use:
         loading that kernel from numba's cache cost one run's only slow call, 3 CPU s)."""
         for c, expect in zip(self.corpus, self.expects, strict=True):
-            run_targets(c.data, expect, 1e9, False)
+            run_targets(c.data, expect, 1e9, False, reference=c.reference)
         x = {"w": np.outer(np.arange(1, 9), np.arange(-20, 20)).astype(np.float32) * 1e-3}
         for options in ({"row_refs": True}, {"row_refs": True, "dq": True}, {"dq": True}, {"step": 1e-5}):
             run_targets(nnc_fl.encode(x, **{"step": 1e-3, **options}), x, 1e9, False)
@@ -1526,7 +1567,7 @@ class Fuzzer:
         rss0 = _rss_kb()
         t0 = time.perf_counter()
         results, mismatch, memory = run_targets(data, self.expects[c], self.hang_limit, self.alarm, self.measure,
-                                                self.min_rate)
+                                                self.min_rate, self.corpus[c].reference)
         seconds = time.perf_counter() - t0
         st.inputs += 1
         st.busy_s += seconds
@@ -1807,7 +1848,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"input {args.show} (seed {args.seed}): {kind}:{sub} of {corpus[c].name}, {len(data)} bytes")
         print(data.hex())
         results, mismatch, memory = run_targets(data, corpus[c].expect(), args.hang_limit, False, True,
-                                                args.min_rate)
+                                                args.min_rate, corpus[c].reference)
         for call, rs in results.items():
             for r in rs:
                 print(f"{call:>14}: {r.outcome} {r.seconds * 1e3:.3f} ms CPU ({r.wall * 1e3:.3f} ms wall) "
