@@ -12,6 +12,9 @@ nodes sampled each round (or every node with ``--per-round 0``), and codes, ever
 - the global increment (the mean update) with the default downlink setting (a step per tensor,
   no anchor grid here), without and against the increment before it.
 
+With ``--residual`` each node keeps its error-feedback residual and trains from the global model
+plus it, as the wrappers' default does (``train_from_residual``): its update then carries the
+residual too (the residual of the coding without the tool, so both codings see the same updates).
 The updates are the same both ways (the reference changes only how they are coded), so the byte
 counts compare the tool alone; the accuracy of a run with it is the business of ``nnc-fl run``.
 Prints per round and in all: bytes, and the change with the tool.
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, int]:
     rng = np.random.default_rng(args.seed)
     per_round = args.per_round or args.clients
     last_round: dict[int, int] = {}  # node -> the last round it took part in
+    residuals: dict[int, dict[str, np.ndarray]] = {}  # node -> its error-feedback residual (--residual)
     increment = None  # the decoded increment of the round before (what the nodes hold)
     server_residual: dict[str, np.ndarray] = {}
     totals = dict.fromkeys(("up", "up_t", "up_ref", "up_ref_t", "inc", "inc_t"), 0)
@@ -71,14 +75,18 @@ def run(args: argparse.Namespace) -> dict[str, int]:
         nodes = sorted(rng.choice(args.clients, per_round, replace=False).tolist())
         deltas, up, up_t = [], 0, 0
         for node in nodes:
-            set_weights(net, model)
+            residual = residuals.get(node, {}) if args.residual else {}
+            start = apply_delta(model, {k: residual.get(k, np.zeros_like(v)) for k, v in model.items()})
+            set_weights(net, start if residual else model)
             idx = parts[node]
             with torch_threads(1):
                 train(net, ds.x_train[idx], ds.y_train[idx], epochs=LOCAL_EPOCHS, batch_size=BATCH_SIZE, lr=LR,
                       seed=r * 1009 + node)
             delta = model_delta({k: v for k, v in get_weights(net).items()}, model)
             holds = increment is not None and (args.all_hold or last_round.get(node) == r - 1)
-            a, b, coded = _coded_pair(up_codec, delta, increment if holds else None, None)
+            a, b, coded = _coded_pair(up_codec, delta, increment if holds else None, {} if args.residual else None)
+            if args.residual:
+                residuals[node] = coded.residual
             up, up_t = up + a, up_t + b
             if holds:
                 totals["up_ref"] += a
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--per-round", type=int, default=5, help="nodes sampled each round; 0: all")
     p.add_argument("--all-hold", action="store_true", help="code every update against the last increment")
+    p.add_argument("--residual", action="store_true",
+                   help="nodes keep an error-feedback residual and train from the model plus it")
     p.add_argument("--model", default="cnn", choices=("cnn", "cnn-bn", "vit"))
     p.add_argument("--source", default="auto", help="uc10 data: auto, fashion-mnist, mnist-5k, digits")
     p.add_argument("--n-train", type=int, default=4000)

@@ -349,7 +349,8 @@ def test_bench_temporal_codes_the_same_rounds_both_ways_and_never_larger(capsys)
     out = capsys.readouterr().out
     assert "increments" in out and len([line for line in out.splitlines() if line[:5].strip().isdigit()]) == 3
     totals = bench_temporal.run(argparse.Namespace(
-        source="digits", n_train=600, rounds=3, clients=4, per_round=0, all_hold=False, model="cnn", seed=0))
+        source="digits", n_train=600, rounds=3, clients=4, per_round=0, all_hold=False, residual=False, model="cnn",
+        seed=0))
     assert totals["up_t"] <= totals["up"] and totals["inc_t"] <= totals["inc"]  # the tool never adds bytes
     assert totals["inc_t"] < totals["inc"]  # consecutive increments of a training run agree: it pays
     assert totals["up_ref"] > 0  # every node took part in every round, so each held the last increment
