@@ -31,6 +31,7 @@ from nnc_fl.updates import (
     cast_like,
     code_update,
     model_delta,
+    temporal_codec,
     usable_residual,
     with_reference,
 )
@@ -178,7 +179,9 @@ class NodeState:
                     check_schema(decoded, model)
                     model = apply_delta(model, decoded)
                     reference = decoded  # (an increment is the temporal reference of the next one)
-                if len(payloads) == down.version - down.base[0]:  # increments, not a catch-up
+                # increments, not a catch-up: the next temporal stream's reference (kept only for a
+                # codec with temporal contexts: a model-sized record in the node's state)
+                if temporal_codec(codec) and len(payloads) == down.version - down.base[0]:
                     increment = decoded
             else:
                 limits = Limits.for_size(down.tensors, down.elements).covering(DEFAULT_LIMITS)

@@ -233,3 +233,29 @@ def test_forgetting_the_mod_fails_loudly(context):
     msg = _message(protocol.KEYFRAME, G1, 1)
     with pytest.raises(TypeError, match="nnc-fl/1"):
         User()(msg, context)
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_a_node_keeps_the_last_increment_only_for_a_codec_with_temporal_contexts(temporal):
+    # the decoded increment is the next temporal stream's reference: a model-sized record in the
+    # node's state, kept after a chain of increments and only where the codec can use it
+    state = RecordDict()
+    node = NodeState(state)
+    node.hold(1, fingerprint(G1), G1)
+    g2 = {"w": (G1["w"] + np.float32(0.25)).astype(np.float32), "n": np.array(4, np.int64)}
+    payload = make_codec("nnc", step=STEP).encode(model_delta(g2, G1), exact=True)
+    down = protocol.Downlink(
+        kind=protocol.DELTA, version=2, fingerprint=fingerprint(g2), base_version=1, base_fingerprint=fingerprint(G1),
+        payload_codec="nnc", payload_codec_params=protocol.encode_params({"temporal": True}) if temporal else "{}",
+        codec="nnc", codec_params="{}", arrays_key="arrays", server_round=2, nonce=NONCE, tensors=2, elements=25,
+    )
+    content = RecordDict({"arrays": ArrayRecord({protocol.PAYLOAD_KEY: Array(**protocol.pack_payload(payload))})})
+    model, _ = node.receive(down, content)
+    assert fingerprint(model) == fingerprint(g2)
+    reloaded = NodeState(state)  # as the next message reads it
+    assert ("nnc-fl.increment" in state) == temporal
+    if temporal:
+        reference = reloaded.temporal_reference()
+        assert reference is not None and np.array_equal(reference["w"], model_delta(g2, G1)["w"])
+    else:
+        assert reloaded.temporal_reference() is None
