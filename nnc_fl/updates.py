@@ -133,8 +133,9 @@ def temporal_codec(codec: UpdateCodec) -> bool:
 
 
 def with_reference(codec: UpdateCodec, reference: Tensors | None) -> dict:
-    """The keyword that hands ``reference`` to ``codec.decode`` (none for a codec without temporal
-    contexts, or without a reference: a stream that needs one then fails to decode)."""
+    """The keyword that hands ``reference`` to ``codec.decode``: to a codec that has the
+    ``temporal`` setting, whatever its value (its decoder reads temporal streams either way); none
+    for other codecs or without a reference (a stream that needs one then fails to decode)."""
     return {"temporal_reference": reference} if reference is not None and hasattr(codec, "temporal") else {}
 
 
