@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from nnc_fl import DEFAULT_LIMITS, FormatError, Limits, protocol
 from nnc_fl.codecs import UpdateCodec
 from nnc_fl.fingerprint import fingerprint
+from nnc_fl.temporal import TemporalReference
 from nnc_fl.updates import (
     CodedUpdate,
     apply_delta,
@@ -63,6 +64,8 @@ class NodeState:
         self.residual_version: int | None = None
         self.increment: dict[str, np.ndarray] = {}
         self.increment_version: int | None = None
+        self._reference: TemporalReference | None = None  # the increment, prepared (see temporal_reference)
+        self._reference_version: int | None = None
         self._stored = False  # whether context.state holds the model described here
         meta, base = state.get(META_KEY), state.get(BASE_KEY)
         if not isinstance(meta, ConfigRecord) or not isinstance(base, ArrayRecord):
@@ -101,6 +104,7 @@ class NodeState:
 
     def _keep_increment(self, increment: Mapping[str, np.ndarray] | None, version: int | None) -> None:
         """Remember the decoded increment that leads to ``version`` (``None``: hold none)."""
+        self._reference = None
         if increment is None:
             if self.increment_version is None:
                 return
@@ -111,11 +115,14 @@ class NodeState:
         self.increment, self.increment_version = dict(increment), version
         self._state[INCREMENT_KEY] = protocol.to_record(increment, ArrayRecord, Array)
 
-    def temporal_reference(self) -> dict[str, np.ndarray] | None:
-        """The decoded increment that led to the model held (``None`` if the node got it otherwise)."""
+    def temporal_reference(self) -> TemporalReference | None:
+        """The decoded increment that led to the model held (``None`` if the node got it otherwise),
+        prepared once per message (its digest serves the chain it decodes and the update it codes)."""
         if self.increment_version is None or self.increment_version != self.version:
             return None
-        return self.increment
+        if self._reference is None or self._reference_version != self.increment_version:
+            self._reference, self._reference_version = TemporalReference(self.increment), self.increment_version
+        return self._reference
 
     def adopt_shared(
         self, down: protocol.Downlink, shared_model: Callable[[], Mapping[str, np.ndarray] | None]

@@ -12,7 +12,8 @@ Public API:
 - :class:`FormatError`: raised for every malformed, truncated, corrupted or over-limit stream
   (:class:`SchemaError`: a stream describing other tensors than the caller expected;
   :class:`TemporalReferenceError`: a stream with temporal contexts decoded without its reference)
-- :func:`temporal_digest`: the digest naming a temporal reference (``encode(temporal_reference=)``)
+- :func:`temporal_digest`: the digest naming a temporal reference (``encode(temporal_reference=)``);
+  :class:`TemporalReference`: one prepared once (digest and checks) for many streams
 - :class:`Limits`: the bounds a decoder enforces
 """
 
@@ -21,6 +22,7 @@ from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, SchemaError, TemporalReferenceError
 from .fingerprint import fingerprint, temporal_digest
 from .steps import qp_to_step
+from .temporal import TemporalReference
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "Limits",
     "SchemaError",
     "StreamInfo",
+    "TemporalReference",
     "TemporalReferenceError",
     "TensorInfo",
     "decode",

@@ -40,7 +40,6 @@ from ._ratesearch import rate_costs
 from ._rowref import BAD_REF, MIN_EQUAL, SEARCH, choose_refs, decode_rows, encode_rows
 from .bitstream import DEFAULT_LIMITS, Limits, StreamInfo, TensorInfo
 from .errors import FormatError, LimitError, SchemaError, TemporalReferenceError
-from .fingerprint import temporal_digest
 from .rate import FINEST_OCTAVES, KEEP_WITHIN, check_keep_within, check_target_bytes, fit_budget
 from .steps import (
     MAX_STEP,
@@ -54,6 +53,7 @@ from .steps import (
     round_up_mantissa,
     update_step,
 )
+from .temporal import digest_of, is_finite
 
 #: Probability rate pair used when the encoder does not search (index into RATE_PAIRS).
 DEFAULT_RATE_INDEX = 0
@@ -296,7 +296,7 @@ def encode(
 def _write(records: list[bs.TensorRecord], fingerprint, limits: Limits, schema_bound: bool, opts) -> bytes:
     """The stream of ``records``, naming the temporal reference if a record's contexts use it."""
     temporal = any(r.tools & bs.TOOL_TEMPORAL for r in records)
-    digest = temporal_digest(opts.temporal) if temporal else None
+    digest = digest_of(opts.temporal) if temporal else None
     return bs.write_stream(records, fingerprint, limits=limits, schema_bound=schema_bound, temporal_digest=digest)
 
 
@@ -572,7 +572,7 @@ def _check_temporal(info: StreamInfo, reference: Mapping[str, np.ndarray] | None
         )
     if not isinstance(reference, Mapping):
         raise TypeError(f"temporal_reference must be a mapping name -> array, got {type(reference).__name__}")
-    if temporal_digest(reference) != info.temporal_digest:
+    if digest_of(reference) != info.temporal_digest:
         raise TemporalReferenceError(
             f"the stream's temporal reference (digest {info.temporal_digest.hex()}) is not the one given"
         )
@@ -817,7 +817,7 @@ def _temporal_classes(
             f"temporal reference of tensor {name!r}: a float32/64 array of shape {arr.shape} is needed, "
             f"got {ref.dtype.name} {ref.shape}"
         )
-    flat = _finite_reference(name, ref)
+    flat = _finite_reference(name, ref, reference)
     ref_ss = float(sum_squares(flat))
     if ref_ss == 0.0:
         return None, 0
@@ -830,12 +830,10 @@ def _temporal_classes(
     return (tref if tref.any() else None), shift
 
 
-def _finite_reference(name: str, ref: np.ndarray) -> np.ndarray:
-    """``ref`` flattened, or ``ValueError`` if it holds NaN or Inf."""
+def _finite_reference(name: str, ref: np.ndarray, reference: Mapping) -> np.ndarray:
+    """``ref`` (``reference[name]``) flattened, or ``ValueError`` if it holds NaN or Inf."""
     flat = ref.reshape(-1)
-    # (float32 values have a finite float64 sum of squares exactly when they are all finite)
-    finite = math.isfinite(float(sum_squares(flat))) if flat.dtype.itemsize == 4 else bool(np.isfinite(flat).all())
-    if not finite:
+    if not is_finite(reference, name, flat):
         raise ValueError(f"temporal reference of tensor {name!r} holds NaN or Inf values")
     return flat
 
@@ -900,7 +898,7 @@ def _reference_classes(t: TensorInfo, reference: Mapping) -> np.ndarray:
                           f"of shape {t.shape} by that name")
     shift = (t.tools & bs.TOOL_TEMPORAL_SCALE_MASK) >> bs.TOOL_TEMPORAL_SCALE_SHIFT
     try:
-        return _classes(_finite_reference(t.name, ref), t.step, shift)
+        return _classes(_finite_reference(t.name, ref, reference), t.step, shift)
     except ValueError as exc:
         raise FormatError(str(exc)) from None
 

@@ -30,6 +30,7 @@ from nnc_fl import encode as nnc_encode
 from nnc_fl import inspect, protocol, steps
 from nnc_fl.fingerprint import fingerprint
 from nnc_fl.protocol import CodecSpec
+from nnc_fl.temporal import TemporalReference
 from nnc_fl.updates import (
     CodedUpdate,
     apply_delta,
@@ -164,8 +165,8 @@ class ServerModel:
         self._sums: dict[int, dict[str, np.ndarray]] = {}
         self._catch_ups: dict[int, Payload | None] = {}
         #: the decoded G_v - G_{v-1} (None after adopt): the temporal reference of the next
-        #: increment and of the clients' updates against G_v
-        self.last_increment: dict[str, np.ndarray] | None = None
+        #: increment and of the clients' updates against G_v (prepared once: digest, checks)
+        self.last_increment: TemporalReference | None = None
         #: version u -> increment u coded without temporal contexts (None: no exact twin), for the
         #: temporal increments among ``increments``
         self._plain: dict[int, Payload | None] = {}
@@ -267,7 +268,7 @@ class ServerModel:
         self.increments[self.version] = Payload(coded.data, spec, self.raw_bytes)
         if temporal:
             self._plain[self.version] = self._plain_twin(coded, spec, codec)
-        self.last_increment = coded.decoded
+        self.last_increment = TemporalReference(coded.decoded) if temporal_codec(codec) else None
         self._fingerprints[self.version] = self.fingerprint
         for old in [u for u in self.increments if u <= self.version - s.max_chain]:
             del self.increments[old]

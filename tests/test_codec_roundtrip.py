@@ -736,3 +736,25 @@ def test_wide_levels_get_context_coded_prefixes_and_round_trip_exactly():
     # near the zeroth-order entropy of a uniform level (log2 111 = 6.8 bits), where bypass
     # prefixes cost ~9.6 bits
     assert info.tensor("w").length * 8 / x["w"].size < 8.0
+
+
+def test_a_prepared_temporal_reference_is_a_frozen_copy_with_its_digest():
+    prev, cur = _consecutive_updates()
+    prepared = nnc_fl.TemporalReference(prev)
+    assert prepared.digest == nnc_fl.temporal_digest(prev) and list(prepared) == list(prev)
+    assert set(prepared.finite) == {"w", "b"}
+    with pytest.raises(ValueError):
+        prepared["w"][0, 0] = 1.0  # read-only
+    data = nnc_fl.encode(cur, step=0.004, temporal_reference=prepared)
+    assert data == nnc_fl.encode(cur, step=0.004, temporal_reference=prev)  # the same stream
+    prev["w"][0, 0] += np.float32(1.0)  # the caller's arrays may change: the prepared copy does not
+    out = nnc_fl.decode(data, temporal_reference=prepared)
+    with pytest.raises(nnc_fl.TemporalReferenceError):
+        nnc_fl.decode(data, temporal_reference=prev)
+    assert out["w"].tobytes() == nnc_fl.decode(nnc_fl.encode(cur, step=0.004))["w"].tobytes()
+    bad = nnc_fl.TemporalReference({"w": np.full((64, 96), np.nan, np.float32)})
+    assert not bad.finite
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nnc_fl.encode(cur, step=0.004, temporal_reference=bad)
+    with pytest.raises(TypeError, match="mapping"):
+        nnc_fl.TemporalReference([1, 2])
