@@ -4,6 +4,8 @@ Rounding is to nearest with ties away from zero, computed in float64, so the rec
 of every element is at most step / 2 before the final cast to the tensor's dtype.
 """
 
+import math
+
 import numpy as np
 
 from ._jit import jit
@@ -86,3 +88,11 @@ def grid_levels_or(x, inv_g):
             return -1
         acc |= np.int64(a)
     return acc
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of float ``x`` is finite, without a temporary array where it can: a
+    float64 sum of float16/32 values cannot overflow, so it is finite exactly when they all are."""
+    if x.dtype.itemsize < 8:
+        return math.isfinite(float(np.add.reduce(x, axis=None, dtype=np.float64)))
+    return bool(np.isfinite(x).all())

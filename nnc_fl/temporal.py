@@ -9,21 +9,12 @@ read-only copies of the tensors, their digest and which of them are finite, comp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from ._quantise import sum_squares
+from ._quantise import all_finite
 from .fingerprint import temporal_digest
-
-
-def all_finite(flat: np.ndarray) -> bool:
-    """Whether every value of a flat float32/64 array is finite (no temporary for float32: their
-    float64 sum of squares is finite exactly when they all are)."""
-    if flat.dtype.itemsize == 4:
-        return math.isfinite(float(sum_squares(flat)))
-    return bool(np.isfinite(flat).all())
 
 
 class TemporalReference(Mapping):
@@ -70,4 +61,4 @@ def is_finite(reference: Mapping[str, np.ndarray], name: str, flat: np.ndarray) 
     return all_finite(flat)
 
 
-__all__ = ["TemporalReference", "all_finite", "digest_of", "is_finite"]
+__all__ = ["TemporalReference", "digest_of", "is_finite"]

@@ -10,13 +10,13 @@ message the same way.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._quantise import all_finite
 from .bitstream import DEFAULT_LIMITS, Limits
 from .codecs import UpdateCodec
 
@@ -98,7 +98,7 @@ def usable_residual(residual: Tensors, model: Tensors) -> dict[str, np.ndarray]:
     out = {}
     for name, r in residual.items():
         m = model.get(name)
-        if m is not None and r.shape == m.shape and r.dtype == m.dtype and _all_finite(r):
+        if m is not None and r.shape == m.shape and r.dtype == m.dtype and all_finite(r):
             out[name] = r
     return out
 
@@ -114,17 +114,9 @@ def quantisation_residual(delta: Tensors, decoded: Tensors) -> dict[str, np.ndar
         if np.issubdtype(d.dtype, np.floating):
             with np.errstate(over="ignore", invalid="ignore"):
                 r = np.subtract(d, np.asarray(decoded[name]), dtype=d.dtype)
-            if _all_finite(r):
+            if all_finite(r):
                 out[name] = r
     return out
-
-
-def _all_finite(x: np.ndarray) -> bool:
-    """Whether every value of float ``x`` is finite, without a temporary array where it can: a
-    float64 sum of float16/32 values cannot overflow, so it is finite exactly when they all are."""
-    if x.dtype.itemsize < 8:
-        return math.isfinite(float(np.add.reduce(x, axis=None, dtype=np.float64)))
-    return bool(np.isfinite(x).all())
 
 
 def temporal_codec(codec: UpdateCodec) -> bool:

@@ -485,6 +485,7 @@ def test_temporal_reference_is_used_only_where_it_applies():
         ({"w": np.zeros((64, 96), np.float16)}, ValueError, "float32/64"),
         ({"w": np.zeros((64, 96), np.int32)}, ValueError, "float32/64"),
         ({"w": np.full((64, 96), np.inf, np.float32)}, ValueError, "NaN or Inf"),
+        ({"w": np.full((64, 96), np.nan, np.float64)}, ValueError, "NaN or Inf"),
         ([("w", 1)], TypeError, "temporal_reference must be a mapping"),
     ],
 )
