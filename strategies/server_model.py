@@ -252,11 +252,9 @@ class ServerModel:
             keep_steps=self._steps if keeps else None,
             temporal_reference=reference,
         )
-        temporal = reference is not None and inspect(coded.data, expect=self.tensors).temporal_digest is not None
-        self._steps = (
-            {t.name: t.step for t in inspect(coded.data, expect=self.tensors).tensors if t.step is not None}
-            if keeps else {}
-        )
+        info = inspect(coded.data, expect=self.tensors) if keeps or reference is not None else None
+        temporal = reference is not None and info.temporal_digest is not None
+        self._steps = {t.name: t.step for t in info.tensors if t.step is not None} if keeps else {}
         self._residual = coded.residual
         self.tensors = apply_delta(self.tensors, coded.decoded)
         for name in [n for n, g in self.grid.items() if not on_grid(self.tensors[n], g)]:
@@ -267,7 +265,7 @@ class ServerModel:
         self.fingerprint = fingerprint(self.tensors)
         self.increments[self.version] = Payload(coded.data, spec, self.raw_bytes)
         if temporal:
-            self._plain[self.version] = self._plain_twin(coded, spec, codec)
+            self._plain[self.version] = self._plain_twin(coded, info, spec, codec)
         self.last_increment = TemporalReference(coded.decoded) if temporal_codec(codec) else None
         self._fingerprints[self.version] = self.fingerprint
         for old in [u for u in self.increments if u <= self.version - s.max_chain]:
@@ -283,11 +281,10 @@ class ServerModel:
         self._catch_ups.clear()
         return coded
 
-    def _plain_twin(self, coded: CodedUpdate, spec: CodecSpec, codec) -> Payload | None:
-        """The increment ``coded`` (temporal) coded again without a temporal reference: its
-        decoded values at its own steps, plain rounding (which gives back its levels), exact
-        tensors exactly; ``None`` unless it decodes to the same bits."""
-        info = inspect(coded.data, expect=self.tensors)
+    def _plain_twin(self, coded: CodedUpdate, info, spec: CodecSpec, codec) -> Payload | None:
+        """The increment ``coded`` (temporal; ``info`` its table) coded again without a temporal
+        reference: its decoded values at its own steps, plain rounding (which gives back its
+        levels), exact tensors exactly; ``None`` unless it decodes to the same bits."""
         steps_ = {t.name: t.step for t in info.tensors if t.step is not None}
         exact = [t.name for t in info.tensors if t.step is None]
         data, decoded = nnc_encode(
