@@ -5,7 +5,9 @@
 
 Steps: RMS(all params) x 2**(k/per_octave) for k covering [lo, hi], the same float step for every
 tensor (step=float). Additionally the exact NNCodec QP-grid steps in the same range (so that
-rd_lambda=0 can be checked against NNCodec URQ, which must give the identical reconstruction).
+rd_lambda=0 can be checked against NNCodec URQ, which must give the identical reconstruction), at
+``--qp-density`` (sample both codecs at the same density: a sparser curve's piecewise-linear
+interpolation underestimates its bytes between the points, which favours it).
 For each step and rd_lambda in LAMBDAS: encode, decode, print one JSON line with bytes and RMSE.
 """
 from __future__ import annotations
@@ -26,8 +28,10 @@ TOOLS = {
 }
 
 
-def qp_to_step(qp: int) -> float:
-    return float((4 + (qp & 3)) * 2.0 ** ((qp >> 2) - 2))
+def qp_to_step(qp: int, qp_density: int = 2) -> float:
+    """NNCodec's step of ``qp`` at ``qp_density`` (2**qp_density steps per octave)."""
+    k = 1 << qp_density
+    return float((k + (qp & (k - 1))) * 2.0 ** ((qp >> qp_density) - qp_density))
 
 
 def main(argv=None) -> int:
@@ -39,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--lambdas", type=float, nargs="*", default=LAMBDAS)
     p.add_argument("--tools", nargs="*", default=[], help=f"tool configurations to run too: {', '.join(TOOLS)}")
     p.add_argument("--qp-only", action="store_true", help="only the NNCodec QP-grid steps")
+    p.add_argument("--qp-density", type=int, default=2, choices=range(1, 6),
+                   help="NNCodec QP grid density: 2**D steps per octave (2: NNCodec's default, 4 per octave)")
     a = p.parse_args(argv)
     with np.load(a.npz) as z:
         d = {k: np.ascontiguousarray(z[k]) for k in z.files}
@@ -47,7 +53,8 @@ def main(argv=None) -> int:
     k0 = math.ceil(math.log2(a.lo) * a.per_octave - 1e-9)
     k1 = math.floor(math.log2(a.hi) * a.per_octave + 1e-9)
     steps = [("log", rms * 2.0 ** (k / a.per_octave), None) for k in range(k0, k1 + 1)]
-    steps += [("qp", qp_to_step(q), q) for q in range(-256, 256) if a.lo * rms <= qp_to_step(q) <= a.hi * rms]
+    qd = a.qp_density
+    steps += [("qp", qp_to_step(q, qd), q) for q in range(-1024, 1024) if a.lo * rms <= qp_to_step(q, qd) <= a.hi * rms]
     if a.qp_only:
         steps = [s for s in steps if s[0] == "qp"]
     name = os.path.splitext(os.path.basename(a.npz))[0]
@@ -68,7 +75,7 @@ def main(argv=None) -> int:
                 "delta": name, "codec": "nnc_fl", "config": label, "rd_lambda": lam,
                 "tools": {k: v for k, v in kwargs.items() if k != "rd_lambda"},
                 "header_bytes": info.header_bytes,
-                "grid": grid, "qp": qp, "step": step, "step_over_rms": step / rms, "rms_all": rms,
+                "grid": grid, "qp": qp, "qp_density": qd if grid == "qp" else None, "step": step, "step_over_rms": step / rms, "rms_all": rms,
                 "num_params": n, "bytes": len(bs), "bits_per_param": 8 * len(bs) / n,
                 "rmse": math.sqrt(se / n), "tensor_modes": modes,
             }), flush=True)

@@ -3,7 +3,7 @@
 
     $NNCODEC_PYTHON experiments/nncodec_compare/rd_sweep_nncodec.py DELTAS.npz [--lo 0.125 --hi 8] >> rd_curves.jsonl
 
-For every QP (qp_density 2) whose step lies in [lo, hi] x RMS(all params), and every configuration
+For every QP (``--qp-density``, default 2: four per octave) whose step lies in [lo, hi] x RMS(all params), and every configuration
 in CONFIGS, encode once with every tensor forced to that QP (qp_per_tensor, as run_nncodec.py),
 decode, and print one JSON line: bytes and RMSE of the decoded reconstruction vs the input.
 All other nnc.compress options are NNCodec defaults.
@@ -35,14 +35,17 @@ def main(argv=None) -> int:
     p.add_argument("--lo", type=float, default=0.125)
     p.add_argument("--hi", type=float, default=8.0)
     p.add_argument("--configs", nargs="*", default=None, help="subset of config labels")
-    p.add_argument("--qp-stride", type=int, default=1, help="every n-th QP only (2: two per octave)")
+    p.add_argument("--qp-stride", type=int, default=1, help="every n-th QP only (2: half the density)")
+    p.add_argument("--qp-density", type=int, default=QP_DENSITY, choices=range(1, 6),
+                   help="2**D QPs per octave (2: NNCodec's default, 4 per octave)")
     p.add_argument("--extra", nargs="*", default=[], metavar="dq:LS|urq:LS",
                    help="run (only) these extra configurations, e.g. dq:0.75 dq:1.5")
     a = p.parse_args(argv)
     d = load_npz(a.npz)
     n = sum(v.size for v in d.values())
     rms = rms_all(d)
-    qps = [q for q in range(-256, 256) if a.lo * rms <= qp_to_step(q) <= a.hi * rms and q % a.qp_stride == 0]
+    qd = a.qp_density
+    qps = [q for q in range(-1024, 1024) if a.lo * rms <= qp_to_step(q, qd) <= a.hi * rms and q % a.qp_stride == 0]
     name = os.path.splitext(os.path.basename(a.npz))[0]
     configs = CONFIGS
     if a.extra:
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
             snap = {k: v.copy() for k, v in d.items()}
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
-                bs = nnc.compress(d, bitstream_path=None, qp=qp, qp_density=QP_DENSITY,
+                bs = nnc.compress(d, bitstream_path=None, qp=qp, qp_density=qd,
                                   qp_per_tensor={k: qp for k in d}, use_dq=use_dq, lambda_scale=ls,
                                   return_bitstream=True, verbose=False)
                 rec = nnc.decompress(bytearray(bs))
@@ -67,8 +70,8 @@ def main(argv=None) -> int:
                 assert np.allclose(lv, np.round(lv), atol=1e-3), k
             print(json.dumps({
                 "delta": name, "codec": "nncodec-2.1.3", "config": label, "use_dq": use_dq,
-                "lambda_scale": ls, "qp": qp, "qp_density": qpd, "step": qp_to_step(qp),
-                "step_over_rms": qp_to_step(qp) / rms, "rms_all": rms, "num_params": n,
+                "lambda_scale": ls, "qp": qp, "qp_density": qpd, "step": qp_to_step(qp, qd),
+                "step_over_rms": qp_to_step(qp, qd) / rms, "rms_all": rms, "num_params": n,
                 "bytes": len(bs), "bits_per_param": 8 * len(bs) / n, "rmse": rmse(d, rec),
                 "all_tensors_same_qp": all(t["qp"] == qp for t in info.values()),
                 "all_dq_flag": sorted({t["dq_flag"] for t in info.values()}),
