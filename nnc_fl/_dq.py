@@ -20,7 +20,10 @@ one row (or a stretch of at most :data:`_CHUNK` elements of it) at a time, among
 reconstruction points of each quantiser nearest the value (so every error is below two steps), with bits estimated
 from the adaptive contexts as they stand before that stretch (refreshed every :data:`_REFRESH`
 elements), and the neighbour contexts of each survivor path; then codes the chosen indices with
-the live contexts before searching the next stretch.
+the live contexts before searching the next stretch. The search of a stretch runs
+:data:`LOOKAHEAD` elements past its end (into the next row, where upper neighbours not yet chosen
+count as 0), so that the stretch's last indices, and the state it hands on, are chosen knowing
+the values that follow; only the stretch's own indices are kept.
 """
 
 import numpy as np
@@ -66,7 +69,9 @@ MAX_DQ_INDEX = MAX_LEVEL >> 1
 
 #: Longest stretch of a row searched at once, and how often the rate estimates are refreshed.
 _CHUNK = 2048
-_REFRESH = 512
+_REFRESH = 128
+#: Elements past a stretch's end that its search looks at (not coded with it).
+LOOKAHEAD = 64
 _INF = 1e300
 
 
@@ -187,20 +192,24 @@ def _sq_err(a_abs, m, q):
 
 
 @jit
-def _trellis(x, inv_step, lam, start, stop, cols, ks, colact, state0, cost0, cost1, gtc, back_s, back_k):
-    """Viterbi search of the indices ``ks[start:stop]`` (one stretch of one row) from ``state0``;
-    writes them and returns the state after the stretch."""
+def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cost0, cost1, gtc, back_s, back_k):
+    """Viterbi search of the indices ``ks[start:stop]`` (one stretch of one row) from ``state0``,
+    over the elements up to ``ahead`` past ``stop`` (whose indices are not kept); writes them."""
     cost = np.full(4, _INF)
     left = np.zeros(4, np.int64)
     ncost = np.empty(4)
     nleft = np.zeros(4, np.int64)
     cost[state0] = 0.0
-    col0 = start % cols
-    left[state0] = ks[start - 1] if col0 > 0 else 0
-    for i in range(start, stop):
+    col = start % cols
+    left[state0] = ks[start - 1] if col > 0 else 0
+    end = min(stop + ahead, x.size)
+    for i in range(start, end):
         r = i - start
-        col = col0 + r
-        up = ks[i - cols] if i >= cols else 0
+        if col == cols:  # (only past stop) the next row: no left neighbour
+            col = 0
+            for t in range(4):
+                left[t] = 0
+        up = ks[i - cols] if cols <= i < start + cols else 0  # (not chosen yet from start on)
         b = min(abs(up), 2)
         sb = _sign_class(up)
         act = colact[col]
@@ -244,23 +253,25 @@ def _trellis(x, inv_step, lam, start, stop, cols, ks, colact, state0, cost0, cos
         for t in range(4):
             cost[t] = ncost[t]
             left[t] = nleft[t]
+        col += 1
     best = 0
     for s in range(1, 4):
         if cost[s] < cost[best]:
             best = s
     s = best
-    for r in range(stop - start - 1, -1, -1):
-        ks[start + r] = back_k[r, s]
+    for r in range(end - start - 1, -1, -1):
+        if r < stop - start:
+            ks[start + r] = back_k[r, s]
         s = back_s[r, s]
-    return best
 
 
 @jit
-def encode_levels_dq(x, step, lam, cols, rate_index):
+def encode_levels_dq(x, step, lam, cols, rate_index, ahead=LOOKAHEAD):
     """Dependent quantisation of float ``x`` at ``step`` and coding; return (payload, indices).
 
     The reconstruction levels are :func:`dq_levels` of the indices. |x| / step must stay below
-    ``MAX_DQ_INDEX`` (checked by the caller).
+    ``MAX_DQ_INDEX`` (checked by the caller). ``ahead``: the search's look-ahead past each
+    stretch (:data:`LOOKAHEAD`; 0: none).
     """
     n = x.size
     inv_step = 1.0 / step
@@ -272,7 +283,7 @@ def encode_levels_dq(x, step, lam, cols, rate_index):
     cost0 = np.empty(N_CONTEXTS_DQ)
     cost1 = np.empty(N_CONTEXTS_DQ)
     gtc = np.empty((3, GT_FLAGS + 2))
-    width = min(cols, _CHUNK)
+    width = min(cols, _CHUNK) + ahead
     back_s = np.zeros((width, 4), np.int8)
     back_k = np.zeros((width, 4), np.int64)
     st = enc_init()
@@ -287,7 +298,7 @@ def encode_levels_dq(x, step, lam, cols, rate_index):
                 _rate_tables(ctx, cost0, cost1, gtc)
                 since = 0
             since += stop - start
-            _trellis(x, inv_step, lam, start, stop, cols, ks, colact, state, cost0, cost1, gtc, back_s, back_k)
+            _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state, cost0, cost1, gtc, back_s, back_k)
             buf = _with_room(buf, st, stop - start)
             st, state = _encode_span_dq(ks, start, stop, cols, ctx, st, buf, fast, slow, colact, state)
     buf = _with_room(buf, st, 0)

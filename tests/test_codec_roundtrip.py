@@ -360,7 +360,7 @@ def test_dependent_quantisation_round_trips_within_two_steps_and_is_signalled():
             assert np.abs(out[k].astype(np.float64) - x[k]).max() < 2 * s * (1 + 1e-3)
     # at about half the step, DQ reaches the RMSE of plain RD coding in fewer bytes
     plain = nnc_fl.encode({"w": x["w"]}, step=0.008, rd_lambda=0.1)
-    dq = nnc_fl.encode({"w": x["w"]}, step=0.0047, rd_lambda=0.075, dq=True)
+    dq = nnc_fl.encode({"w": x["w"]}, step=0.0046, rd_lambda=0.075, dq=True)
     rmse = lambda d: float(np.sqrt(np.mean((nnc_fl.decode(d)["w"].astype(np.float64) - x["w"]) ** 2)))  # noqa: E731
     assert rmse(dq) < rmse(plain) and len(dq) < len(plain)
     tiny = {"w": np.full((3, 3), 1e-4, np.float32)}  # every index 0 after the trellis

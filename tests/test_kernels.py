@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nnc_fl
-from nnc_fl import _varint, _zstdframe, encode, reference
+from nnc_fl import _dq, _varint, _zstdframe, encode, reference
 from nnc_fl._dq import (
     MAX_DQ_INDEX,
     decode_levels_dq,
@@ -415,6 +415,25 @@ def test_dq_trellis_payload_is_its_indices_coded_and_errors_stay_below_two_steps
         assert status == OK and np.array_equal(decoded, levels)
 
 
+@pytest.mark.parametrize("lam", [0.2, 0.3])
+def test_dq_lookahead_past_each_row_lowers_the_rate_distortion_cost(lam):
+    # Without look-ahead a row's last indices (and the state handed to the next row) are chosen
+    # blind to the values that follow; searching LOOKAHEAD elements into the next row chooses them
+    # better on the whole: distortion + lam x (actual payload bits) falls, most on short rows
+    # (rows of 16 here: by 1.2-1.6 % on average over 12 seeds, though not on every seed; by ~0.2 %
+    # on iid rows of 128; 0.6-1.6 % fewer bytes on a GRU delta, experiments/nncodec_compare).
+    costs = np.zeros(2)
+    for seed in range(6):
+        x = np.random.default_rng(seed).laplace(size=16 * 100) * 0.01
+        for j, ahead in enumerate((0, _dq.LOOKAHEAD)):
+            payload, ks = encode_levels_dq(x, 0.01, lam, 16, 0, ahead)
+            decoded, status = decode_levels_dq(payload, x.size, 16, 0)
+            assert status == OK and np.array_equal(decoded, dq_levels(ks))
+            assert np.abs(decoded * 0.01 - x).max() < 0.02
+            costs[j] += np.sum((x / 0.01 - decoded) ** 2) + lam * 8 * payload.size
+    assert costs[1] < 0.995 * costs[0]
+
+
 def test_dq_long_rows_are_searched_in_stretches():
     rng = np.random.default_rng(22)
     x = rng.normal(size=5000) * 0.02  # one row longer than a search stretch
@@ -501,15 +520,16 @@ def test_golden_dq_payload():
     x = np.linspace(-0.3, 0.5, 64) ** 3
     payload, ks = encode_levels_dq(x, 0.002, 0.3, 8, 0)
     assert hashlib.sha256(payload.tobytes() + ks.tobytes()).hexdigest() == GOLDEN_DQ_TRELLIS
+    payload, ks = encode_levels_dq(x, 0.002, 0.3, 8, 0, 0)  # the search without look-ahead
+    assert hashlib.sha256(payload.tobytes() + ks.tobytes()).hexdigest() == GOLDEN_DQ_TRELLIS_NO_LOOKAHEAD
 
 
 GOLDEN_DQ_HEX = "994e014000640521abec306be2f38d8be51e877c4fce738c4d6c394e923489e2c26180"
-GOLDEN_DQ_TRELLIS = "e16b18a84d00695e1c8a98c29eeee0a103283740c2cf8624a71d963b5d03c17a"
+GOLDEN_DQ_TRELLIS = "425555ec7ec07494708de4ee63818be588ccdddeadd3f990499c7fc0fd1af2ed"
+GOLDEN_DQ_TRELLIS_NO_LOOKAHEAD = "e16b18a84d00695e1c8a98c29eeee0a103283740c2cf8624a71d963b5d03c17a"
 
 
 def test_dq_reference_constants_equal_the_kernels():
-    from nnc_fl import _dq
-
     assert tuple(tuple(r) for r in _dq.TRANS.tolist()) == reference.DQ_TRANS
     assert reference.DQ_SIG_CTX == _dq.DQ_SIG_CTX and reference.N_CONTEXTS_DQ == _dq.N_CONTEXTS_DQ
     assert reference.MAX_DQ_INDEX == _dq.MAX_DQ_INDEX
