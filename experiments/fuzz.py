@@ -18,7 +18,7 @@ fingerprints (1, 32, 48 and 64 bytes).
 - ``header``: the stream is parsed into its raw fields by this module's own table parser
   (:class:`RawStream`; the library's writer refuses hostile records on purpose), one to three fields
   are set to boundary or random values (huge and non-minimal varints, dims whose product overflows
-  64 bits, unknown codes, NaN / negative / subnormal / huge steps, reserved tool and flag bits,
+  64 bits, unknown codes, NaN / negative / subnormal / huge steps, tool bits in bad mixes, reserved flag bits,
   duplicate names, length fields that lie, entries dropped / duplicated / swapped, modes changed with
   or without a fitting payload) and the stream is re-serialised with a valid header CRC and valid
   payload CRCs (unless the CRC itself is the mutated field);

@@ -1,18 +1,23 @@
-"""Dependent (trellis-coded) quantisation: two quantisers, a 4-state machine, a Viterbi encoder.
+"""Dependent (trellis-coded) quantisation: two quantisers, a 4- or 8-state machine, a Viterbi encoder.
 
 With dependent quantisation (tools bit 2) a tensor's coded integers are quantisation *indices* k.
 Quantiser Q0 reconstructs the even levels ``2k``, quantiser Q1 the odd levels and zero,
 ``2k - sgn(k)``; the reconstruction is ``level * step`` as usual. Which quantiser applies to an
-element is the state of a 4-state machine driven by the parity of the previous index
-(:data:`TRANS`, as in VVC and NNC): states 0 and 1 use Q0, states 2 and 3 use Q1; the state starts
-at 0 for each tensor and runs through the whole scan. Each quantiser alone has spacing ``2 step``,
-but the union of the paths through the trellis packs the reconstruction points densely in the
-space of sequences, which gains rate at equal distortion (trellis-coded quantisation).
+element is the state of a machine driven by the parity of the previous index (:data:`TRANS`), that
+starts anew for each tensor and runs through the whole scan. Each quantiser alone has spacing
+``2 step``, but the union of the paths through the trellis packs the reconstruction points densely
+in the space of sequences, which gains rate at equal distortion (trellis-coded quantisation).
+
+Two machines share the tables, told apart by their state numbers: the 4-state one of VVC and NNC
+(states 0-3, start 0; states 0 and 1 use Q0, 2 and 3 Q1) and, with tools bit 7, the 8-state one of
+NNC's second edition (states 8-15, start :data:`START_8`; state ``8 + j`` uses Q(j & 1)), whose
+denser packing lowers the distortion at a given step by about 2 %.
 
 Indices are binarised and context-coded exactly as levels are (:mod:`nnc_fl._levels`: the left /
 upper neighbours and the column activity are those of the indices), except that the significance
-flag's context set depends on the state: set 0 in states 0 and 1, sets 1 and 2 (contexts
-:data:`DQ_SIG_CTX` + 27 (set - 1) + ...) in states 2 and 3, so 126 contexts in all.
+flag's context set depends on the state (:data:`SIG_SET`): set 0 where Q0 applies; with 4 states,
+set 1 in state 2 and set 2 in state 3; with 8 states, set 1 wherever Q1 applies (contexts
+:data:`DQ_SIG_CTX` + 27 (set - 1) + ...), so 126 contexts in all.
 
 The decoder follows the state machine (one table lookup per element). The encoder chooses the
 indices by a Viterbi search over the trellis minimising ``(x / step - level)**2 + lam * bits``,
@@ -57,10 +62,18 @@ from ._levels import (
 from ._probability import RATE_PAIRS, new_contexts, p_one, update
 from ._rangecoder import dec_bin, dec_init, enc_bin, enc_bypass, enc_finish, enc_init
 
-#: Next state by (state, parity of the index).
-TRANS = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int64)
-#: TRANS packed two bits per entry (index 2 * state + parity), for a branch-free lookup.
-_TRANS_PACKED = sum(int(v) << (2 * i) for i, v in enumerate(TRANS.reshape(-1)))
+#: First state of the 8-state machine (the 4-state one starts at 0).
+START_8 = 8
+#: Next state by (state, parity of the index): rows 0-3 the 4-state machine, 8-15 the 8-state one
+#: (NNC's table plus 8); rows 4-7 are never reached.
+TRANS = np.array(
+    [[0, 2], [2, 0], [1, 3], [3, 1]] + [[0, 0]] * 4 + [[8, 10], [15, 13], [9, 11], [14, 12], [10, 8], [13, 15], [11, 9], [12, 14]],
+    dtype=np.int64,
+)
+#: The quantiser (0: Q0, 1: Q1) of each state.
+QUANTISER = np.array([0, 0, 1, 1] + [0] * 4 + [0, 1] * 4, dtype=np.int64)
+#: The significance context set of each state.
+SIG_SET = np.array([0, 0, 1, 2] + [0] * 4 + [0, 1] * 4, dtype=np.int64)
 #: First significance context of the state-dependent sets 1 and 2 (after the 72 of _levels).
 DQ_SIG_CTX = 72
 N_CONTEXTS_DQ = DQ_SIG_CTX + 2 * 27
@@ -78,28 +91,36 @@ _INF = 1e300
 @jit_inline
 def _next(state, k):
     """The state after index ``k`` in ``state`` (:data:`TRANS`)."""
-    return (_TRANS_PACKED >> (4 * state + 2 * (k & 1))) & 3
+    return TRANS[state, k & 1]
 
 
 @jit_inline
 def _sig_base(state):
-    """First significance context of the set used in ``state`` (0, 0, 1, 2 for states 0-3)."""
-    return 0 if state < 2 else DQ_SIG_CTX + 27 * (state - 2)
+    """First significance context of the set used in ``state`` (:data:`SIG_SET`)."""
+    st = SIG_SET[state]
+    return 0 if st == 0 else DQ_SIG_CTX + 27 * (st - 1)
 
 
 @jit_inline
 def dq_level(k, state):
     """Reconstruction level of index ``k`` in ``state``: ``2k`` (Q0), ``2k - sgn(k)`` (Q1)."""
-    if state < 2 or k == 0:
+    if QUANTISER[state] == 0 or k == 0:
         return 2 * k
     return 2 * k - 1 if k > 0 else 2 * k + 1
 
 
+@jit_inline
+def _states(state):
+    """The states of ``state``'s machine: (first, end)."""
+    return (START_8, START_8 + 8) if state >= START_8 else (0, 4)
+
+
 @jit
-def dq_levels(ks):
-    """The reconstruction levels of a whole sequence of indices (state machine from state 0)."""
+def dq_levels(ks, first_state=0):
+    """The reconstruction levels of a whole sequence of indices (the machine from ``first_state``:
+    0, or :data:`START_8`)."""
     out = np.empty(ks.size, np.int64)
-    state = 0
+    state = first_state
     for i in range(ks.size):
         k = ks[i]
         out[i] = dq_level(k, state)
@@ -195,10 +216,11 @@ def _sq_err(a_abs, m, q):
 def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cost0, cost1, gtc, back_s, back_k):
     """Viterbi search of the indices ``ks[start:stop]`` (one stretch of one row) from ``state0``,
     over the elements up to ``ahead`` past ``stop`` (whose indices are not kept); writes them."""
-    cost = np.full(4, _INF)
-    left = np.zeros(4, np.int64)
-    ncost = np.empty(4)
-    nleft = np.zeros(4, np.int64)
+    lo, hi = _states(state0)
+    cost = np.full(hi, _INF)
+    left = np.zeros(hi, np.int64)
+    ncost = np.empty(hi)
+    nleft = np.zeros(hi, np.int64)
     cost[state0] = 0.0
     col = start % cols
     left[state0] = ks[start - 1] if col > 0 else 0
@@ -207,7 +229,7 @@ def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cos
         r = i - start
         if col == cols:  # (only past stop) the next row: no left neighbour
             col = 0
-            for t in range(4):
+            for t in range(lo, hi):
                 left[t] = 0
         up = ks[i - cols] if cols <= i < start + cols else 0  # (not chosen yet from start on)
         b = min(abs(up), 2)
@@ -223,9 +245,9 @@ def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cos
         d01 = _sq_err(a_abs, m01, 0)
         d10 = _sq_err(a_abs, m10, 1)
         d11 = _sq_err(a_abs, m11, 1)
-        for t in range(4):
+        for t in range(lo, hi):
             ncost[t] = _INF
-        for s in range(4):
+        for s in range(lo, hi):
             js = cost[s]
             if js >= _INF:
                 continue
@@ -235,7 +257,7 @@ def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cos
             g = min(a + b, 2)
             c_sign = SIGN_CTX + 3 * _sign_class(lf) + sb
             nz = cost1[c_sig] + (cost1[c_sign] if neg else cost0[c_sign])
-            if s < 2:
+            if QUANTISER[s] == 0:
                 ma, mb, da, db = m00, m01, d00, d01
             else:
                 ma, mb, da, db = m10, m11, d10, d11
@@ -250,12 +272,12 @@ def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cos
                     nleft[ns] = kk
                     back_s[r, ns] = s
                     back_k[r, ns] = kk
-        for t in range(4):
+        for t in range(lo, hi):
             cost[t] = ncost[t]
             left[t] = nleft[t]
         col += 1
-    best = 0
-    for s in range(1, 4):
+    best = lo
+    for s in range(lo + 1, hi):
         if cost[s] < cost[best]:
             best = s
     s = best
@@ -266,12 +288,13 @@ def _trellis(x, inv_step, lam, start, stop, ahead, cols, ks, colact, state0, cos
 
 
 @jit
-def encode_levels_dq(x, step, lam, cols, rate_index, ahead=LOOKAHEAD):
+def encode_levels_dq(x, step, lam, cols, rate_index, ahead=LOOKAHEAD, first_state=0):
     """Dependent quantisation of float ``x`` at ``step`` and coding; return (payload, indices).
 
     The reconstruction levels are :func:`dq_levels` of the indices. |x| / step must stay below
     ``MAX_DQ_INDEX`` (checked by the caller). ``ahead``: the search's look-ahead past each
-    stretch (:data:`LOOKAHEAD`; 0: none).
+    stretch (:data:`LOOKAHEAD`; 0: none); ``first_state``: the machine's first state (0: 4 states,
+    :data:`START_8`: 8 states).
     """
     n = x.size
     inv_step = 1.0 / step
@@ -284,11 +307,11 @@ def encode_levels_dq(x, step, lam, cols, rate_index, ahead=LOOKAHEAD):
     cost1 = np.empty(N_CONTEXTS_DQ)
     gtc = np.empty((3, GT_FLAGS + 2))
     width = min(cols, _CHUNK) + ahead
-    back_s = np.zeros((width, 4), np.int8)
-    back_k = np.zeros((width, 4), np.int64)
+    back_s = np.zeros((width, START_8 + 8), np.int8)
+    back_k = np.zeros((width, START_8 + 8), np.int64)
     st = enc_init()
     buf = np.empty(n // 4 + 256, np.uint8)
-    state = 0
+    state = first_state
     since = _REFRESH
     for row in range(0, n, cols):
         end = min(row + cols, n)  # (a partial last row only if cols does not divide n)
@@ -306,8 +329,9 @@ def encode_levels_dq(x, step, lam, cols, rate_index, ahead=LOOKAHEAD):
 
 
 @jit
-def encode_indices_dq(ks, cols, rate_index):
-    """Code given indices ``ks`` (|k| <= MAX_DQ_INDEX) with the DQ contexts; return the payload."""
+def encode_indices_dq(ks, cols, rate_index, first_state=0):
+    """Code given indices ``ks`` (|k| <= MAX_DQ_INDEX) with the DQ contexts, the machine from
+    ``first_state``; return the payload."""
     n = ks.size
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
@@ -315,7 +339,7 @@ def encode_indices_dq(ks, cols, rate_index):
     colact = np.zeros(cols, np.int64)
     st = enc_init()
     buf = np.empty(n // 4 + 256, np.uint8)
-    state = 0
+    state = first_state
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         buf = _with_room(buf, st, stop - start)
@@ -325,7 +349,7 @@ def encode_indices_dq(ks, cols, rate_index):
 
 
 @jit
-def _decode_dq(data, n, cols, rate_index, ks, values, step):
+def _decode_dq(data, n, cols, rate_index, ks, values, step, first_state):
     """Mirror of the DQ encoders: decode ``n`` indices into ``ks`` and their reconstructions
     ``dq_level * step`` (float64, stored in ``values``' dtype) into ``values``; either may be
     empty (not wanted). The upper neighbour comes from a buffer of one row (as in
@@ -341,7 +365,7 @@ def _decode_dq(data, n, cols, rate_index, ks, values, step):
     top = 0
     col = 0
     left = 0
-    state = 0
+    state = first_state
     for i in range(n):
         up = row[col]
         c_sig, c_sign, g = _contexts_from(left, up, colact[col])
@@ -386,18 +410,18 @@ def _decode_dq(data, n, cols, rate_index, ks, values, step):
 
 
 @jit
-def decode_levels_dq(data, n, cols, rate_index):
+def decode_levels_dq(data, n, cols, rate_index, first_state=0):
     """Mirror of the DQ encoders: return (int64 reconstruction levels, status); on a status other
     than OK, the indices decoded so far instead of levels."""
     ks = np.zeros(n, np.int64)
-    status, _ = _decode_dq(data, n, cols, rate_index, ks, np.empty(0, np.float64), 1.0)
+    status, _ = _decode_dq(data, n, cols, rate_index, ks, np.empty(0, np.float64), 1.0, first_state)
     if status != OK:
         return ks, status
-    return dq_levels(ks), OK
+    return dq_levels(ks, first_state), OK
 
 
 @jit
-def decode_values_dq(data, cols, rate_index, step, values):
+def decode_values_dq(data, cols, rate_index, step, values, first_state=0):
     """Decode a DQ payload of ``values.size`` indices straight into ``values`` (float32 or float64)
     as :func:`nnc_fl._levels.decode_values` does; return (status, largest level magnitude)."""
-    return _decode_dq(data, values.size, cols, rate_index, np.empty(0, np.int64), values, step)
+    return _decode_dq(data, values.size, cols, rate_index, np.empty(0, np.int64), values, step, first_state)

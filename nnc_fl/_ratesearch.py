@@ -34,17 +34,17 @@ def _bin_cost(ctxs, c, bit, costs):
 
 
 @jit
-def rate_costs(ks, cols, dq):
+def rate_costs(ks, cols, dq, first_state=0):
     """Estimated context-coded bits of ``ks`` with each rate pair (bypass bins excluded: the same
     for all), as coded by :func:`nnc_fl._levels.encode_levels` or, with ``dq``,
-    :func:`nnc_fl._dq.encode_indices_dq`."""
+    :func:`nnc_fl._dq.encode_indices_dq` (the machine from ``first_state``)."""
     n_ctx = N_CONTEXTS_DQ if dq else N_CONTEXTS
     ctxs = np.empty((RATE_PAIRS.shape[0], n_ctx, 3), np.int64)
     for r in range(RATE_PAIRS.shape[0]):
         ctxs[r] = new_contexts(n_ctx)
     costs = np.zeros(RATE_PAIRS.shape[0])
     colact = np.zeros(cols, np.int64)
-    state = 0
+    state = first_state
     col = 0
     for i in range(ks.size):
         k = ks[i]

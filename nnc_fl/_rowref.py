@@ -138,8 +138,9 @@ def _code_value(st, buf, ctx, k, c_sig, c_sign, g, fast, slow):
 
 
 @jit
-def encode_rows(ks, refs, cols, rate_index, dq):
-    """Code ``ks`` (levels, or DQ indices with ``dq``) with the row references ``refs``."""
+def encode_rows(ks, refs, cols, rate_index, dq, first_state=0):
+    """Code ``ks`` (levels, or DQ indices with ``dq``, the machine from ``first_state``) with the
+    row references ``refs``."""
     n = ks.size
     fast = RATE_PAIRS[rate_index, 0]
     slow = RATE_PAIRS[rate_index, 1]
@@ -147,7 +148,7 @@ def encode_rows(ks, refs, cols, rate_index, dq):
     colact = np.zeros(cols, np.int64)
     st = enc_init()
     buf = np.empty(n // 4 + 256, np.uint8)
-    state = 0
+    state = first_state
     for row in range(n // cols):
         buf = _with_room(buf, st, cols + 4)
         d = refs[row] if row > 0 else 0
@@ -179,7 +180,7 @@ def encode_rows(ks, refs, cols, rate_index, dq):
 
 
 @jit
-def decode_rows(data, n, cols, rate_index, dq):
+def decode_rows(data, n, cols, rate_index, dq, first_state=0):
     """Mirror of :func:`encode_rows`: return (int64 levels -- reconstruction levels with ``dq`` --,
     status)."""
     fast = RATE_PAIRS[rate_index, 0]
@@ -188,7 +189,7 @@ def decode_rows(data, n, cols, rate_index, dq):
     colact = np.zeros(cols, np.int64)
     st = dec_init(data)
     ks = np.zeros(n, np.int64)
-    state = 0
+    state = first_state
     max_value = (MAX_LEVEL >> 1) if dq else MAX_LEVEL
     for row in range(n // cols):
         d = 0
@@ -243,5 +244,5 @@ def decode_rows(data, n, cols, rate_index, dq):
             if st[2] > data.size + READ_SLACK:
                 return ks, SHORT_PAYLOAD
     if dq:
-        return dq_levels(ks), OK
+        return dq_levels(ks, first_state), OK
     return ks, OK

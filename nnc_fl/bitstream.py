@@ -76,8 +76,8 @@ MAX_ZSTD_LEVEL = 22
 # tools byte (coded modes): bits 0-1 probability rate pair, bit 2 dependent quantisation (quant
 # mode only), bit 3 row references, bit 4 context-coded Exp-Golomb prefixes (plain level coding
 # only: not with bits 2 or 3), bit 5 temporal contexts (quant mode, float32/64, not with bits 2 or
-# 3; the stream must have FLAG_TEMPORAL) and bit 6 the reference's scale (with bit 5 only); bit 7
-# reserved for later tools
+# 3; the stream must have FLAG_TEMPORAL), bit 6 the reference's scale (with bit 5 only) and bit 7
+# the 8-state machine of dependent quantisation (with bit 2 only)
 TOOLS_RATE_MASK = 0x03
 TOOL_DQ = 0x04
 TOOL_ROW_REFS = 0x08  # row references (nnc_fl/_rowref.py)
@@ -86,7 +86,7 @@ TOOL_TEMPORAL = 0x20  # contexts by the co-located value of a temporal reference
 #: With TOOL_TEMPORAL: the reference is scaled by 2**((tools & MASK) >> SHIFT) before its classes are taken.
 TOOL_TEMPORAL_SCALE_MASK = 0x40
 TOOL_TEMPORAL_SCALE_SHIFT = 6
-_KNOWN_TOOLS = TOOLS_RATE_MASK | TOOL_DQ | TOOL_ROW_REFS | TOOL_EG_CTX | TOOL_TEMPORAL | TOOL_TEMPORAL_SCALE_MASK
+TOOL_DQ_8STATES = 0x80  # with TOOL_DQ: the 8-state machine (nnc_fl/_dq.py); the last free bit
 
 #: dtype code -> numpy dtype (little-endian). The table is part of the format and only ever grows.
 DTYPES: dict[int, np.dtype] = {
@@ -747,11 +747,11 @@ def _read_coding(
         if mode == MODE_LOWRANK and len(shape) < 2:
             raise FormatError(f"{what}: mode 'lowrank' on a tensor of rank {len(shape)} (needs >= 2)")
     if mode in _CODED_MODES:
-        tools = r.u8(f"{what} tools")
-        if tools & ~_KNOWN_TOOLS:
-            raise FormatError(f"{what}: unknown coding tools 0x{tools:02x}")
+        tools = r.u8(f"{what} tools")  # (every bit has a meaning; the checks below bound their mixes)
         if tools & TOOL_DQ and mode != MODE_QUANT:
             raise FormatError(f"{what}: dependent quantisation on an exactly coded (int) tensor")
+        if tools & TOOL_DQ_8STATES and not tools & TOOL_DQ:
+            raise FormatError(f"{what}: an 8-state machine without dependent quantisation")
         if tools & TOOL_EG_CTX and tools & (TOOL_DQ | TOOL_ROW_REFS):
             raise FormatError(f"{what}: context-coded Exp-Golomb prefixes with dependent quantisation "
                               "or row references")

@@ -54,6 +54,9 @@ RANGE_TOP = 1 << 24
 
 #: Next state by (state, parity of the index): states 0, 1 use quantiser Q0, states 2, 3 use Q1.
 DQ_TRANS = ((0, 2), (2, 0), (1, 3), (3, 1))
+#: The 8-state machine (tools bit 7), NNC's: state s uses Q(s & 1); its states are numbered 0-7
+#: here (the kernels number them 8-15).
+DQ_TRANS_8 = ((0, 2), (7, 5), (1, 3), (6, 4), (2, 0), (5, 7), (3, 1), (4, 6))
 #: Significance contexts of states 2 and 3 (sets 1 and 2) follow the 72 of plain coding.
 DQ_SIG_CTX = 72
 N_CONTEXTS_DQ = 126
@@ -67,15 +70,29 @@ EQ_CTX = 127
 N_CONTEXTS_ROWS = 130
 
 
-def dq_sig_base(state: int) -> int:
-    return 0 if state < 2 else DQ_SIG_CTX + 27 * (state - 2)
+def _q1(state: int, states: int) -> bool:
+    """Whether ``state`` of the ``states``-state machine uses quantiser Q1."""
+    return bool(state & 1) if states == 8 else state >= 2
 
 
-def dq_level(k: int, state: int) -> int:
-    """Reconstruction level of index k: 2k in Q0 (states 0, 1), 2k - sgn(k) in Q1 (states 2, 3)."""
-    if state < 2 or k == 0:
+def dq_sig_base(state: int, states: int = 4) -> int:
+    """First significance context in ``state``: set 0 with Q0; with Q1, set 1 (8 states) or sets 1
+    and 2 for states 2 and 3 (4 states)."""
+    if not _q1(state, states):
+        return 0
+    return DQ_SIG_CTX if states == 8 else DQ_SIG_CTX + 27 * (state - 2)
+
+
+def dq_level(k: int, state: int, states: int = 4) -> int:
+    """Reconstruction level of index k: 2k in Q0, 2k - sgn(k) in Q1."""
+    if not _q1(state, states) or k == 0:
         return 2 * k
     return 2 * k - (1 if k > 0 else -1)
+
+
+def dq_next(state: int, k: int, states: int = 4) -> int:
+    """The state after index ``k``."""
+    return (DQ_TRANS_8 if states == 8 else DQ_TRANS)[state][k & 1]
 
 
 def warmup_shift(n: int) -> int:
@@ -242,13 +259,13 @@ def encode_levels(
     levels: Sequence[int],
     cols: int,
     rate_index: int = 0,
-    dq: bool = False,
+    dq: bool | int = False,
     refs: Sequence[int] | None = None,
     egctx: bool = False,
     tref: Sequence[int] | None = None,
 ) -> bytes:
     """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
-    (``levels`` are then the quantisation indices); with ``refs`` (per row, the distance to the
+    (``levels`` are then the quantisation indices; ``dq=8``: the 8-state machine); with ``refs`` (per row, the distance to the
     referenced row or 0), of ``nnc_fl._rowref.encode_rows``; with ``egctx`` (plain coding only),
     the Exp-Golomb prefix bins in contexts; with ``tref`` (plain coding only; per level its reference
     class, :func:`temporal_class`), temporal contexts."""
@@ -259,7 +276,7 @@ def encode_levels(
     model, enc = _Model(rate_index, n_ctx), RangeEncoder()
     levels = [int(v) for v in levels]
     activity = [0] * cols
-    state = 0
+    state, states = 0, (8 if dq == 8 else 4)
     d = 0
     for i, q in enumerate(levels):
         assert abs(q) <= (MAX_DQ_INDEX if dq else MAX_LEVEL)
@@ -274,8 +291,8 @@ def encode_levels(
         if tref is not None:
             c_sig, c_sign, g = _temporal(c_sig, c_sign, g, int(tref[i]))
         if dq:
-            c_sig += dq_sig_base(state)
-            state = DQ_TRANS[state][q & 1]
+            c_sig += dq_sig_base(state, states)
+            state = dq_next(state, q, states)
         _update_activity(activity, i % cols, q)
         if d:
             ref = levels[i - d * cols]
@@ -316,7 +333,7 @@ def decode_levels(
     cols: int,
     rate_index: int = 0,
     stats: dict | None = None,
-    dq: bool = False,
+    dq: bool | int = False,
     rows: bool = False,
     egctx: bool = False,
     tref: Sequence[int] | None = None,
@@ -334,7 +351,7 @@ def decode_levels(
     levels: list[int] = []  # the coded integers: levels, or indices with dq
     out: list[int] = []
     activity = [0] * cols
-    state = 0
+    state, states = 0, (8 if dq == 8 else 4)
     d = 0
     for i in range(n):
         row = i // cols
@@ -351,7 +368,7 @@ def decode_levels(
             c_sig, c_sign, g = _temporal(c_sig, c_sign, g, int(tref[i]))
         quantiser_state = state
         if dq:
-            c_sig += dq_sig_base(state)
+            c_sig += dq_sig_base(state, states)
         q = None
         if d:
             ref = levels[i - d * cols]
@@ -363,8 +380,8 @@ def decode_levels(
         if q is None:
             q = _decode_value(dec, model, c_sig, c_sign, g, egctx)
         levels.append(q)
-        out.append(dq_level(q, quantiser_state) if dq else q)
-        state = DQ_TRANS[state][q & 1]
+        out.append(dq_level(q, quantiser_state, states) if dq else q)
+        state = dq_next(state, q, states)
         _update_activity(activity, i % cols, q)
     if stats is not None:
         stats["bytes_read"] = dec.pos

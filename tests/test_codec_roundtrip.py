@@ -371,6 +371,34 @@ def test_dependent_quantisation_round_trips_within_two_steps_and_is_signalled():
     assert not nnc_fl.inspect(codec.encode(x, exact=True)).tensor("n").tools
 
 
+def test_eight_state_dependent_quantisation_round_trips_with_every_tool_and_is_signalled():
+    rng = np.random.default_rng(13)
+    w = (rng.normal(size=(64, 96)) * 0.01).astype(np.float32)
+    w[40:48] = w[8:16]  # repeated rows: row references take them
+    x = {"w": w, "b": (rng.normal(size=64) * 0.01).astype(np.float32),
+         "h": (rng.normal(size=(8, 8)) * 0.01).astype(np.float16), "n": np.arange(5)}
+    s = float(np.float32(0.004))
+    for kw in ({}, {"rate_search": True, "row_refs": True, "schema_bound": True}):
+        data = nnc_fl.encode(x, step=0.004, dq=8, rd_lambda=0.075, **kw)
+        expect = x if kw else None
+        info = nnc_fl.inspect(data, expect=expect)
+        for k in ("w", "b", "h"):
+            tools = info.tensor(k).tools
+            assert tools & bs.TOOL_DQ and tools & bs.TOOL_DQ_8STATES, (k, tools)
+        assert not info.tensor("n").tools
+        out = nnc_fl.decode(data, expect=expect)
+        np.testing.assert_array_equal(out["n"], x["n"])
+        for k in ("w", "b", "h"):
+            assert np.abs(out[k].astype(np.float64) - x[k]).max() < 2 * s * (1 + 1e-3)
+            np.testing.assert_array_equal(nnc_fl.decode_tensor(data, k, expect=expect), out[k])
+    assert info.tensor("w").tools & bs.TOOL_ROW_REFS
+    four = nnc_fl.inspect(nnc_fl.encode(x, step=0.004, dq=4, rd_lambda=0.075))
+    assert not four.tensor("w").tools & bs.TOOL_DQ_8STATES
+    for bad in (1, 2, 3, 16, -4, 8.0, "8", None):
+        with pytest.raises(ValueError, match="dq must be"):
+            nnc_fl.encode(x, step=0.004, dq=bad)
+
+
 def test_dependent_quantisation_keeps_float16_reconstructions_finite():
     x = {"h": np.array([65504.0, -65504.0, 1.0, 0.0] * 4, np.float16)}
     out = nnc_fl.decode(nnc_fl.encode(x, step=40.0, dq=True))["h"]
@@ -380,7 +408,7 @@ def test_dependent_quantisation_keeps_float16_reconstructions_finite():
 def test_rate_search_picks_a_signalled_pair_and_never_loses_much():
     rng = np.random.default_rng(12)
     x = {"w": (rng.normal(size=(128, 64)) * 0.01).astype(np.float32), "n": np.arange(300) % 7}
-    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}):
+    for kw in ({}, {"rd_lambda": 0.1}, {"dq": True, "rd_lambda": 0.075}, {"dq": 8, "rd_lambda": 0.075}):
         base = nnc_fl.encode(x, step=0.003, **kw)
         searched = nnc_fl.encode(x, step=0.003, rate_search=True, **kw)
         assert len(searched) <= len(base) + 2

@@ -125,9 +125,13 @@ def _one_entry_table(name=b"x", dtype=11, shape=(4,), mode=bs.MODE_ZERO, extra=b
         (_rebuild(_one_entry_table(shape=(1 << 20, 1 << 20)), b""), "elements, above the limit"),
         (_rebuild(_one_entry_table(name=b"\xff\xfe"), b""), "not valid UTF-8"),
         (_rebuild(_one_entry_table() + b"\x00", b""), "unexplained bytes"),
-        (
+        (  # tools bit 7 picks the 8-state machine of dependent quantisation (bit 2)
             _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x80\x00" + b"\0" * 4), b""),
-            "unknown coding tools",
+            "an 8-state machine without dependent quantisation",
+        ),
+        (
+            _rebuild(_one_entry_table(dtype=6, mode=bs.MODE_INT, extra=b"\x88\x00" + b"\0" * 4), b""),
+            "an 8-state machine without dependent quantisation",
         ),
         (  # context-coded Exp-Golomb prefixes exist for plain level coding only
             _rebuild(_one_entry_table(mode=bs.MODE_QUANT, extra=struct.pack("<f", 0.5) + b"\x14\x00" + b"\0" * 4), b""),

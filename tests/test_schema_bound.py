@@ -141,7 +141,7 @@ PAYLOAD = ONE[nnc_fl.inspect(ONE).tensors[0].offset :]
         (bytes([bs.MODE_QUANT]) + struct.pack("<H", 0x7F80) + b"\x00\x01", b"x", True, "not a positive finite"),
         (bytes([bs.MODE_QUANT]) + struct.pack("<H", 0x7FC0) + b"\x00\x01", b"x", True, "not a positive finite"),
         (bytes([bs.MODE_QUANT]) + struct.pack("<H", 0xBE00) + b"\x00\x01", b"x", True, "not a positive finite"),
-        (bytes([bs.MODE_QUANT]) + struct.pack("<H", 0x3E00) + b"\xf0\x01", b"x", True, "unknown coding tools"),
+        (bytes([bs.MODE_QUANT]) + struct.pack("<H", 0x3E00) + b"\xf0\x01", b"x", True, "8-state machine without"),
         (bytes([10]), b"", False, "unknown coding mode 10"),
         (bytes([bs.MODE_INT]) + b"\x00\x01", b"x", True, "mode 'int' on float"),
         (bytes([bs.MODE_RAW, 3]), b"abc", True, "raw payload of 3 bytes"),

@@ -25,6 +25,10 @@ TOOLS = {
     "nncfl_all": dict(rd_lambda=0.075, dq=True, rate_search=True, row_refs=True, schema_bound=True),
     "nncfl_dq0.1": dict(rd_lambda=0.1, dq=True, rate_search=True, row_refs=True, schema_bound=True),
     "nncfl_dq_only": dict(rd_lambda=0.075, dq=True),
+    # the same with the 8-state machine (tools bit 7)
+    "nncfl_all8": dict(rd_lambda=0.075, dq=8, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_dq8_0.05": dict(rd_lambda=0.05, dq=8, rate_search=True, row_refs=True, schema_bound=True),
+    "nncfl_dq8_0.1": dict(rd_lambda=0.1, dq=8, rate_search=True, row_refs=True, schema_bound=True),
 }
 
 
