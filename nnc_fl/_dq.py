@@ -67,7 +67,9 @@ START_8 = 8
 #: Next state by (state, parity of the index): rows 0-3 the 4-state machine, 8-15 the 8-state one
 #: (NNC's table plus 8); rows 4-7 are never reached.
 TRANS = np.array(
-    [[0, 2], [2, 0], [1, 3], [3, 1]] + [[0, 0]] * 4 + [[8, 10], [15, 13], [9, 11], [14, 12], [10, 8], [13, 15], [11, 9], [12, 14]],
+    [[0, 2], [2, 0], [1, 3], [3, 1]]
+    + [[0, 0]] * 4
+    + [[8, 10], [15, 13], [9, 11], [14, 12], [10, 8], [13, 15], [11, 9], [12, 14]],
     dtype=np.int64,
 )
 #: The quantiser (0: Q0, 1: Q1) of each state.

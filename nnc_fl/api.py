@@ -273,8 +273,9 @@ def encode(
             raise ValueError(f"grid step of tensor {name!r} must be a power of two, got {g!r}")
     if temporal_reference is not None and not isinstance(temporal_reference, Mapping):
         raise TypeError(f"temporal_reference must be a mapping name -> array, got {type(temporal_reference).__name__}")
-    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=_dq_states(dq), rate_search=bool(rate_search),
-        row_refs=bool(row_refs), float_lossless=float_lossless, temporal=temporal_reference,
+    opts = _Options(rd_lambda=rd_lambda, bf16_steps=bool(schema_bound), dq=_dq_states(dq),
+        rate_search=bool(rate_search), row_refs=bool(row_refs), float_lossless=float_lossless,
+        temporal=temporal_reference,
     )
     if not isinstance(return_decoded, bool):
         raise TypeError(f"return_decoded must be a bool, got {return_decoded!r}")

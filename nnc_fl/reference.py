@@ -265,10 +265,10 @@ def encode_levels(
     tref: Sequence[int] | None = None,
 ) -> bytes:
     """Reference of ``nnc_fl._levels.encode_levels``; with ``dq``, of ``nnc_fl._dq.encode_indices_dq``
-    (``levels`` are then the quantisation indices; ``dq=8``: the 8-state machine); with ``refs`` (per row, the distance to the
-    referenced row or 0), of ``nnc_fl._rowref.encode_rows``; with ``egctx`` (plain coding only),
-    the Exp-Golomb prefix bins in contexts; with ``tref`` (plain coding only; per level its reference
-    class, :func:`temporal_class`), temporal contexts."""
+    (``levels`` are then the quantisation indices; ``dq=8``: the 8-state machine); with ``refs``
+    (per row, the distance to the referenced row or 0), of ``nnc_fl._rowref.encode_rows``; with
+    ``egctx`` (plain coding only), the Exp-Golomb prefix bins in contexts; with ``tref`` (plain
+    coding only; per level its reference class, :func:`temporal_class`), temporal contexts."""
     assert not ((egctx or tref is not None) and (dq or refs is not None))
     n_ctx = N_CONTEXTS_ROWS if refs is not None else (N_CONTEXTS_DQ if dq else N_CONTEXTS_EG)
     if tref is not None:

@@ -43,8 +43,8 @@ def test_2000_mutations_neither_crash_nor_hang_the_decoder(corpus):
     assert report["inputs"] == 2000 and set(report["outcomes"]) == set(fuzz.KINDS)
     assert report["outcomes"]["payload"]["ok"] > 100 and report["outcomes"]["header"]["LimitError"] > 10
     reasons = "\n".join(report["reasons"])
-    for deep in ("payload ends before all", "Golomb", "zstd frame declares", " scale ", "state machine without dependent",
-                 "sparse", "non-minimal varint", "SchemaError"):
+    for deep in ("payload ends before all", "Golomb", "zstd frame declares", " scale ",
+                 "state machine without dependent", "sparse", "non-minimal varint", "SchemaError"):
         assert deep in reasons, deep
 
 
