@@ -30,6 +30,8 @@ CONFIGS: dict[str, dict] = {
     "default+rows": dict(rd_lambda=0.02, schema_bound=True, row_refs=True),
     "dq": dict(rd_lambda=0.075, schema_bound=True, dq=True),
     "all": dict(rd_lambda=0.075, dq=True, rate_search=True, row_refs=True, schema_bound=True),
+    "dq8": dict(rd_lambda=0.075, schema_bound=True, dq=8),
+    "all8": dict(rd_lambda=0.075, dq=8, rate_search=True, row_refs=True, schema_bound=True),
 }
 
 

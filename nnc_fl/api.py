@@ -169,9 +169,9 @@ def encode(
     dq
         Dependent (trellis-coded) quantisation (FORMAT.md, tools bit 2): two quantisers of
         spacing ``2 step`` (even and odd multiples of the step) switched by a 4-state machine
-        (``True`` or ``4``) or the 8-state machine of NNC's second edition (``8``, tools bit 7:
-        about 2 % less distortion at a given step, most useful at 1-4 bits/param; the search
-        costs about twice the time),
+        (``True`` or ``4``) or NNC's 8-state machine (``8``, tools bit 7: about 2 % less
+        distortion at a given step, most useful at 1-4 bits/param; its search takes ~1.5x as
+        long),
         the levels chosen by a Viterbi search minimising ``(error / (2 step))**2 + rd_lambda *
         bits`` (bits from the adaptive contexts; ``rd_lambda=0``: distortion only). At equal
         RMSE it needs ~3 % fewer bytes than ``rd_lambda`` alone on dense deltas (GRU,
