@@ -1552,7 +1552,8 @@ class Fuzzer:
         for c, expect in zip(self.corpus, self.expects, strict=True):
             run_targets(c.data, expect, 1e9, False, reference=c.reference)
         x = {"w": np.outer(np.arange(1, 9), np.arange(-20, 20)).astype(np.float32) * 1e-3}
-        for options in ({"row_refs": True}, {"row_refs": True, "dq": True}, {"dq": True}, {"step": 1e-5}):
+        for options in ({"row_refs": True}, {"row_refs": True, "dq": True}, {"dq": True}, {"dq": 8},
+                        {"row_refs": True, "dq": 8}, {"step": 1e-5}):
             run_targets(nnc_fl.encode(x, **{"step": 1e-3, **options}), x, 1e9, False)
         for i in range(200):
             _, _, _, data = make_input(self.seed ^ 0x5EED, i, self.corpus)

@@ -201,6 +201,19 @@ def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
     return tuple((str(p), check_step(p, s)) for p, s in items)
 
 
+def _dq_states(value: object) -> int:
+    """``dq`` as it may travel: a flag (true: the 4-state machine) or the machine's states, 4 or 8
+    (ints or text). Returns 0 (off), 4 or 8."""
+    if isinstance(value, str) and value.strip() in ("4", "8"):
+        return int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) in (4, 8):
+        return int(value)
+    try:
+        return 4 if _flag(value, "dq") else 0
+    except ValueError:
+        raise ValueError(f"dq must be true, false, 4 or 8, got {value!r}") from None
+
+
 def _flag(value: object, what: str) -> bool:
     """A boolean codec parameter (bools, or 0/1 and "true"/"false" as they may travel as text)."""
     if isinstance(value, (bool, np.bool_)):
@@ -230,7 +243,8 @@ class NNCCodec:
     bits) rounds the ``lossless`` tensors of updates up to that precision first (never down, so a
     variance stays >= 0; see :func:`nnc_fl.encode`); keyframes stay exact.
 
-    ``dq=True`` turns on dependent (trellis-coded) quantisation, ``rate_search=True`` the
+    ``dq=True`` turns on dependent (trellis-coded) quantisation (``dq=8``: with NNC's 8-state
+    machine), ``rate_search=True`` the
     per-tensor choice of probability adaptation rates, ``row_refs=True`` row references (see
     :func:`nnc_fl.encode`). ``temporal=True`` codes lossy streams with temporal contexts where
     the caller passes ``temporal_reference=`` (the Flower wrappers pass the last global
@@ -269,7 +283,7 @@ class NNCCodec:
         lossless_bits: int | None = None,
         steps: str | Mapping[str, float] = "",
         schema_bound: bool = False,
-        dq: bool = False,
+        dq: bool | int = False,
         rate_search: bool = False,
         row_refs: bool = False,
         float_lossless: bool = False,
@@ -294,7 +308,7 @@ class NNCCodec:
         self.lossless_bits = check_lossless_bits(lossless_bits)
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
-        self.dq = _flag(dq, "dq")
+        self.dq = _dq_states(dq)  # 0 (off), 4 or 8 states
         self.rate_search = _flag(rate_search, "rate_search")
         self.row_refs = _flag(row_refs, "row_refs")
         self.float_lossless = _flag(float_lossless, "float_lossless")
@@ -422,7 +436,7 @@ class NNCCodec:
         if self.schema_bound:
             out["schema_bound"] = True
         if self.dq:
-            out["dq"] = True
+            out["dq"] = True if self.dq == 4 else self.dq
         if self.rate_search:
             out["rate_search"] = True
         if self.row_refs:

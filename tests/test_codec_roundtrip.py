@@ -392,6 +392,13 @@ def test_eight_state_dependent_quantisation_round_trips_with_every_tool_and_is_s
             assert np.abs(out[k].astype(np.float64) - x[k]).max() < 2 * s * (1 + 1e-3)
             np.testing.assert_array_equal(nnc_fl.decode_tensor(data, k, expect=expect), out[k])
     assert info.tensor("w").tools & bs.TOOL_ROW_REFS
+    codec = nnc_fl.codecs.make_codec("nnc", dq="8", step=0.004)  # as it travels in a config record
+    assert codec.params() == {"step": 0.004, "dq": 8}
+    assert nnc_fl.inspect(codec.encode(x)).tensor("w").tools & bs.TOOL_DQ_8STATES
+    assert nnc_fl.codecs.make_codec("nnc", dq=4).params() == nnc_fl.codecs.make_codec("nnc", dq=True).params()
+    for bad in (3, "16", "yes please", 8.5):
+        with pytest.raises(ValueError, match="dq must be true, false, 4 or 8"):
+            nnc_fl.codecs.make_codec("nnc", dq=bad)
     four = nnc_fl.inspect(nnc_fl.encode(x, step=0.004, dq=4, rd_lambda=0.075))
     assert not four.tensor("w").tools & bs.TOOL_DQ_8STATES
     for bad in (1, 2, 3, 16, -4, 8.0, "8", None):
