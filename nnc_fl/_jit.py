@@ -15,6 +15,7 @@ compiling on its first round; seen here with two processes sharing a source tree
 
 import contextlib
 import os
+import warnings
 
 from numba import config, njit
 from numba.core.caching import FunctionCache, IndexDataCacheFile
@@ -82,7 +83,12 @@ def _compiler(**options):
     def decorate(fn):
         kernel = compile_(fn)
         if not config.DISABLE_JIT:  # pragma: no cover - JIT on only (with it off, fn itself)
-            kernel._cache = _LockedFunctionCache(kernel.py_func)  # what enable_caching() does
+            try:  # what enable_caching() does, with the lock (numba internals: guarded)
+                kernel._cache = _LockedFunctionCache(kernel.py_func)
+            except (AttributeError, TypeError) as exc:  # a numba whose cache classes differ: unlocked
+                warnings.warn(f"nnc_fl: numba's kernel cache without the file lock ({exc!r})", RuntimeWarning,
+                              stacklevel=2)
+                kernel.enable_caching()
         return kernel
 
     return decorate

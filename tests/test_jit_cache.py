@@ -105,6 +105,21 @@ def test_processes_compiling_two_signatures_at_once_leave_a_cache_others_load(tm
     assert out.split() == ["3.0", "6", "0"]  # both loaded from the cache, each with its own code
 
 
+@jit_on
+def test_a_numba_with_other_cache_internals_gets_its_own_cache_and_a_warning(monkeypatch):
+    def broken(py_func):
+        raise TypeError("IndexDataCacheFile() got an unexpected keyword argument")
+
+    monkeypatch.setattr(_jit, "_LockedFunctionCache", broken)
+    with pytest.warns(RuntimeWarning, match="without the file lock"):
+        kernel = _jit.jit(lambda_free_twice)
+    assert type(kernel._cache).__name__ == "FunctionCache" and kernel(4) == 8
+
+
+def lambda_free_twice(x):  # (a module-level function: numba caches only those)
+    return 2 * x
+
+
 def test_cache_lock_excludes_another_process(tmp_path):
     ready = tmp_path / "ready"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
