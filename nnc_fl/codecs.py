@@ -201,7 +201,7 @@ def _pattern_steps(value: object) -> tuple[tuple[str, float], ...]:
     return tuple((str(p), check_step(p, s)) for p, s in items)
 
 
-def _dq_states(value: object) -> int:
+def _dq_param(value: object) -> int:
     """``dq`` as it may travel: a flag (true: the 4-state machine) or the machine's states, 4 or 8
     (ints or text). Returns 0 (off), 4 or 8."""
     if isinstance(value, str) and value.strip() in ("4", "8"):
@@ -308,7 +308,7 @@ class NNCCodec:
         self.lossless_bits = check_lossless_bits(lossless_bits)
         self.steps = _pattern_steps(steps)
         self.schema_bound = _flag(schema_bound, "schema_bound")
-        self.dq = _dq_states(dq)  # 0 (off), 4 or 8 states
+        self.dq = _dq_param(dq)  # 0 (off), 4 or 8 states
         self.rate_search = _flag(rate_search, "rate_search")
         self.row_refs = _flag(row_refs, "row_refs")
         self.float_lossless = _flag(float_lossless, "float_lossless")
