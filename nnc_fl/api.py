@@ -22,7 +22,6 @@ import numpy as np
 from . import bitstream as bs
 from . import payloads
 from ._dq import (
-    LOOKAHEAD,
     MAX_DQ_INDEX,
     START_8,
     decode_levels_dq,
@@ -784,7 +783,7 @@ def _code_one_way(
     if mode == bs.MODE_QUANT and opts.dq and float(top) < MAX_DQ_INDEX:
         first, dq_tools = (START_8, bs.TOOL_DQ | bs.TOOL_DQ_8STATES) if opts.dq == 8 else (0, bs.TOOL_DQ)
         # lambda per bit in units of the quantisers' spacing (2 steps) squared: x 4 in step units
-        payload, ks = encode_levels_dq(flat, s, 4.0 * opts.rd_lambda, cols, DEFAULT_RATE_INDEX, LOOKAHEAD, first)
+        payload, ks = encode_levels_dq(flat, s, 4.0 * opts.rd_lambda, cols, DEFAULT_RATE_INDEX, first_state=first)
         if not ks.any():
             return _zero(name, arr), None
         levels = dq_levels(ks, first)
